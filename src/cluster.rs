@@ -1,0 +1,254 @@
+//! The cluster state the server answers from: the core's inventory behind a lock, the demands of
+//! pods seen in filter calls (bind carries only names), and a [`Binder`] that makes a placement
+//! real. Snapshot mode records binds in memory; live Kubernetes mode plugs in its own binder and
+//! feeds the inventory from watchers, without touching the core.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::time::SystemTime;
+
+use crate::core::schedule::{parse_assigned_devices, ANNOTATION_ASSIGNED_DEVICES};
+use crate::core::{
+    build_node, fit_node, pod_demand, record_bound, Catalog, Config, Demand, Inventory, Placement,
+};
+use crate::snapshot::Objects;
+
+/// How many filtered pods' demands are remembered for the bind that follows.
+const DEMAND_CACHE_SIZE: usize = 16_384;
+
+/// A boxed future, for object-safe async traits.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Identifies the pod of a bind call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindTarget {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub node: String,
+}
+
+/// Makes a committed placement real (creates the Binding), or says why not.
+pub trait Binder: Send + Sync {
+    fn bind<'a>(
+        &'a self,
+        target: &'a BindTarget,
+        placement: &'a Placement,
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// Snapshot mode: the placement lives in memory only.
+pub struct RecordOnly;
+
+impl Binder for RecordOnly {
+    fn bind<'a>(
+        &'a self,
+        _: &'a BindTarget,
+        _: &'a Placement,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Why a bind failed; the text goes into the bind reply's `Error`.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum BindError {
+    #[error("vramfit: pod {0} was not seen in a filter call; cannot tell what it needs")]
+    UnknownPod(String),
+    #[error("vramfit: pod {pod} is already bound to {node}")]
+    BoundElsewhere { pod: String, node: String },
+    #[error("vramfit: no longer fits {node}: {reason}")]
+    NoLongerFits { node: String, reason: String },
+    #[error("vramfit: binding failed: {0}")]
+    Api(String),
+}
+
+#[derive(Default)]
+struct DemandCache {
+    by_id: HashMap<String, Demand>,
+    order: VecDeque<String>,
+}
+
+/// Everything the server reads and writes.
+pub struct ClusterState {
+    pub config: Config,
+    pub catalog: Catalog,
+    inventory: RwLock<Inventory>,
+    demands: Mutex<DemandCache>,
+    ready: AtomicBool,
+    binder: Box<dyn Binder>,
+}
+
+impl ClusterState {
+    /// An empty state with the given binder, not yet ready.
+    pub fn new(config: Config, catalog: Catalog, binder: Box<dyn Binder>) -> Self {
+        ClusterState {
+            config,
+            catalog,
+            inventory: RwLock::new(Inventory::new()),
+            demands: Mutex::new(DemandCache::default()),
+            ready: AtomicBool::new(false),
+            binder,
+        }
+    }
+
+    /// A ready state built from a snapshot: nodes, bound pods' occupancy, pending pods' demands.
+    pub fn from_snapshot(
+        objects: &Objects,
+        config: Config,
+        catalog: Catalog,
+        now: SystemTime,
+    ) -> Self {
+        let state = ClusterState::new(config, catalog, Box::new(RecordOnly));
+        {
+            let mut inventory = state.write();
+            load_snapshot(&mut inventory, objects, &state.config, &state.catalog, now);
+        }
+        for pod in objects.pods.iter().filter(|p| p.spec.node_name.is_empty()) {
+            let facts = pod.facts();
+            state.remember(
+                &facts.ledger_id(),
+                pod_demand(&facts, &state.config, &state.catalog),
+            );
+        }
+        state.set_ready(true);
+        state
+    }
+
+    /// Reads the inventory.
+    pub fn read(&self) -> RwLockReadGuard<'_, Inventory> {
+        self.inventory
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes the inventory. Hold it for microseconds, never across I/O.
+    pub fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inventory> {
+        self.inventory
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether the state is complete enough to answer.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Marks the state ready (or not).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Remembers a pod's demand for the bind that may follow.
+    pub fn remember(&self, id: &str, demand: Demand) {
+        let mut cache = self.demands.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.by_id.insert(id.to_string(), demand).is_none() {
+            cache.order.push_back(id.to_string());
+        }
+        while cache.order.len() > DEMAND_CACHE_SIZE {
+            if let Some(old) = cache.order.pop_front() {
+                cache.by_id.remove(&old);
+            }
+        }
+    }
+
+    fn recall(&self, target: &BindTarget) -> Option<Demand> {
+        let cache = self.demands.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .by_id
+            .get(&target.uid)
+            .or_else(|| {
+                cache
+                    .by_id
+                    .get(&format!("{}/{}", target.namespace, target.name))
+            })
+            .cloned()
+    }
+
+    /// Binds a pod: re-checks the fit and reserves its devices under the lock (so the next
+    /// filter sees them), then lets the binder make it real, releasing the reservation if that
+    /// fails. A repeat bind to the same node succeeds without doing anything again.
+    pub async fn bind(&self, target: &BindTarget) -> Result<Placement, BindError> {
+        let key = format!("{}/{}", target.namespace, target.name);
+        let demand = self
+            .recall(target)
+            .ok_or_else(|| BindError::UnknownPod(key.clone()))?;
+        let demand = demand.map_err(|e| BindError::NoLongerFits {
+            node: target.node.clone(),
+            reason: e.to_string(),
+        })?;
+        let placement = {
+            let mut inventory = self.write();
+            if let Some(existing) = inventory.placement(&demand.id) {
+                if existing.node == target.node {
+                    return Ok(existing.clone());
+                }
+                return Err(BindError::BoundElsewhere {
+                    pod: key,
+                    node: existing.node.clone(),
+                });
+            }
+            let fit = match inventory.node(&target.node) {
+                None => Err("node unknown to vramfit".to_string()),
+                Some(node) => fit_node(node, &demand).map_err(|r| r.to_string()),
+            }
+            .map_err(|reason| BindError::NoLongerFits {
+                node: target.node.clone(),
+                reason,
+            })?;
+            let zone = inventory.node(&target.node).and_then(|n| n.zone.clone());
+            let placement = Placement {
+                pod: key,
+                node: target.node.clone(),
+                zone,
+                model: demand.model.clone(),
+                shares: fit.shares,
+                exclusive: fit.exclusive,
+            };
+            inventory.commit(&demand.id, placement.clone());
+            placement
+        };
+        if let Err(e) = self.binder.bind(target, &placement).await {
+            self.write().release(&demand.id);
+            return Err(BindError::Api(e));
+        }
+        Ok(placement)
+    }
+}
+
+/// Fills an inventory from snapshot objects: every node, then every bound, unfinished pod.
+pub fn load_snapshot(
+    inventory: &mut Inventory,
+    objects: &Objects,
+    config: &Config,
+    catalog: &Catalog,
+    now: SystemTime,
+) {
+    for node in &objects.nodes {
+        inventory.upsert_node(build_node(&node.facts(), config, now));
+    }
+    for pod in &objects.pods {
+        let facts = pod.facts();
+        let Some(node_name) = facts.node_name.as_deref() else {
+            continue;
+        };
+        if facts.is_finished() {
+            continue;
+        }
+        match pod_demand(&facts, config, catalog) {
+            Ok(demand) => {
+                let assigned = facts
+                    .annotations
+                    .get(ANNOTATION_ASSIGNED_DEVICES)
+                    .and_then(|raw| parse_assigned_devices(raw));
+                record_bound(inventory, &demand, node_name, assigned.as_deref());
+            }
+            Err(e) => {
+                tracing::warn!(pod = %facts.key(), error = %e, "bound pod has an invalid demand; its devices are not counted")
+            }
+        }
+    }
+}

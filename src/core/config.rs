@@ -1,0 +1,193 @@
+//! Placement configuration: headroom, staleness, VRAM tables, and the scoring profiles that
+//! `spec.schedulerName` selects. Everything has a documented default (docs/configuration.md).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Weights of the named score terms. Each term is in `0..=1`; a node's score is
+/// `round(10 × Σ weight·term / Σ weight)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Weights {
+    /// Prefer the device whose VRAM is left least idle (smallest class that fits).
+    #[serde(default)]
+    pub fit: f64,
+    /// Prefer nodes whose devices are already busy, so whole nodes stay whole.
+    #[serde(default)]
+    pub packing: f64,
+    /// Prefer zones holding fewer replicas of the same model.
+    #[serde(default)]
+    pub zone_spread: f64,
+    /// Prefer nodes holding no replica of the same model.
+    #[serde(default)]
+    pub node_spread: f64,
+}
+
+impl Weights {
+    fn is_valid(&self) -> bool {
+        let all = [self.fit, self.packing, self.zone_spread, self.node_spread];
+        all.iter().all(|w| w.is_finite() && *w >= 0.0) && all.iter().sum::<f64>() > 0.0
+    }
+}
+
+/// The configuration of the placement core.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Config {
+    /// Percent of each device kept free after placement unless the pod says otherwise.
+    pub headroom_percent: u8,
+    /// A `vramfit.io/gpu-status` report older than this many seconds is ignored.
+    pub report_ttl_seconds: u64,
+    /// VRAM (MiB) assumed for devices whose size no source tells. `None` rejects such nodes.
+    pub default_device_vram_mib: Option<u64>,
+    /// Ascend chip name → HBM MiB; merged over the built-in table.
+    pub ascend_hbm_mib: BTreeMap<String, u64>,
+    /// Treat every node as sharing devices by VRAM (else only nodes labelled `vramfit.io/sharing: vram`).
+    pub sharing_all_nodes: bool,
+    /// Scheduler name → weight profile.
+    pub profiles: BTreeMap<String, Weights>,
+    /// Profile used for a scheduler name that has none of its own.
+    pub default_profile: String,
+}
+
+/// Name of the bin-packing profile.
+pub const PROFILE_BINPACK: &str = "vramfit-binpack";
+/// Name of the spreading profile.
+pub const PROFILE_SPREAD: &str = "vramfit-spread";
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut profiles = BTreeMap::new();
+        profiles.insert(PROFILE_BINPACK.to_string(), FALLBACK_WEIGHTS);
+        profiles.insert(
+            PROFILE_SPREAD.to_string(),
+            Weights {
+                fit: 3.0,
+                packing: 0.0,
+                zone_spread: 4.0,
+                node_spread: 3.0,
+            },
+        );
+        Config {
+            headroom_percent: 15,
+            report_ttl_seconds: 60,
+            default_device_vram_mib: None,
+            ascend_hbm_mib: BTreeMap::new(),
+            sharing_all_nodes: false,
+            profiles,
+            default_profile: PROFILE_BINPACK.to_string(),
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("headroomPercent must be 0..=90, got {0}")]
+    Headroom(u8),
+    #[error("profile {0:?}: weights must be finite, non-negative, and not all zero")]
+    Weights(String),
+    #[error("defaultProfile {0:?} is not among the profiles")]
+    DefaultProfile(String),
+}
+
+const FALLBACK_WEIGHTS: Weights = Weights {
+    fit: 6.0,
+    packing: 3.0,
+    zone_spread: 1.0,
+    node_spread: 0.5,
+};
+
+/// Largest headroom a config or pod may ask for.
+pub const MAX_HEADROOM_PERCENT: u8 = 90;
+
+impl Config {
+    /// Checks the invariants the core relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.headroom_percent > MAX_HEADROOM_PERCENT {
+            return Err(ConfigError::Headroom(self.headroom_percent));
+        }
+        for (name, weights) in &self.profiles {
+            if !weights.is_valid() {
+                return Err(ConfigError::Weights(name.clone()));
+            }
+        }
+        if !self.profiles.contains_key(&self.default_profile) {
+            return Err(ConfigError::DefaultProfile(self.default_profile.clone()));
+        }
+        Ok(())
+    }
+
+    /// The weights for a pod's `spec.schedulerName` (the default profile when unknown).
+    pub fn profile_for(&self, scheduler_name: Option<&str>) -> (&str, &Weights) {
+        if let Some((name, weights)) = scheduler_name.and_then(|n| self.profiles.get_key_value(n)) {
+            return (name.as_str(), weights);
+        }
+        match self.profiles.get_key_value(&self.default_profile) {
+            Some((name, weights)) => (name.as_str(), weights),
+            // Only reachable with a config that skipped `validate`.
+            None => (PROFILE_BINPACK, &FALLBACK_WEIGHTS),
+        }
+    }
+
+    /// HBM of an Ascend chip (`910B3`, `310P`, …) in MiB: config first, then the built-in table.
+    pub fn ascend_hbm(&self, chip: &str) -> Option<u64> {
+        if let Some(mib) = self.ascend_hbm_mib.get(chip) {
+            return Some(*mib);
+        }
+        builtin_ascend_hbm(chip)
+    }
+}
+
+/// The built-in Ascend HBM table (MiB).
+pub fn builtin_ascend_hbm(chip: &str) -> Option<u64> {
+    Some(match chip {
+        "910A" => 32768,
+        "910B2" | "910B3" | "910B4-1" => 65536,
+        "910B4" => 32768,
+        "310P" => 24576,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid_and_has_both_profiles() {
+        let config = Config::default();
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(
+            config.profile_for(Some("vramfit-spread")).0,
+            "vramfit-spread"
+        );
+        assert_eq!(config.profile_for(Some("other")).0, "vramfit-binpack");
+        assert_eq!(config.profile_for(None).0, "vramfit-binpack");
+    }
+
+    #[test]
+    fn config_overrides_ascend_table() {
+        let mut config = Config::default();
+        assert_eq!(config.ascend_hbm("910B4"), Some(32768));
+        config.ascend_hbm_mib.insert("910B4".into(), 30000);
+        assert_eq!(config.ascend_hbm("910B4"), Some(30000));
+        assert_eq!(config.ascend_hbm("910X"), None);
+    }
+
+    #[test]
+    fn invalid_configs_are_refused() {
+        let mut config = Config {
+            headroom_percent: 95,
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+        config.headroom_percent = 10;
+        config.default_profile = "missing".into();
+        assert!(config.validate().is_err());
+        config.default_profile = PROFILE_BINPACK.into();
+        config.profiles.get_mut(PROFILE_BINPACK).unwrap().fit = f64::NAN;
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,276 @@
+//! A pod's demand: how many devices of which resource, how much VRAM on each, which products,
+//! how much headroom, and which model it serves (for spreading).
+
+use serde::Serialize;
+
+use super::catalog::Catalog;
+use super::config::{Config, MAX_HEADROOM_PERCENT};
+use super::facts::{ContainerResources, PodFacts};
+use super::node::is_device_resource;
+use super::quantity::{parse_count, parse_mib};
+
+/// Annotation: VRAM per device, a Kubernetes quantity.
+pub const ANNOTATION_VRAM: &str = "vramfit.io/vram";
+/// Extended resource form of the VRAM request (bytes, per device), for `managedResources`.
+pub const RESOURCE_VRAM: &str = "vramfit.io/vram";
+/// Annotation: allowed products or classes, comma separated.
+pub const ANNOTATION_PRODUCTS: &str = "vramfit.io/products";
+/// Annotation: percent of the device kept free after placement.
+pub const ANNOTATION_HEADROOM: &str = "vramfit.io/headroom";
+/// Label naming the model a pod serves (catalog key and spreading identity).
+pub const LABEL_MODEL: &str = "vramfit.io/model";
+/// Fallback model identity.
+pub const LABEL_APP_NAME: &str = "app.kubernetes.io/name";
+/// HAMi vocabulary: VRAM per device in MiB (resource).
+pub const RESOURCE_HAMI_GPUMEM: &str = "nvidia.com/gpumem";
+/// gpushare vocabulary: VRAM in GiB (resource).
+pub const RESOURCE_ALIYUN_GPUMEM: &str = "aliyun.com/gpu-mem";
+
+/// Largest VRAM per device a pod may declare (1 TiB); more is a typo, not a model.
+pub const MAX_VRAM_MIB: u64 = 1024 * 1024;
+/// Most devices one pod may ask for.
+pub const MAX_DEVICES: u32 = 64;
+
+/// Where a pod's VRAM need came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VramSource {
+    Annotation,
+    Resource,
+    Catalog,
+    HamiGpumem,
+    AliyunGpuMem,
+    /// No declaration: the pod still gets a device and prefers the smallest.
+    Undeclared,
+}
+
+/// What a pod asks of a node's accelerators.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PodDemand {
+    /// `namespace/name`.
+    pub key: String,
+    /// Ledger identity (UID, else `namespace/name`).
+    pub id: String,
+    /// Whole-device resource requested (`nvidia.com/gpu`), if any.
+    pub resource: Option<String>,
+    /// Whole devices requested; 0 for a sharing pod or a pod without accelerators.
+    pub devices: u32,
+    /// VRAM per device in MiB (0 when undeclared).
+    pub vram_mib: u64,
+    pub vram_source: VramSource,
+    /// Allowed products or classes; empty allows all.
+    pub products: Vec<String>,
+    pub headroom_percent: u8,
+    /// Identity for spreading replicas.
+    pub model: Option<String>,
+    pub scheduler_name: Option<String>,
+}
+
+impl PodDemand {
+    /// A sharing pod declares VRAM and requests no whole device.
+    pub fn is_sharing(&self) -> bool {
+        self.devices == 0 && self.vram_source != VramSource::Undeclared
+    }
+
+    /// A pod that asks nothing of accelerators; the extender passes it through.
+    pub fn is_accelerator_free(&self) -> bool {
+        self.devices == 0 && self.vram_source == VramSource::Undeclared
+    }
+}
+
+/// Why a pod's demand is invalid. The text names the key and the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {key} {value:?}: {reason}")]
+pub struct DemandError {
+    pub key: String,
+    pub value: String,
+    pub reason: String,
+}
+
+fn invalid(key: &str, value: &str, reason: impl ToString) -> DemandError {
+    DemandError {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Effective count of `resource` over the pod, the kube-scheduler way:
+/// the sum over containers, then the max with each init container.
+fn effective_quantity<F>(
+    pod: &PodFacts,
+    resource: &str,
+    parse: F,
+) -> Result<Option<u64>, DemandError>
+where
+    F: Fn(&str) -> Result<u64, super::quantity::QuantityError>,
+{
+    let read = |c: &ContainerResources| -> Result<Option<u64>, DemandError> {
+        c.get(resource)
+            .map(|v| parse(v).map_err(|e| invalid(resource, v, e)))
+            .transpose()
+    };
+    let mut seen = false;
+    let mut sum: u64 = 0;
+    for c in &pod.containers {
+        if let Some(v) = read(c)? {
+            seen = true;
+            sum = sum.saturating_add(v);
+        }
+    }
+    let mut effective = sum;
+    for c in &pod.init_containers {
+        if let Some(v) = read(c)? {
+            seen = true;
+            effective = effective.max(v);
+        }
+    }
+    Ok(seen.then_some(effective))
+}
+
+/// Reads a pod's demand. Invalid values are errors naming the key and value, never defaults.
+pub fn pod_demand(
+    pod: &PodFacts,
+    config: &Config,
+    catalog: &Catalog,
+) -> Result<PodDemand, DemandError> {
+    // Whole-device resources: at most one kind per pod.
+    let mut resource = None;
+    let mut devices: u64 = 0;
+    let names: std::collections::BTreeSet<&str> = pod
+        .containers
+        .iter()
+        .chain(&pod.init_containers)
+        .flat_map(|c| c.requests.keys().chain(c.limits.keys()))
+        .map(String::as_str)
+        .filter(|n| is_device_resource(n))
+        .collect();
+    for name in names {
+        let count = effective_quantity(pod, name, parse_count)?.unwrap_or(0);
+        if count == 0 {
+            continue;
+        }
+        if let Some(first) = &resource {
+            return Err(invalid(
+                name,
+                &count.to_string(),
+                format!("a pod may request one accelerator resource, it also requests {first}"),
+            ));
+        }
+        if count > u64::from(MAX_DEVICES) {
+            return Err(invalid(
+                name,
+                &count.to_string(),
+                format!("more than {MAX_DEVICES} devices"),
+            ));
+        }
+        resource = Some(name.to_string());
+        devices = count;
+    }
+
+    let model = pod
+        .labels
+        .get(LABEL_MODEL)
+        .or_else(|| pod.labels.get(LABEL_APP_NAME))
+        .or(pod.controller.as_ref())
+        .cloned();
+    let catalog_entry = pod
+        .labels
+        .get(LABEL_MODEL)
+        .and_then(|m| catalog.models.get(m));
+
+    let (vram_mib, vram_source) = if let Some(v) = pod.annotations.get(ANNOTATION_VRAM) {
+        (
+            parse_mib(v).map_err(|e| invalid(ANNOTATION_VRAM, v, e))?,
+            VramSource::Annotation,
+        )
+    } else if let Some(v) = effective_quantity(pod, RESOURCE_VRAM, parse_mib)? {
+        (v, VramSource::Resource)
+    } else if let Some(entry) = catalog_entry {
+        (entry.vram_mib, VramSource::Catalog)
+    } else if let Some(v) = effective_quantity(pod, RESOURCE_HAMI_GPUMEM, parse_count)? {
+        (v, VramSource::HamiGpumem)
+    } else if let Some(v) = effective_quantity(pod, RESOURCE_ALIYUN_GPUMEM, parse_count)? {
+        (v.saturating_mul(1024), VramSource::AliyunGpuMem)
+    } else {
+        (0, VramSource::Undeclared)
+    };
+    if vram_mib > MAX_VRAM_MIB {
+        let key = match vram_source {
+            VramSource::HamiGpumem => RESOURCE_HAMI_GPUMEM,
+            VramSource::AliyunGpuMem => RESOURCE_ALIYUN_GPUMEM,
+            _ => ANNOTATION_VRAM,
+        };
+        return Err(invalid(
+            key,
+            &format!("{vram_mib}Mi"),
+            "absurdly large (over 1Ti per device)",
+        ));
+    }
+    if vram_source != VramSource::Undeclared && vram_mib == 0 {
+        return Err(invalid(
+            ANNOTATION_VRAM,
+            "0",
+            "a declared VRAM need must be positive",
+        ));
+    }
+
+    if let (Some(entry), Some(model)) = (catalog_entry, pod.labels.get(LABEL_MODEL)) {
+        if let Some(needed) = entry.devices {
+            if devices > 0 && devices < u64::from(needed) {
+                return Err(invalid(
+                    resource.as_deref().unwrap_or("devices"),
+                    &devices.to_string(),
+                    format!("catalog model {model:?} needs {needed} devices"),
+                ));
+            }
+        }
+    }
+
+    let products: Vec<String> = match pod.annotations.get(ANNOTATION_PRODUCTS) {
+        Some(list) => {
+            let items: Vec<String> = list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
+            if items.is_empty() {
+                return Err(invalid(ANNOTATION_PRODUCTS, list, "names no product"));
+            }
+            items
+        }
+        None => catalog_entry
+            .map(|e| e.products.clone())
+            .unwrap_or_default(),
+    };
+
+    let headroom_percent = match pod.annotations.get(ANNOTATION_HEADROOM) {
+        Some(raw) => parse_percent(raw).ok_or_else(|| {
+            invalid(
+                ANNOTATION_HEADROOM,
+                raw,
+                format!("expected a percent 0..={MAX_HEADROOM_PERCENT}"),
+            )
+        })?,
+        None => config.headroom_percent,
+    };
+
+    Ok(PodDemand {
+        key: pod.key(),
+        id: pod.ledger_id(),
+        resource,
+        devices: devices as u32,
+        vram_mib,
+        vram_source,
+        products,
+        headroom_percent,
+        model,
+        scheduler_name: pod.scheduler_name.clone(),
+    })
+}
+
+fn parse_percent(raw: &str) -> Option<u8> {
+    let n: u8 = raw.trim().trim_end_matches('%').trim().parse().ok()?;
+    (n <= MAX_HEADROOM_PERCENT).then_some(n)
+}

@@ -1,0 +1,73 @@
+//! Plain inputs to the core: the parts of Node and Pod objects that placement reads.
+//! Adapters (snapshot files, HTTP requests, watchers) fill these; the core never sees Kubernetes types.
+
+use std::collections::BTreeMap;
+
+/// What the core needs to know about a Node.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeFacts {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// `status.allocatable` as quantity strings.
+    pub allocatable: BTreeMap<String, String>,
+    /// `spec.unschedulable`.
+    pub unschedulable: bool,
+}
+
+/// Requests and limits of one container, as quantity strings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerResources {
+    pub requests: BTreeMap<String, String>,
+    pub limits: BTreeMap<String, String>,
+}
+
+impl ContainerResources {
+    /// The request of `resource`, else its limit (Kubernetes defaults requests from limits).
+    pub fn get(&self, resource: &str) -> Option<&str> {
+        self.requests
+            .get(resource)
+            .or_else(|| self.limits.get(resource))
+            .map(String::as_str)
+    }
+}
+
+/// What the core needs to know about a Pod.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodFacts {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// Name of the owning controller (`ownerReferences[controller=true].name`).
+    pub controller: Option<String>,
+    pub scheduler_name: Option<String>,
+    pub containers: Vec<ContainerResources>,
+    pub init_containers: Vec<ContainerResources>,
+    /// `spec.nodeName`, when bound.
+    pub node_name: Option<String>,
+    /// `status.phase`.
+    pub phase: Option<String>,
+}
+
+impl PodFacts {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The identity the ledger uses: the UID, or `namespace/name` when the UID is unknown.
+    pub fn ledger_id(&self) -> String {
+        if self.uid.is_empty() {
+            self.key()
+        } else {
+            self.uid.clone()
+        }
+    }
+
+    /// Succeeded and Failed pods hold nothing.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase.as_deref(), Some("Succeeded") | Some("Failed"))
+    }
+}

@@ -1,0 +1,186 @@
+//! The inventory: every node's capacity plus a ledger of which pod holds what.
+//! Occupancy on devices is always derived from the ledger, so replacing a node's capacity
+//! (a new report, a label change) never loses or double-counts a placement.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+
+use super::node::NodeInfo;
+
+/// VRAM a pod holds on one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct DeviceShare {
+    pub index: u32,
+    pub vram_mib: u64,
+}
+
+/// Where a pod sits and what it holds there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Placement {
+    /// `namespace/name`.
+    pub pod: String,
+    pub node: String,
+    pub zone: Option<String>,
+    pub model: Option<String>,
+    pub shares: Vec<DeviceShare>,
+    /// Whole devices (true) or VRAM on shared devices (false).
+    pub exclusive: bool,
+}
+
+/// Replica counts of one model, by node and by zone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelReplicas {
+    pub by_node: HashMap<String, u32>,
+    pub by_zone: HashMap<String, u32>,
+}
+
+/// Nodes, devices and the placement ledger.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    nodes: BTreeMap<String, NodeInfo>,
+    ledger: HashMap<String, Placement>,
+    pods_by_node: HashMap<String, BTreeSet<String>>,
+    models: HashMap<String, ModelReplicas>,
+}
+
+impl Inventory {
+    /// An empty inventory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces a node's capacity; placements recorded on it are applied again.
+    pub fn upsert_node(&mut self, mut node: NodeInfo) {
+        self.apply_ledger(&mut node);
+        self.nodes.insert(node.name.clone(), node);
+    }
+
+    /// Removes a node. Its placements stay in the ledger until their pods are released.
+    pub fn remove_node(&mut self, name: &str) -> Option<NodeInfo> {
+        self.nodes.remove(name)
+    }
+
+    /// A node by name.
+    pub fn node(&self, name: &str) -> Option<&NodeInfo> {
+        self.nodes.get(name)
+    }
+
+    /// All nodes, ordered by name.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> {
+        self.nodes.values()
+    }
+
+    /// Number of nodes.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Applies the ledger's placements on `node` to a node built elsewhere (for example from a
+    /// Node object in a filter request), so it shows the same occupancy as the inventory's own.
+    pub fn apply_ledger(&self, node: &mut NodeInfo) {
+        for device in &mut node.devices {
+            device.reserved_mib = 0;
+            device.exclusive_holders = 0;
+            device.sharers = 0;
+        }
+        if let Some(ids) = self.pods_by_node.get(&node.name) {
+            for id in ids {
+                if let Some(placement) = self.ledger.get(id) {
+                    occupy(node, placement, 1);
+                }
+            }
+        }
+    }
+
+    /// Records that pod `id` holds `placement`, replacing what it held before.
+    pub fn commit(&mut self, id: &str, placement: Placement) {
+        self.release(id);
+        if let Some(node) = self.nodes.get_mut(&placement.node) {
+            occupy(node, &placement, 1);
+        }
+        self.pods_by_node
+            .entry(placement.node.clone())
+            .or_default()
+            .insert(id.to_string());
+        if let Some(model) = &placement.model {
+            let replicas = self.models.entry(model.clone()).or_default();
+            *replicas.by_node.entry(placement.node.clone()).or_default() += 1;
+            if let Some(zone) = &placement.zone {
+                *replicas.by_zone.entry(zone.clone()).or_default() += 1;
+            }
+        }
+        self.ledger.insert(id.to_string(), placement);
+    }
+
+    /// Releases what pod `id` holds, returning it.
+    pub fn release(&mut self, id: &str) -> Option<Placement> {
+        let placement = self.ledger.remove(id)?;
+        if let Some(node) = self.nodes.get_mut(&placement.node) {
+            occupy(node, &placement, -1);
+        }
+        if let Some(ids) = self.pods_by_node.get_mut(&placement.node) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.pods_by_node.remove(&placement.node);
+            }
+        }
+        if let Some(model) = &placement.model {
+            if let Some(replicas) = self.models.get_mut(model) {
+                decrement(&mut replicas.by_node, &placement.node);
+                if let Some(zone) = &placement.zone {
+                    decrement(&mut replicas.by_zone, zone);
+                }
+                if replicas.by_node.is_empty() {
+                    self.models.remove(model);
+                }
+            }
+        }
+        Some(placement)
+    }
+
+    /// What pod `id` holds, if anything.
+    pub fn placement(&self, id: &str) -> Option<&Placement> {
+        self.ledger.get(id)
+    }
+
+    /// Every placement, keyed by pod id.
+    pub fn placements(&self) -> impl Iterator<Item = (&String, &Placement)> {
+        self.ledger.iter()
+    }
+
+    /// Replica counts of a model.
+    pub fn replicas(&self, model: &str) -> Option<&ModelReplicas> {
+        self.models.get(model)
+    }
+}
+
+fn decrement(map: &mut HashMap<String, u32>, key: &str) {
+    if let Some(count) = map.get_mut(key) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+/// Adds (`sign = 1`) or removes (`sign = -1`) a placement's occupancy on a node's devices.
+fn occupy(node: &mut NodeInfo, placement: &Placement, sign: i64) {
+    for share in &placement.shares {
+        let Some(device) = node.devices.iter_mut().find(|d| d.index == share.index) else {
+            continue;
+        };
+        let (counter, reserved) = if placement.exclusive {
+            (&mut device.exclusive_holders, &mut device.reserved_mib)
+        } else {
+            (&mut device.sharers, &mut device.reserved_mib)
+        };
+        if sign > 0 {
+            *counter += 1;
+            *reserved = reserved.saturating_add(share.vram_mib);
+        } else {
+            *counter = counter.saturating_sub(1);
+            *reserved = reserved.saturating_sub(share.vram_mib);
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! The placement core: pure, synchronous, no I/O.
+//!
+//! Facts ([`facts`]) become capacity ([`node`]) and demand ([`demand`]); the [`inventory`] holds
+//! both plus the placement ledger; [`filter`] and [`score`] judge one node; [`schedule`] judges
+//! many and commits placements. Adapters (HTTP, CLI, watchers) only translate to and from this.
+
+pub mod catalog;
+pub mod config;
+pub mod demand;
+pub mod facts;
+pub mod filter;
+pub mod inventory;
+pub mod node;
+pub mod quantity;
+pub mod schedule;
+pub mod score;
+
+pub use catalog::Catalog;
+pub use config::{Config, Weights};
+pub use demand::{pod_demand, DemandError, PodDemand};
+pub use facts::{ContainerResources, NodeFacts, PodFacts};
+pub use filter::{fit_node, Fit, Reason};
+pub use inventory::{DeviceShare, Inventory, Placement};
+pub use node::{build_node, NodeInfo};
+pub use schedule::{filter, place, prioritize, record_bound, Decision, Demand, FilterOutcome};

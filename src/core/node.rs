@@ -1,0 +1,485 @@
+//! Per-node, per-device capacity, built from a node's facts in a fixed order of trust:
+//! a fresh `vramfit.io/gpu-status` report, then GPU Feature Discovery labels, then Ascend labels,
+//! then the configured default. Occupancy is applied on top by the [`Inventory`](super::Inventory).
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::config::Config;
+use super::facts::NodeFacts;
+use super::quantity::parse_count;
+
+/// Annotation holding the node agent's live device report (JSON, [`GpuStatus`]).
+pub const ANNOTATION_GPU_STATUS: &str = "vramfit.io/gpu-status";
+/// Node label that makes a node's devices shareable by VRAM (value `vram`).
+pub const LABEL_SHARING: &str = "vramfit.io/sharing";
+/// Zone label, and its deprecated fallback.
+pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
+pub const LABEL_ZONE_LEGACY: &str = "failure-domain.beta.kubernetes.io/zone";
+/// GPU Feature Discovery labels.
+pub const LABEL_GFD_PRODUCT: &str = "nvidia.com/gpu.product";
+pub const LABEL_GFD_MEMORY: &str = "nvidia.com/gpu.memory";
+pub const LABEL_GFD_COUNT: &str = "nvidia.com/gpu.count";
+/// Ascend labels.
+pub const LABEL_NPU_CHIP: &str = "node.kubernetes.io/npu.chip.name";
+pub const LABEL_ASCEND_SERVERTYPE: &str = "servertype";
+pub const LABEL_ASCEND_ACCELERATOR: &str = "accelerator";
+
+/// The NVIDIA device-plugin resource.
+pub const RESOURCE_NVIDIA_GPU: &str = "nvidia.com/gpu";
+
+/// Every whole-device accelerator resource the core understands, in the order a node is read.
+pub const DEVICE_RESOURCES: &[&str] = &[
+    RESOURCE_NVIDIA_GPU,
+    "huawei.com/Ascend910",
+    "huawei.com/Ascend910A",
+    "huawei.com/Ascend910B",
+    "huawei.com/Ascend910B1",
+    "huawei.com/Ascend910B2",
+    "huawei.com/Ascend910B3",
+    "huawei.com/Ascend910B4",
+    "huawei.com/Ascend910B4-1",
+    "huawei.com/Ascend910C",
+    "huawei.com/Ascend310",
+    "huawei.com/Ascend310P",
+];
+
+/// Whether `name` is a whole-device accelerator resource.
+pub fn is_device_resource(name: &str) -> bool {
+    DEVICE_RESOURCES.contains(&name)
+}
+
+/// The live device report the node agent writes into [`ANNOTATION_GPU_STATUS`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuStatus {
+    /// Schema version; this is version 1.
+    pub version: u32,
+    /// When the agent read the devices (RFC 3339, UTC).
+    pub observed_at: String,
+    pub devices: Vec<DeviceStatus>,
+}
+
+/// One device in a [`GpuStatus`] report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceStatus {
+    /// Index as the device plugin numbers it (NVML index, NPU id).
+    pub index: u32,
+    pub uuid: String,
+    /// Product name, GFD-style (`NVIDIA-A100-SXM4-80GB`, `Ascend910B3`).
+    pub product: String,
+    #[serde(rename = "totalMiB")]
+    pub total_mib: u64,
+    /// Memory in use as the driver measures it, by anything.
+    #[serde(rename = "usedMiB")]
+    pub used_mib: u64,
+    pub healthy: bool,
+}
+
+/// Device vendor, which decides how product names are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Vendor {
+    Nvidia,
+    Ascend,
+}
+
+/// Where a node's device sizes came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CapacitySource {
+    Report,
+    GfdLabels,
+    AscendLabels,
+    ConfigDefault,
+    Unknown,
+}
+
+/// One accelerator device with its capacity and current occupancy.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Device {
+    pub index: u32,
+    pub uuid: Option<String>,
+    pub product: String,
+    /// Short model name used for allow-lists and metrics (`A100`, `T4`, `910B3`).
+    pub class: String,
+    pub total_mib: u64,
+    /// Measured use (from a fresh report), by anything on the device.
+    pub measured_used_mib: u64,
+    pub healthy: bool,
+    /// VRAM reserved by placed pods (ledger).
+    pub reserved_mib: u64,
+    /// Pods holding the whole device (normally 0 or 1).
+    pub exclusive_holders: u32,
+    /// Pods sharing the device by VRAM.
+    pub sharers: u32,
+}
+
+impl Device {
+    /// VRAM counted as used: the larger of what was measured and what is reserved.
+    pub fn used_mib(&self) -> u64 {
+        self.measured_used_mib.max(self.reserved_mib)
+    }
+
+    /// VRAM usable by pods when `headroom_percent` must stay free.
+    pub fn usable_mib(&self, headroom_percent: u8) -> u64 {
+        self.total_mib * u64::from(100 - headroom_percent.min(100)) / 100
+    }
+
+    /// VRAM still available to a new pod under `headroom_percent`.
+    pub fn free_mib(&self, headroom_percent: u8) -> u64 {
+        self.usable_mib(headroom_percent)
+            .saturating_sub(self.used_mib())
+    }
+
+    /// Whether any pod holds or shares the device.
+    pub fn is_busy(&self) -> bool {
+        self.exclusive_holders > 0 || self.sharers > 0 || self.reserved_mib > 0
+    }
+}
+
+/// What is wrong with a node's data, when something is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum NodeProblem {
+    /// Accelerators are allocatable but no source tells their VRAM.
+    VramUnknown,
+}
+
+/// A node as the core sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeInfo {
+    pub name: String,
+    pub zone: Option<String>,
+    /// The whole-device resource of this node's accelerators, if any.
+    pub resource: Option<String>,
+    pub vendor: Option<Vendor>,
+    /// Devices the device plugin advertises as allocatable.
+    pub allocatable_devices: u32,
+    pub devices: Vec<Device>,
+    /// Devices may host several pods by VRAM.
+    pub sharing: bool,
+    pub source: CapacitySource,
+    pub problem: Option<NodeProblem>,
+    /// Things worth a log line (an unparsable or stale report), never fatal.
+    pub notes: Vec<String>,
+}
+
+impl NodeInfo {
+    /// Devices held by whole-device pods.
+    pub fn held_devices(&self) -> u32 {
+        self.devices.iter().map(|d| d.exclusive_holders).sum()
+    }
+
+    /// The largest device's total VRAM.
+    pub fn largest_device_mib(&self) -> u64 {
+        self.devices.iter().map(|d| d.total_mib).max().unwrap_or(0)
+    }
+}
+
+/// Reads a node's capacity from its facts. Never fails: problems are recorded on the node.
+pub fn build_node(facts: &NodeFacts, config: &Config, now: SystemTime) -> NodeInfo {
+    let zone = facts
+        .labels
+        .get(LABEL_ZONE)
+        .or_else(|| facts.labels.get(LABEL_ZONE_LEGACY))
+        .cloned();
+    let sharing = config.sharing_all_nodes
+        || facts.labels.get(LABEL_SHARING).map(String::as_str) == Some("vram");
+    let mut node = NodeInfo {
+        name: facts.name.clone(),
+        zone,
+        resource: None,
+        vendor: None,
+        allocatable_devices: 0,
+        devices: Vec::new(),
+        sharing,
+        source: CapacitySource::Unknown,
+        problem: None,
+        notes: Vec::new(),
+    };
+    let Some((resource, count)) = accelerator_allocatable(facts, &mut node.notes) else {
+        return node;
+    };
+    let vendor = if resource == RESOURCE_NVIDIA_GPU {
+        Vendor::Nvidia
+    } else {
+        Vendor::Ascend
+    };
+    node.resource = Some(resource.to_string());
+    node.vendor = Some(vendor);
+    node.allocatable_devices = count;
+
+    if let Some(devices) = devices_from_report(facts, config, now, vendor, &mut node.notes) {
+        node.devices = devices;
+        node.source = CapacitySource::Report;
+        return node;
+    }
+    let labelled = match vendor {
+        Vendor::Nvidia => devices_from_gfd(facts, count, &mut node.notes),
+        Vendor::Ascend => devices_from_ascend(facts, resource, count, config),
+    };
+    if let Some(devices) = labelled {
+        node.devices = devices;
+        node.source = match vendor {
+            Vendor::Nvidia => CapacitySource::GfdLabels,
+            Vendor::Ascend => CapacitySource::AscendLabels,
+        };
+        return node;
+    }
+    match config.default_device_vram_mib {
+        Some(mib) => {
+            node.devices = (0..count)
+                .map(|i| mk_device(i, None, "unknown", vendor, mib, 0, true))
+                .collect();
+            node.source = CapacitySource::ConfigDefault;
+        }
+        None => node.problem = Some(NodeProblem::VramUnknown),
+    }
+    node
+}
+
+fn accelerator_allocatable<'a>(
+    facts: &'a NodeFacts,
+    notes: &mut Vec<String>,
+) -> Option<(&'a str, u32)> {
+    for resource in DEVICE_RESOURCES {
+        let Some((key, value)) = facts.allocatable.get_key_value(*resource) else {
+            continue;
+        };
+        match parse_count(value) {
+            Ok(0) => continue,
+            Ok(n) => return Some((key.as_str(), n.min(u64::from(u32::MAX)) as u32)),
+            Err(e) => notes.push(format!("allocatable {resource}={value:?} ignored: {e}")),
+        }
+    }
+    None
+}
+
+fn devices_from_report(
+    facts: &NodeFacts,
+    config: &Config,
+    now: SystemTime,
+    vendor: Vendor,
+    notes: &mut Vec<String>,
+) -> Option<Vec<Device>> {
+    let raw = facts.annotations.get(ANNOTATION_GPU_STATUS)?;
+    let report: GpuStatus = match serde_json::from_str(raw) {
+        Ok(r) => r,
+        Err(e) => {
+            notes.push(format!("{ANNOTATION_GPU_STATUS} ignored: {e}"));
+            return None;
+        }
+    };
+    let observed = match humantime::parse_rfc3339_weak(&report.observed_at) {
+        Ok(t) => t,
+        Err(e) => {
+            notes.push(format!("{ANNOTATION_GPU_STATUS} ignored: observedAt: {e}"));
+            return None;
+        }
+    };
+    let age = now.duration_since(observed).unwrap_or(Duration::ZERO);
+    if age > Duration::from_secs(config.report_ttl_seconds) {
+        notes.push(format!(
+            "{ANNOTATION_GPU_STATUS} ignored: stale ({}s old, ttl {}s)",
+            age.as_secs(),
+            config.report_ttl_seconds
+        ));
+        return None;
+    }
+    if report.devices.is_empty() {
+        notes.push(format!("{ANNOTATION_GPU_STATUS} ignored: no devices"));
+        return None;
+    }
+    let mut devices: Vec<Device> = report
+        .devices
+        .iter()
+        .map(|d| {
+            mk_device(
+                d.index,
+                Some(d.uuid.clone()).filter(|u| !u.is_empty()),
+                &d.product,
+                vendor,
+                d.total_mib,
+                d.used_mib.min(d.total_mib),
+                d.healthy,
+            )
+        })
+        .collect();
+    devices.sort_by_key(|d| d.index);
+    devices.dedup_by_key(|d| d.index);
+    Some(devices)
+}
+
+fn devices_from_gfd(
+    facts: &NodeFacts,
+    allocatable: u32,
+    notes: &mut Vec<String>,
+) -> Option<Vec<Device>> {
+    let product = facts.labels.get(LABEL_GFD_PRODUCT)?;
+    let memory = facts.labels.get(LABEL_GFD_MEMORY)?;
+    let Ok(total_mib) = memory.trim().parse::<u64>() else {
+        notes.push(format!(
+            "{LABEL_GFD_MEMORY}={memory:?} ignored: not a MiB integer"
+        ));
+        return None;
+    };
+    let count = facts
+        .labels
+        .get(LABEL_GFD_COUNT)
+        .and_then(|c| c.trim().parse::<u32>().ok())
+        .filter(|c| *c > 0)
+        .unwrap_or(allocatable);
+    Some(
+        (0..count)
+            .map(|i| mk_device(i, None, product, Vendor::Nvidia, total_mib, 0, true))
+            .collect(),
+    )
+}
+
+fn devices_from_ascend(
+    facts: &NodeFacts,
+    resource: &str,
+    count: u32,
+    config: &Config,
+) -> Option<Vec<Device>> {
+    let chip = ascend_chip(facts, resource)?;
+    let hbm = config.ascend_hbm(&chip)?;
+    let product = format!("Ascend{chip}");
+    Some(
+        (0..count)
+            .map(|i| mk_device(i, None, &product, Vendor::Ascend, hbm, 0, true))
+            .collect(),
+    )
+}
+
+/// The Ascend chip name (`910B3`, `310P`, …) from a per-chip resource name or the node's labels.
+/// `servertype` alone names a chip only where the AI-core count is unambiguous.
+fn ascend_chip(facts: &NodeFacts, resource: &str) -> Option<String> {
+    let from_resource = resource.strip_prefix("huawei.com/Ascend").unwrap_or("");
+    if !matches!(from_resource, "" | "910" | "910B") {
+        return Some(normalize_ascend_chip(from_resource));
+    }
+    if let Some(chip) = facts.labels.get(LABEL_NPU_CHIP) {
+        return Some(normalize_ascend_chip(chip));
+    }
+    if let Some(server) = facts.labels.get(LABEL_ASCEND_SERVERTYPE) {
+        // `Ascend910B-24` has 24 AI cores: only the 910B2. `-20` could be 910B3 or 910B4 (32 vs 64 GB).
+        if server.starts_with("Ascend910B-24") {
+            return Some("910B2".into());
+        }
+        if server.starts_with("Ascend310P") {
+            return Some("310P".into());
+        }
+    }
+    match facts
+        .labels
+        .get(LABEL_ASCEND_ACCELERATOR)
+        .map(String::as_str)
+    {
+        Some("huawei-Ascend310P") => Some("310P".into()),
+        _ => None,
+    }
+}
+
+fn normalize_ascend_chip(raw: &str) -> String {
+    let upper = raw.trim().to_ascii_uppercase();
+    let bare = upper
+        .trim_start_matches("ASCEND")
+        .trim_start_matches(['-', '_', ' ']);
+    // 310P3 and friends share the 310P table entry.
+    if bare.starts_with("310P") {
+        return "310P".into();
+    }
+    bare.to_string()
+}
+
+/// Sanitises a product name the way GFD does (spaces to `-`, odd characters dropped).
+pub fn sanitize_product(raw: &str) -> String {
+    let kept: String = raw
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ' '))
+        .collect();
+    kept.split_whitespace().collect::<Vec<_>>().join("-")
+}
+
+/// The short class of a product: `NVIDIA-A100-SXM4-80GB` → `A100`, `Tesla-T4` → `T4`,
+/// `Ascend910B3` → `910B3`.
+pub fn product_class(product: &str, vendor: Vendor) -> String {
+    match vendor {
+        Vendor::Ascend => normalize_ascend_chip(product),
+        Vendor::Nvidia => {
+            let tokens: Vec<&str> = product
+                .split('-')
+                .filter(|t| {
+                    !t.is_empty()
+                        && !["NVIDIA", "TESLA", "GEFORCE", "QUADRO"]
+                            .contains(&t.to_ascii_uppercase().as_str())
+                })
+                .collect();
+            match tokens.as_slice() {
+                [] => product.to_string(),
+                [first, second, ..] if first.eq_ignore_ascii_case("RTX") => {
+                    format!("{first}-{second}")
+                }
+                [first, ..] => first.to_string(),
+            }
+        }
+    }
+}
+
+fn mk_device(
+    index: u32,
+    uuid: Option<String>,
+    product: &str,
+    vendor: Vendor,
+    total_mib: u64,
+    measured_used_mib: u64,
+    healthy: bool,
+) -> Device {
+    let product = sanitize_product(product);
+    Device {
+        index,
+        uuid,
+        class: product_class(&product, vendor),
+        product,
+        total_mib,
+        measured_used_mib,
+        healthy,
+        reserved_mib: 0,
+        exclusive_holders: 0,
+        sharers: 0,
+    }
+}
+
+/// Whether an allow-list entry (`A100`, `Tesla-T4`, `A100-80GB`, `910B3`, `nvidia`) names a device.
+///
+/// An entry matches the exact product, the class, the vendor, or a subsequence of the product's
+/// `-`-separated tokens (so `A100-80GB` matches `NVIDIA-A100-SXM4-80GB`, and `A10` does not
+/// match `A100`). Ascend entries also match chips they prefix (`910B` matches `910B3`).
+pub fn product_matches(entry: &str, device: &Device, vendor: Vendor) -> bool {
+    let entry = entry.trim().to_ascii_uppercase();
+    if entry.is_empty() {
+        return false;
+    }
+    let product = device.product.to_ascii_uppercase();
+    let class = device.class.to_ascii_uppercase();
+    let vendor_name = match vendor {
+        Vendor::Nvidia => "NVIDIA",
+        Vendor::Ascend => "ASCEND",
+    };
+    if entry == product || entry == class || entry == vendor_name {
+        return true;
+    }
+    if vendor == Vendor::Ascend {
+        let chip = normalize_ascend_chip(&entry);
+        if !chip.is_empty() && class.starts_with(&chip) {
+            return true;
+        }
+    }
+    let mut product_tokens = product.split('-');
+    entry
+        .split('-')
+        .all(|wanted| product_tokens.any(|have| have == wanted))
+}

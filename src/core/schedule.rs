@@ -1,0 +1,265 @@
+//! Decisions over many nodes: filter with reasons, prioritize, and place-and-commit, all as pure
+//! functions of the inventory and a demand. The HTTP server and the CLI call these.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::config::Config;
+use super::demand::{DemandError, PodDemand};
+use super::filter::{fit_node, Fit, Reason};
+use super::inventory::{DeviceShare, Inventory, Placement};
+use super::node::NodeInfo;
+use super::score::{score_candidates, Scored};
+
+/// A pod's demand, or why it is invalid.
+pub type Demand = Result<PodDemand, DemandError>;
+
+/// The verdict for one node: where the pod would go there, or why not.
+pub fn verdict(node: Option<&NodeInfo>, demand: &Demand) -> Result<Fit, Reason> {
+    let demand = demand.as_ref().map_err(|e| Reason::InvalidPod {
+        message: e.to_string(),
+    })?;
+    if demand.is_accelerator_free() {
+        return Ok(Fit {
+            shares: Vec::new(),
+            exclusive: false,
+            idle_after_mib: 0,
+            chosen_total_mib: 0,
+        });
+    }
+    fit_node(node.ok_or(Reason::UnknownNode)?, demand)
+}
+
+/// The filter answer in kube-scheduler's terms.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FilterOutcome {
+    /// Nodes that pass, in input order.
+    pub feasible: Vec<String>,
+    /// Rejections an eviction could fix (`FailedNodes`).
+    pub failed: BTreeMap<String, String>,
+    /// Rejections no eviction can fix (`FailedAndUnresolvableNodes`).
+    pub unresolvable: BTreeMap<String, String>,
+    /// Every rejection, with its structured reason (for metrics and the CLI).
+    pub reasons: Vec<(String, Reason)>,
+}
+
+/// Filters `nodes` (name, node if known). Every rejected node gets exactly one reason.
+pub fn filter<'a>(
+    nodes: impl IntoIterator<Item = (&'a str, Option<&'a NodeInfo>)>,
+    demand: &Demand,
+) -> FilterOutcome {
+    let mut out = FilterOutcome::default();
+    for (name, node) in nodes {
+        match verdict(node, demand) {
+            Ok(_) => out.feasible.push(name.to_string()),
+            Err(reason) => {
+                let map = if reason.is_unresolvable() {
+                    &mut out.unresolvable
+                } else {
+                    &mut out.failed
+                };
+                map.insert(name.to_string(), reason.to_string());
+                out.reasons.push((name.to_string(), reason));
+            }
+        }
+    }
+    out
+}
+
+/// Scores `nodes` for the pod; infeasible or unknown nodes score 0. Order follows the input.
+pub fn prioritize<'a>(
+    nodes: impl IntoIterator<Item = (&'a str, Option<&'a NodeInfo>)>,
+    demand: &Demand,
+    inventory: &Inventory,
+    config: &Config,
+) -> Vec<(String, u8)> {
+    let verdicts: Vec<(&str, Option<&NodeInfo>, Option<Fit>)> = nodes
+        .into_iter()
+        .map(|(name, node)| (name, node, verdict(node, demand).ok()))
+        .collect();
+    let Ok(demand) = demand else {
+        return verdicts
+            .iter()
+            .map(|(n, _, _)| (n.to_string(), 0))
+            .collect();
+    };
+    let candidates: Vec<(&NodeInfo, &Fit)> = verdicts
+        .iter()
+        .filter_map(|(_, node, fit)| Some(((*node)?, fit.as_ref()?)))
+        .collect();
+    let scores = rank(&candidates, demand, inventory, config);
+    let mut scores = scores.into_iter();
+    verdicts
+        .iter()
+        .map(|(name, node, fit)| {
+            let score = match (node, fit) {
+                (Some(_), Some(_)) => scores.next().map(|s| s.score).unwrap_or(0),
+                _ => 0,
+            };
+            (name.to_string(), score)
+        })
+        .collect()
+}
+
+fn rank(
+    candidates: &[(&NodeInfo, &Fit)],
+    demand: &PodDemand,
+    inventory: &Inventory,
+    config: &Config,
+) -> Vec<Scored> {
+    let (_, weights) = config.profile_for(demand.scheduler_name.as_deref());
+    let replicas = demand.model.as_deref().and_then(|m| inventory.replicas(m));
+    score_candidates(candidates, replicas, weights)
+}
+
+/// The outcome of placing one pod.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    /// `namespace/name`.
+    pub pod: String,
+    pub node: Option<String>,
+    pub zone: Option<String>,
+    pub shares: Vec<DeviceShare>,
+    /// Whole devices (true) or VRAM on a shared device (false).
+    pub exclusive: bool,
+    /// 0–10, as kube-scheduler would see it.
+    pub score: Option<u8>,
+    /// The exact weighted score in `0..=1`.
+    pub exact_score: Option<f64>,
+    /// The profile that scored it.
+    pub profile: String,
+    /// Rejected node → reason (every rejected node, placed or not).
+    pub reasons: BTreeMap<String, Reason>,
+}
+
+/// Places one pod on the best node of the whole inventory and commits it to the ledger.
+/// Ties go to the node whose name sorts first, so the result is deterministic.
+pub fn place(inventory: &mut Inventory, demand: &Demand, config: &Config) -> Decision {
+    let (profile, _) = config.profile_for(
+        demand
+            .as_ref()
+            .ok()
+            .and_then(|d| d.scheduler_name.as_deref()),
+    );
+    let mut decision = Decision {
+        pod: match demand {
+            Ok(d) => d.key.clone(),
+            Err(_) => String::new(),
+        },
+        node: None,
+        zone: None,
+        shares: Vec::new(),
+        exclusive: false,
+        score: None,
+        exact_score: None,
+        profile: profile.to_string(),
+        reasons: BTreeMap::new(),
+    };
+    let mut fits: Vec<(&NodeInfo, Fit)> = Vec::new();
+    for node in inventory.nodes() {
+        match verdict(Some(node), demand) {
+            Ok(fit) => fits.push((node, fit)),
+            Err(reason) => {
+                decision.reasons.insert(node.name.clone(), reason);
+            }
+        }
+    }
+    let Ok(pod) = demand else {
+        return decision;
+    };
+    let candidates: Vec<(&NodeInfo, &Fit)> = fits.iter().map(|(n, f)| (*n, f)).collect();
+    let scores = rank(&candidates, pod, inventory, config);
+    let best = scores
+        .iter()
+        .enumerate()
+        .max_by(|(ia, a), (ib, b)| a.exact.total_cmp(&b.exact).then(ib.cmp(ia)))
+        .map(|(i, s)| (i, *s));
+    let Some((best, scored)) = best else {
+        return decision;
+    };
+    let (node, fit) = &fits[best];
+    let placement = Placement {
+        pod: pod.key.clone(),
+        node: node.name.clone(),
+        zone: node.zone.clone(),
+        model: pod.model.clone(),
+        shares: fit.shares.clone(),
+        exclusive: fit.exclusive,
+    };
+    decision.node = Some(node.name.clone());
+    decision.zone = node.zone.clone();
+    decision.shares = fit.shares.clone();
+    decision.exclusive = fit.exclusive;
+    decision.score = Some(scored.score);
+    decision.exact_score = Some(scored.exact);
+    drop(fits);
+    if !pod.is_accelerator_free() {
+        inventory.commit(&pod.id, placement);
+    }
+    decision
+}
+
+/// Pod annotation listing the device indices a bound pod holds (`0,1`), written at bind.
+pub const ANNOTATION_ASSIGNED_DEVICES: &str = "vramfit.io/assigned-devices";
+
+/// Parses [`ANNOTATION_ASSIGNED_DEVICES`]; `None` when absent or malformed.
+pub fn parse_assigned_devices(raw: &str) -> Option<Vec<u32>> {
+    let indices: Result<Vec<u32>, _> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::parse)
+        .collect();
+    indices.ok().filter(|v| !v.is_empty())
+}
+
+/// Records a pod that is already bound to `node_name` (it occupies devices whether or not it
+/// would fit now). Devices come from `assigned` when known, else from the best fit ignoring
+/// headroom, else from the least occupied devices: reality is recorded, never refused.
+pub fn record_bound(
+    inventory: &mut Inventory,
+    demand: &PodDemand,
+    node_name: &str,
+    assigned: Option<&[u32]>,
+) {
+    if demand.is_accelerator_free() {
+        return;
+    }
+    let node = inventory.node(node_name);
+    let count = demand.devices.max(1) as usize;
+    let indices: Vec<u32> = if let Some(assigned) = assigned {
+        assigned.to_vec()
+    } else if let Some(node) = node {
+        let relaxed = PodDemand {
+            headroom_percent: 0,
+            products: Vec::new(),
+            ..demand.clone()
+        };
+        match fit_node(node, &relaxed) {
+            Ok(fit) => fit.shares.iter().map(|s| s.index).collect(),
+            Err(_) => {
+                let mut devices: Vec<_> = node.devices.iter().collect();
+                devices.sort_by_key(|d| (d.exclusive_holders, d.sharers, d.used_mib(), d.index));
+                devices.iter().take(count).map(|d| d.index).collect()
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    let placement = Placement {
+        pod: demand.key.clone(),
+        node: node_name.to_string(),
+        zone: node.and_then(|n| n.zone.clone()),
+        model: demand.model.clone(),
+        shares: indices
+            .into_iter()
+            .map(|index| DeviceShare {
+                index,
+                vram_mib: demand.vram_mib,
+            })
+            .collect(),
+        exclusive: !demand.is_sharing(),
+    };
+    inventory.commit(&demand.id, placement);
+}

@@ -1,0 +1,236 @@
+//! Kubernetes objects, read leniently into the core's facts.
+//!
+//! Only the fields placement needs are decoded; everything else (managedFields, images, status
+//! conditions) is skipped while parsing. Go's encoder writes `null` for empty slices and maps, and
+//! YAML dumps write quantities as numbers, so every field tolerates `null`, absence, and scalars.
+
+use serde::Deserialize;
+use serde::Deserializer;
+use std::collections::BTreeMap;
+
+use crate::core::facts::{ContainerResources, NodeFacts, PodFacts};
+
+/// Decodes `null` as the type's default.
+fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// A string-valued map whose values may be written as strings, numbers or booleans.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScalarMap(pub BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for ScalarMap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Scalar {
+            S(String),
+            I(i64),
+            U(u64),
+            F(f64),
+            B(bool),
+        }
+        let raw = Option::<BTreeMap<String, Option<Scalar>>>::deserialize(d)?.unwrap_or_default();
+        Ok(ScalarMap(
+            raw.into_iter()
+                .filter_map(|(k, v)| {
+                    let v = match v? {
+                        Scalar::S(s) => s,
+                        Scalar::I(i) => i.to_string(),
+                        Scalar::U(u) => u.to_string(),
+                        Scalar::F(f) => f.to_string(),
+                        Scalar::B(b) => b.to_string(),
+                    };
+                    Some((k, v))
+                })
+                .collect(),
+        ))
+    }
+}
+
+/// `metadata`, the parts placement reads.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Meta {
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub namespace: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub uid: String,
+    #[serde(default)]
+    pub labels: ScalarMap,
+    #[serde(default)]
+    pub annotations: ScalarMap,
+    #[serde(default, deserialize_with = "nullable")]
+    pub owner_references: Vec<OwnerReference>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub deletion_timestamp: Option<String>,
+}
+
+/// An owner reference.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerReference {
+    #[serde(default, deserialize_with = "nullable")]
+    pub kind: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub controller: bool,
+}
+
+/// A taint on a node.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct Taint {
+    #[serde(default, deserialize_with = "nullable")]
+    pub key: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub value: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub effect: String,
+}
+
+/// A Node.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Node {
+    #[serde(default, deserialize_with = "nullable")]
+    pub metadata: Meta,
+    #[serde(default, deserialize_with = "nullable")]
+    pub spec: NodeSpec,
+    #[serde(default, deserialize_with = "nullable")]
+    pub status: NodeStatus,
+}
+
+/// `Node.spec`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NodeSpec {
+    #[serde(default, deserialize_with = "nullable")]
+    pub unschedulable: bool,
+    #[serde(default, deserialize_with = "nullable")]
+    pub taints: Vec<Taint>,
+}
+
+/// `Node.status`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NodeStatus {
+    #[serde(default)]
+    pub allocatable: ScalarMap,
+    #[serde(default)]
+    pub capacity: ScalarMap,
+}
+
+/// `resources` of a container.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Resources {
+    #[serde(default)]
+    pub requests: ScalarMap,
+    #[serde(default)]
+    pub limits: ScalarMap,
+}
+
+/// A container, the parts placement reads.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Container {
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub resources: Resources,
+}
+
+/// A Pod.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Pod {
+    #[serde(default, deserialize_with = "nullable")]
+    pub metadata: Meta,
+    #[serde(default, deserialize_with = "nullable")]
+    pub spec: PodSpec,
+    #[serde(default, deserialize_with = "nullable")]
+    pub status: PodStatus,
+}
+
+/// `Pod.spec`, the parts placement reads.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    #[serde(default, deserialize_with = "nullable")]
+    pub node_name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub scheduler_name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub containers: Vec<Container>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub init_containers: Vec<Container>,
+}
+
+/// `Pod.status`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PodStatus {
+    #[serde(default, deserialize_with = "nullable")]
+    pub phase: String,
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+impl Node {
+    /// The core's view of this node.
+    pub fn facts(&self) -> NodeFacts {
+        NodeFacts {
+            name: self.metadata.name.clone(),
+            labels: self.metadata.labels.0.clone(),
+            annotations: self.metadata.annotations.0.clone(),
+            allocatable: if self.status.allocatable.0.is_empty() {
+                self.status.capacity.0.clone()
+            } else {
+                self.status.allocatable.0.clone()
+            },
+            unschedulable: self.spec.unschedulable,
+        }
+    }
+}
+
+fn container_facts(c: &Container) -> ContainerResources {
+    ContainerResources {
+        requests: c.resources.requests.0.clone(),
+        limits: c.resources.limits.0.clone(),
+    }
+}
+
+impl Pod {
+    /// The core's view of this pod.
+    pub fn facts(&self) -> PodFacts {
+        let meta = &self.metadata;
+        PodFacts {
+            namespace: if meta.namespace.is_empty() {
+                "default".into()
+            } else {
+                meta.namespace.clone()
+            },
+            name: meta.name.clone(),
+            uid: meta.uid.clone(),
+            labels: meta.labels.0.clone(),
+            annotations: meta.annotations.0.clone(),
+            controller: meta
+                .owner_references
+                .iter()
+                .find(|o| o.controller)
+                .map(|o| o.name.clone()),
+            scheduler_name: non_empty(&self.spec.scheduler_name),
+            containers: self.spec.containers.iter().map(container_facts).collect(),
+            init_containers: self
+                .spec
+                .init_containers
+                .iter()
+                .map(container_facts)
+                .collect(),
+            node_name: non_empty(&self.spec.node_name),
+            phase: non_empty(&self.status.phase),
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! vramfit: a GPU-VRAM-aware Kubernetes scheduler extender.
+//!
+//! [`core`] is the pure placement engine; [`k8s`] reads Kubernetes objects into its facts;
+//! [`cluster`] holds the live state the server answers from; [`server`] speaks the extender
+//! protocol; [`cli`] is the command line.
+
+pub mod cluster;
+pub mod core;
+pub mod k8s;
+pub mod place;
+pub mod server;
+pub mod settings;
+pub mod snapshot;

@@ -1,0 +1,178 @@
+//! The `vramfit` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use vramfit::cluster::ClusterState;
+use vramfit::place::{inventory_of, place_all, render_table};
+use vramfit::server::{metrics::Metrics, serve, App};
+use vramfit::settings::{load_catalog, Settings};
+use vramfit::snapshot::load_file;
+
+#[derive(Parser)]
+#[command(
+    name = "vramfit",
+    version,
+    about = "GPU-VRAM-aware Kubernetes scheduler extender and placement dry-run"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the scheduler extender (filter, prioritize, bind) over HTTP.
+    Serve {
+        /// Cluster snapshot (Nodes and Pods, YAML or JSON) to serve from.
+        #[arg(long)]
+        snapshot: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8888")]
+        listen: SocketAddr,
+        /// Config file (placement and server sections).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Model catalog file.
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+    },
+    /// Place pods on a cluster snapshot, one after another, and show where and why not.
+    Place {
+        /// Cluster snapshot (e.g. `kubectl get nodes,pods -A -o yaml`).
+        #[arg(long)]
+        snapshot: PathBuf,
+        /// Pods to place, in order.
+        #[arg(long)]
+        pods: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+        /// Config file (placement and server sections).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Model catalog file.
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+    },
+}
+
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve {
+            snapshot,
+            listen,
+            config,
+            catalog,
+        } => {
+            init_logging(cli.log_format, "info");
+            run_serve(snapshot, listen, config, catalog)
+        }
+        Command::Place {
+            snapshot,
+            pods,
+            output,
+            config,
+            catalog,
+        } => {
+            init_logging(cli.log_format, "warn");
+            run_place(snapshot, pods, output, config, catalog)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run_serve(
+    snapshot: PathBuf,
+    listen: SocketAddr,
+    config: Option<PathBuf>,
+    catalog: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(config.as_deref())?;
+    let catalog = load_catalog(catalog.as_deref())?;
+    let objects = load_file(&snapshot)?;
+    let state =
+        ClusterState::from_snapshot(&objects, settings.placement, catalog, SystemTime::now());
+    tracing::info!(
+        nodes = objects.nodes.len(),
+        pods = objects.pods.len(),
+        snapshot = %snapshot.display(),
+        "loaded snapshot"
+    );
+    let app = App {
+        cluster: Arc::new(state),
+        metrics: Arc::new(Metrics::default()),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(serve(app, &settings.server, listen))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_place(
+    snapshot: PathBuf,
+    pods: PathBuf,
+    output: Output,
+    config: Option<PathBuf>,
+    catalog: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(config.as_deref())?;
+    let catalog = load_catalog(catalog.as_deref())?;
+    let cluster = load_file(&snapshot)?;
+    let workload = load_file(&pods)?;
+    if let Some((kind, _)) = workload.skipped.iter().next() {
+        anyhow::bail!(
+            "{}: unsupported kind {kind:?} (place takes Pods)",
+            pods.display()
+        );
+    }
+    let mut inventory = inventory_of(&cluster, &settings.placement, &catalog, SystemTime::now());
+    let report = place_all(&mut inventory, &workload, &settings.placement, &catalog);
+    match output {
+        Output::Table => print!("{}", render_table(&report)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    Ok(if report.all_placed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}

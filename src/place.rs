@@ -1,0 +1,212 @@
+//! The `place` command's engine: loads a snapshot into an inventory and places a file's pods one
+//! after another with the core, exactly as the server would, then reports where and why not.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::cluster::load_snapshot;
+use crate::core::quantity::format_mib;
+use crate::core::schedule::Decision;
+use crate::core::{pod_demand, Catalog, Config, Inventory};
+use crate::snapshot::Objects;
+
+/// One device a placed pod got.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceOut {
+    pub index: u32,
+    pub product: String,
+    /// VRAM reserved on it (MiB); 0 when the pod declared none.
+    #[serde(rename = "vramMiB")]
+    pub vram_mib: u64,
+    pub shared: bool,
+}
+
+/// Where one pod went, or why it could not.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PodResult {
+    /// `namespace/name`.
+    pub pod: String,
+    pub node: Option<String>,
+    pub devices: Vec<DeviceOut>,
+    pub zone: Option<String>,
+    /// 0–10, as kube-scheduler would receive it.
+    pub score: Option<u8>,
+    pub profile: String,
+    /// For an unplaced pod: node → reason.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub reasons: BTreeMap<String, String>,
+    /// For an unplaced pod: the FailedScheduling-style summary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The result of a `place` run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlaceReport {
+    pub nodes: usize,
+    pub pods: Vec<PodResult>,
+}
+
+impl PlaceReport {
+    /// Whether every pod was placed.
+    pub fn all_placed(&self) -> bool {
+        self.pods.iter().all(|p| p.node.is_some())
+    }
+}
+
+/// Groups reasons the way kube-scheduler's FailedScheduling event does:
+/// `0/14 nodes are available: 6 vramfit: …, 8 vramfit: ….`
+pub fn failed_scheduling_message(total_nodes: usize, reasons: &BTreeMap<String, String>) -> String {
+    let mut histogram: BTreeMap<&str, usize> = BTreeMap::new();
+    for reason in reasons.values() {
+        *histogram.entry(reason.as_str()).or_default() += 1;
+    }
+    let mut parts: Vec<String> = histogram.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    parts.sort();
+    if parts.is_empty() {
+        format!("0/{total_nodes} nodes are available.")
+    } else {
+        format!("0/{total_nodes} nodes are available: {}.", parts.join(", "))
+    }
+}
+
+/// Builds the inventory of a snapshot.
+pub fn inventory_of(
+    snapshot: &Objects,
+    config: &Config,
+    catalog: &Catalog,
+    now: SystemTime,
+) -> Inventory {
+    let mut inventory = Inventory::new();
+    load_snapshot(&mut inventory, snapshot, config, catalog, now);
+    inventory
+}
+
+/// Places `pods` one after another on `inventory`, committing each placement.
+pub fn place_all(
+    inventory: &mut Inventory,
+    pods: &Objects,
+    config: &Config,
+    catalog: &Catalog,
+) -> PlaceReport {
+    let mut results = Vec::with_capacity(pods.pods.len());
+    for pod in &pods.pods {
+        let facts = pod.facts();
+        let demand = pod_demand(&facts, config, catalog);
+        let decision = crate::core::place(inventory, &demand, config);
+        results.push(describe(inventory, facts.key(), decision));
+    }
+    PlaceReport {
+        nodes: inventory.node_count(),
+        pods: results,
+    }
+}
+
+fn describe(inventory: &Inventory, pod: String, decision: Decision) -> PodResult {
+    let node = decision.node.as_deref().and_then(|n| inventory.node(n));
+    let devices = decision
+        .shares
+        .iter()
+        .map(|share| {
+            let device = node.and_then(|n| n.devices.iter().find(|d| d.index == share.index));
+            DeviceOut {
+                index: share.index,
+                product: device.map(|d| d.product.clone()).unwrap_or_default(),
+                vram_mib: share.vram_mib,
+                shared: !decision.exclusive,
+            }
+        })
+        .collect();
+    let placed = decision.node.is_some();
+    let reasons: BTreeMap<String, String> = if placed {
+        BTreeMap::new()
+    } else {
+        decision
+            .reasons
+            .iter()
+            .map(|(n, r)| (n.clone(), r.to_string()))
+            .collect()
+    };
+    PodResult {
+        message: (!placed).then(|| failed_scheduling_message(inventory.node_count(), &reasons)),
+        pod,
+        node: decision.node,
+        devices,
+        zone: decision.zone,
+        score: decision.score,
+        profile: decision.profile,
+        reasons,
+    }
+}
+
+/// Renders the report as an aligned table, followed by the reasons for unplaced pods.
+pub fn render_table(report: &PlaceReport) -> String {
+    let header = ["POD", "NODE", "DEVICES", "ZONE", "SCORE", "PROFILE"];
+    let rows: Vec<[String; 6]> = report
+        .pods
+        .iter()
+        .map(|p| {
+            [
+                p.pod.clone(),
+                p.node.clone().unwrap_or_else(|| "<pending>".into()),
+                devices_cell(&p.devices),
+                p.zone.clone().unwrap_or_else(|| "-".into()),
+                p.score.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                p.profile.clone(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| -> String {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.trim_end().to_string() + "\n"
+    };
+    let mut out = line(&header.map(String::from));
+    for row in &rows {
+        out.push_str(&line(row));
+    }
+    let placed = report.pods.iter().filter(|p| p.node.is_some()).count();
+    out.push_str(&format!(
+        "\n{placed}/{} pods placed on {} nodes.\n",
+        report.pods.len(),
+        report.nodes
+    ));
+    for p in report.pods.iter().filter(|p| p.node.is_none()) {
+        if let Some(message) = &p.message {
+            out.push_str(&format!("\n{}: {message}\n", p.pod));
+        }
+    }
+    out
+}
+
+fn devices_cell(devices: &[DeviceOut]) -> String {
+    if devices.is_empty() {
+        return "-".into();
+    }
+    let product = &devices[0].product;
+    let indices: Vec<String> = devices.iter().map(|d| format!("#{}", d.index)).collect();
+    let vram = devices[0].vram_mib;
+    let mut cell = format!("{} {product} {}", devices.len(), indices.join(","));
+    if vram > 0 {
+        cell.push_str(&format!(
+            " ({} each{})",
+            format_mib(vram),
+            if devices[0].shared { ", shared" } else { "" }
+        ));
+    }
+    cell
+}

@@ -1,0 +1,386 @@
+//! The extender HTTP server (axum): `POST {prefix}/filter`, `/prioritize`, `/bind`, plus
+//! `GET /healthz`, `/readyz`, `/metrics`, `/version`. Handlers translate the wire format to the
+//! core and back; they hold no placement logic of their own.
+
+pub mod metrics;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::cluster::{BindTarget, ClusterState};
+use crate::core::{build_node, pod_demand, NodeInfo};
+use crate::k8s::Node;
+use metrics::{Metrics, ReasonLabels};
+use wire::{
+    ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult, HostPriority,
+    NodeListOut,
+};
+
+/// Settings of the HTTP layer (the `server:` section of the config file).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ServerConfig {
+    /// Prefix before the verbs, matching `urlPrefix`'s path (e.g. `/scheduler`).
+    pub path_prefix: String,
+    /// Largest request body accepted; larger gets 413.
+    pub body_limit_bytes: usize,
+    /// PEM certificate and key for HTTPS (`enableHTTPS`); both or neither.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// How long SIGTERM waits for in-flight requests.
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            path_prefix: String::new(),
+            body_limit_bytes: 64 * 1024 * 1024,
+            tls_cert_file: None,
+            tls_key_file: None,
+            shutdown_grace_seconds: 10,
+        }
+    }
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct App {
+    pub cluster: Arc<ClusterState>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Builds the router.
+pub fn router(app: App, server: &ServerConfig) -> Router {
+    let prefix = server.path_prefix.trim_end_matches('/');
+    let prefix = if prefix.is_empty() || prefix.starts_with('/') {
+        prefix.to_string()
+    } else {
+        format!("/{prefix}")
+    };
+    Router::new()
+        .route(&format!("{prefix}/filter"), post(filter))
+        .route(&format!("{prefix}/prioritize"), post(prioritize))
+        .route(&format!("{prefix}/bind"), post(bind))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/version", get(version))
+        .layer(DefaultBodyLimit::max(server.body_limit_bytes))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(app)
+}
+
+/// A request the server cannot read: answered 400 with `{"error": "…"}`.
+#[derive(Debug)]
+pub struct BadRequest(pub String);
+
+impl IntoResponse for BadRequest {
+    fn into_response(self) -> Response {
+        (StatusCode::BAD_REQUEST, Json(json!({ "error": self.0 }))).into_response()
+    }
+}
+
+fn bad_request(message: impl std::fmt::Display) -> BadRequest {
+    BadRequest(message.to_string())
+}
+
+fn parse_args(body: &[u8]) -> Result<ExtenderArgs, BadRequest> {
+    let args: ExtenderArgs = serde_json::from_slice(body)
+        .map_err(|e| bad_request(format!("invalid ExtenderArgs: {e}")))?;
+    if args.pod.is_none() {
+        return Err(bad_request("invalid ExtenderArgs: missing Pod"));
+    }
+    Ok(args)
+}
+
+/// The nodes of a request, resolved to the core's view: from the inventory by name
+/// (`NodeNames`), or built from the Node objects sent (`Nodes`) with the ledger's occupancy.
+enum Candidates {
+    Names(Vec<String>),
+    Objects(Vec<(String, NodeInfo)>),
+}
+
+fn candidates(app: &App, args: &ExtenderArgs) -> Result<Candidates, BadRequest> {
+    if let Some(names) = &args.node_names {
+        return Ok(Candidates::Names(names.clone()));
+    }
+    let Some(list) = &args.nodes else {
+        return Ok(Candidates::Names(Vec::new()));
+    };
+    let now = SystemTime::now();
+    let inventory = app.cluster.read();
+    let mut out = Vec::with_capacity(list.items.len());
+    for raw in &list.items {
+        let node: Node = serde_json::from_str(raw.get())
+            .map_err(|e| bad_request(format!("invalid Node in Nodes.items: {e}")))?;
+        let mut info = build_node(&node.facts(), &app.cluster.config, now);
+        inventory.apply_ledger(&mut info);
+        out.push((node.metadata.name.clone(), info));
+    }
+    Ok(Candidates::Objects(out))
+}
+
+async fn filter(State(app): State<App>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let (outcome, response) = match filter_inner(&app, &body) {
+        Ok((outcome, result)) => (outcome, Json(result).into_response()),
+        Err(bad) => ("bad-request", bad.into_response()),
+    };
+    app.metrics
+        .observe("filter", outcome, started.elapsed().as_secs_f64());
+    response
+}
+
+fn filter_inner(
+    app: &App,
+    body: &[u8],
+) -> Result<(&'static str, ExtenderFilterResult), BadRequest> {
+    let args = parse_args(body)?;
+    let pod = args.pod.as_ref().map(|p| p.facts()).unwrap_or_default();
+    let demand = pod_demand(&pod, &app.cluster.config, &app.cluster.catalog);
+    app.cluster.remember(&pod.ledger_id(), demand.clone());
+    let candidates = candidates(app, &args)?;
+    let outcome = match &candidates {
+        Candidates::Names(names) => {
+            let inventory = app.cluster.read();
+            crate::core::filter(
+                names.iter().map(|n| (n.as_str(), inventory.node(n))),
+                &demand,
+            )
+        }
+        Candidates::Objects(nodes) => {
+            crate::core::filter(nodes.iter().map(|(n, i)| (n.as_str(), Some(i))), &demand)
+        }
+    };
+    for (_, reason) in &outcome.reasons {
+        app.metrics
+            .rejections
+            .get_or_create(&ReasonLabels {
+                reason: reason.code().into(),
+            })
+            .inc();
+    }
+    let label = if outcome.feasible.is_empty() && !outcome.reasons.is_empty() {
+        "rejected-all"
+    } else {
+        "ok"
+    };
+    let (nodes, node_names) = match (candidates, args.nodes) {
+        (Candidates::Objects(resolved), Some(list)) => {
+            let keep: std::collections::HashSet<&str> =
+                outcome.feasible.iter().map(String::as_str).collect();
+            // Survivors go back unchanged, in input order.
+            let items = list
+                .items
+                .into_iter()
+                .zip(&resolved)
+                .filter(|(_, (name, _))| keep.contains(name.as_str()))
+                .map(|(raw, _)| raw)
+                .collect();
+            (
+                Some(NodeListOut {
+                    metadata: serde_json::Map::new(),
+                    items,
+                }),
+                None,
+            )
+        }
+        _ => (None, Some(outcome.feasible.clone())),
+    };
+    Ok((
+        label,
+        ExtenderFilterResult {
+            nodes,
+            node_names,
+            failed_nodes: outcome.failed,
+            failed_and_unresolvable_nodes: outcome.unresolvable,
+            error: String::new(),
+        },
+    ))
+}
+
+async fn prioritize(State(app): State<App>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let (outcome, response) = match prioritize_inner(&app, &body) {
+        Ok(list) => ("ok", Json(list).into_response()),
+        Err(bad) => ("bad-request", bad.into_response()),
+    };
+    app.metrics
+        .observe("prioritize", outcome, started.elapsed().as_secs_f64());
+    response
+}
+
+fn prioritize_inner(app: &App, body: &[u8]) -> Result<Vec<HostPriority>, BadRequest> {
+    let args = parse_args(body)?;
+    let pod = args.pod.as_ref().map(|p| p.facts()).unwrap_or_default();
+    let demand = pod_demand(&pod, &app.cluster.config, &app.cluster.catalog);
+    let candidates = candidates(app, &args)?;
+    let inventory = app.cluster.read();
+    let scores = match &candidates {
+        Candidates::Names(names) => crate::core::prioritize(
+            names.iter().map(|n| (n.as_str(), inventory.node(n))),
+            &demand,
+            &inventory,
+            &app.cluster.config,
+        ),
+        Candidates::Objects(nodes) => crate::core::prioritize(
+            nodes.iter().map(|(n, i)| (n.as_str(), Some(i))),
+            &demand,
+            &inventory,
+            &app.cluster.config,
+        ),
+    };
+    Ok(scores
+        .into_iter()
+        .map(|(host, score)| HostPriority {
+            host,
+            score: i64::from(score),
+        })
+        .collect())
+}
+
+async fn bind(State(app): State<App>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let args: ExtenderBindingArgs = match serde_json::from_slice(&body) {
+        Ok(args) => args,
+        Err(e) => {
+            app.metrics
+                .observe("bind", "bad-request", started.elapsed().as_secs_f64());
+            return bad_request(format!("invalid ExtenderBindingArgs: {e}")).into_response();
+        }
+    };
+    if args.pod_name.is_empty() || args.node.is_empty() {
+        app.metrics
+            .observe("bind", "bad-request", started.elapsed().as_secs_f64());
+        return bad_request("invalid ExtenderBindingArgs: PodName and Node are required")
+            .into_response();
+    }
+    let target = BindTarget {
+        namespace: if args.pod_namespace.is_empty() {
+            "default".into()
+        } else {
+            args.pod_namespace
+        },
+        name: args.pod_name,
+        uid: args.pod_uid,
+        node: args.node,
+    };
+    let (outcome, error) = match app.cluster.bind(&target).await {
+        Ok(placement) => {
+            tracing::info!(pod = %placement.pod, node = %placement.node, devices = ?placement.shares, "bound");
+            ("ok", String::new())
+        }
+        Err(e) => {
+            tracing::warn!(pod = %target.name, node = %target.node, error = %e, "bind refused");
+            ("error", e.to_string())
+        }
+    };
+    app.metrics
+        .observe("bind", outcome, started.elapsed().as_secs_f64());
+    Json(ExtenderBindingResult { error }).into_response()
+}
+
+async fn readyz(State(app): State<App>) -> Response {
+    if app.cluster.is_ready() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn version() -> Response {
+    Json(json!({ "name": env!("CARGO_PKG_NAME"), "version": env!("CARGO_PKG_VERSION") }))
+        .into_response()
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("TLS needs both tlsCertFile and tlsKeyFile")]
+    TlsHalfConfigured,
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Serves until SIGTERM or Ctrl-C, then drains in-flight requests for up to the grace period.
+pub async fn serve(app: App, server: &ServerConfig, addr: SocketAddr) -> Result<(), ServeError> {
+    let router = router(app, server);
+    let handle = axum_server::Handle::new();
+    let grace = Duration::from_secs(server.shutdown_grace_seconds);
+    let shutdown = handle.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!(
+            grace_seconds = grace.as_secs(),
+            "shutting down, draining in-flight requests"
+        );
+        shutdown.graceful_shutdown(Some(grace));
+    });
+    let service = router.into_make_service();
+    let result = match (&server.tls_cert_file, &server.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(ServeError::Tls)?;
+            tracing::info!(%addr, "serving HTTPS");
+            axum_server::bind_rustls(addr, tls)
+                .handle(handle)
+                .serve(service)
+                .await
+        }
+        (None, None) => {
+            tracing::info!(%addr, "serving HTTP");
+            axum_server::bind(addr).handle(handle).serve(service).await
+        }
+        _ => return Err(ServeError::TlsHalfConfigured),
+    };
+    result.map_err(|source| ServeError::Listen { addr, source })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

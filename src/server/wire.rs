@@ -1,0 +1,114 @@
+//! The kube-scheduler extender wire format (`k8s.io/kube-scheduler/extender/v1`): PascalCase keys,
+//! every field optional and `null`-tolerant, lowercase and camelCase aliases accepted.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+use crate::k8s::Pod;
+
+fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// `ExtenderArgs`: the filter and prioritize request.
+#[derive(Debug, Deserialize)]
+pub struct ExtenderArgs {
+    #[serde(rename = "Pod", alias = "pod", default)]
+    pub pod: Option<Pod>,
+    #[serde(rename = "Nodes", alias = "nodes", default)]
+    pub nodes: Option<RawNodeList>,
+    #[serde(
+        rename = "NodeNames",
+        alias = "nodeNames",
+        alias = "nodenames",
+        default
+    )]
+    pub node_names: Option<Vec<String>>,
+}
+
+/// A NodeList whose items are kept byte for byte, to be returned unchanged.
+#[derive(Debug, Deserialize)]
+pub struct RawNodeList {
+    #[serde(default, deserialize_with = "nullable")]
+    pub items: Vec<Box<RawValue>>,
+}
+
+/// A NodeList in a reply.
+#[derive(Debug, Serialize)]
+pub struct NodeListOut {
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub items: Vec<Box<RawValue>>,
+}
+
+/// `ExtenderFilterResult`.
+#[derive(Debug, Serialize)]
+pub struct ExtenderFilterResult {
+    #[serde(rename = "Nodes")]
+    pub nodes: Option<NodeListOut>,
+    #[serde(rename = "NodeNames")]
+    pub node_names: Option<Vec<String>>,
+    #[serde(rename = "FailedNodes")]
+    pub failed_nodes: BTreeMap<String, String>,
+    #[serde(rename = "FailedAndUnresolvableNodes")]
+    pub failed_and_unresolvable_nodes: BTreeMap<String, String>,
+    #[serde(rename = "Error")]
+    pub error: String,
+}
+
+/// `HostPriority`; the prioritize reply is a bare array of these.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct HostPriority {
+    #[serde(rename = "Host", alias = "host")]
+    pub host: String,
+    #[serde(rename = "Score", alias = "score")]
+    pub score: i64,
+}
+
+/// `ExtenderBindingArgs`.
+#[derive(Debug, Deserialize)]
+pub struct ExtenderBindingArgs {
+    #[serde(
+        rename = "PodName",
+        alias = "podName",
+        alias = "podname",
+        default,
+        deserialize_with = "nullable"
+    )]
+    pub pod_name: String,
+    #[serde(
+        rename = "PodNamespace",
+        alias = "podNamespace",
+        alias = "podnamespace",
+        default,
+        deserialize_with = "nullable"
+    )]
+    pub pod_namespace: String,
+    #[serde(
+        rename = "PodUID",
+        alias = "podUID",
+        alias = "poduid",
+        default,
+        deserialize_with = "nullable"
+    )]
+    pub pod_uid: String,
+    #[serde(
+        rename = "Node",
+        alias = "node",
+        default,
+        deserialize_with = "nullable"
+    )]
+    pub node: String,
+}
+
+/// `ExtenderBindingResult`.
+#[derive(Debug, Serialize)]
+pub struct ExtenderBindingResult {
+    #[serde(rename = "Error")]
+    pub error: String,
+}

@@ -201,9 +201,19 @@ pub fn pod_demand(
             VramSource::AliyunGpuMem => RESOURCE_ALIYUN_GPUMEM,
             _ => ANNOTATION_VRAM,
         };
+        let written = pod
+            .annotations
+            .get(key)
+            .cloned()
+            .or_else(|| {
+                pod.containers
+                    .iter()
+                    .find_map(|c| c.get(key).map(str::to_string))
+            })
+            .unwrap_or_else(|| format!("{vram_mib}Mi"));
         return Err(invalid(
             key,
-            &format!("{vram_mib}Mi"),
+            &written,
             "absurdly large (over 1Ti per device)",
         ));
     }

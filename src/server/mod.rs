@@ -121,14 +121,23 @@ fn candidates(app: &App, args: &ExtenderArgs) -> Result<Candidates, BadRequest> 
         return Ok(Candidates::Names(Vec::new()));
     };
     let now = SystemTime::now();
-    let inventory = app.cluster.read();
-    let mut out = Vec::with_capacity(list.items.len());
+    let mut parsed = Vec::with_capacity(list.items.len());
     for raw in &list.items {
         let node: Node = serde_json::from_str(raw.get())
             .map_err(|e| bad_request(format!("invalid Node in Nodes.items: {e}")))?;
-        let mut info = build_node(&node.facts(), &app.cluster.config, now);
-        inventory.apply_ledger(&mut info);
-        out.push((node.metadata.name.clone(), info));
+        parsed.push(build_node(&node.facts(), &app.cluster.config, now));
+    }
+    // The Node objects kube-scheduler sends are the freshest view: keep them, so a later bind
+    // (which carries only the node's name) re-checks against the same capacity.
+    let mut inventory = app.cluster.write();
+    let mut out = Vec::with_capacity(parsed.len());
+    for info in parsed {
+        let name = info.name.clone();
+        inventory.upsert_node(info);
+        let resolved = inventory.node(&name).cloned();
+        if let Some(resolved) = resolved {
+            out.push((name, resolved));
+        }
     }
     Ok(Candidates::Objects(out))
 }

@@ -22,15 +22,18 @@ fn reason_on(node: vramfit::core::NodeFacts, pod: PodBuilder) -> Result<Vec<u32>
         .map(|fit| fit.shares.iter().map(|s| s.index).collect())
 }
 
+/// Name, node, pod, expected devices or reason, whether the reason is unresolvable.
+type Case = (
+    &'static str,
+    vramfit::core::NodeFacts,
+    PodBuilder,
+    Result<Vec<u32>, &'static str>,
+    bool,
+);
+
 #[test]
 fn filter_reasons_table() {
-    let cases: Vec<(
-        &str,
-        vramfit::core::NodeFacts,
-        PodBuilder,
-        Result<Vec<u32>, &str>,
-        bool,
-    )> =
+    let cases: Vec<Case> =
         vec![
         (
             "8Gi fits a T4",

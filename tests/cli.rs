@@ -1,0 +1,262 @@
+//! The `vramfit` binary: `place` on the built-in example, snapshot formats, exit codes, errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn vramfit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vramfit"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run vramfit")
+}
+
+fn place_json(snapshot: &str, pods: &str) -> (i32, Value) {
+    let out = vramfit(&[
+        "place",
+        "--snapshot",
+        snapshot,
+        "--pods",
+        pods,
+        "--output",
+        "json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "json output: {e}\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap(), value)
+}
+
+fn scratch(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vramfit-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn the_example_places_every_model_where_it_belongs() {
+    let (code, report) = place_json("examples/cluster.yaml", "examples/models.yaml");
+    assert_eq!(code, 0, "all placed: {report:#}");
+    let pods = report["pods"].as_array().unwrap();
+    assert_eq!(pods.len(), 10);
+    let mut t4_free = 8; // eight T4 nodes in the example
+    for pod in pods {
+        for key in ["pod", "node", "devices", "zone", "score"] {
+            assert!(pod.get(key).is_some(), "{key} in {pod}");
+        }
+        let node = pod["node"].as_str().unwrap();
+        if node.starts_with("t4-") {
+            t4_free -= 1;
+        }
+    }
+    for pod in pods {
+        let node = pod["node"].as_str().unwrap();
+        let vram = pod["devices"][0]["vramMiB"].as_u64().unwrap();
+        if vram <= 16 * 1024 && t4_free > 0 {
+            assert!(
+                node.starts_with("t4-"),
+                "{} needs {vram} MiB but sits on {node} while a T4 has room",
+                pod["pod"]
+            );
+        }
+    }
+    let by_name = |name: &str| pods.iter().find(|p| p["pod"] == name).unwrap();
+    assert!(by_name("ml/imagegen-40g-0")["node"]
+        .as_str()
+        .unwrap()
+        .starts_with("a100-"));
+    assert_eq!(
+        by_name("ml/llama-70b-0")["devices"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(by_name("ml/qwen-ascend-0")["node"], "ascend-a-0");
+    let sdxl_zones: std::collections::BTreeSet<&str> = pods
+        .iter()
+        .filter(|p| p["pod"].as_str().unwrap().starts_with("ml/sdxl-"))
+        .map(|p| p["zone"].as_str().unwrap())
+        .collect();
+    assert_eq!(sdxl_zones.len(), 2, "SDXL replicas span both zones");
+}
+
+#[test]
+fn table_output_is_readable() {
+    let out = vramfit(&[
+        "place",
+        "--snapshot",
+        "examples/cluster.yaml",
+        "--pods",
+        "examples/models.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("POD "), "{text}");
+    assert!(text.contains("10/10 pods placed on 11 nodes."), "{text}");
+}
+
+#[test]
+fn snapshot_formats_load_alike() {
+    // The same two nodes as a List, as multi-document YAML, and as a JSON array.
+    let node = |name: &str, zone: &str| {
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    topology.kubernetes.io/zone: {zone}\n    nvidia.com/gpu.product: Tesla-T4\n    nvidia.com/gpu.memory: \"15360\"\nstatus:\n  allocatable:\n    nvidia.com/gpu: 1\n"
+        )
+    };
+    let indent = |s: String| {
+        s.lines()
+            .map(|l| format!("  {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .replacen("  ", "- ", 1)
+    };
+    let list = format!(
+        "apiVersion: v1\nkind: List\nitems:\n{}\n{}\n",
+        indent(node("t4-a", "a")),
+        indent(node("t4-b", "b"))
+    );
+    let multi = format!("{}---\n{}", node("t4-a", "a"), node("t4-b", "b"));
+    let array = serde_json::to_string(&vec![
+        serde_yaml_ng::from_str::<Value>(&node("t4-a", "a")).unwrap(),
+        serde_yaml_ng::from_str::<Value>(&node("t4-b", "b")).unwrap(),
+    ])
+    .unwrap();
+    let pods = scratch(
+        "pods.yaml",
+        "kind: Pod\napiVersion: v1\nmetadata: {name: p, namespace: ml, annotations: {vramfit.io/vram: 8Gi}}\nspec:\n  containers:\n  - name: c\n    resources: {limits: {nvidia.com/gpu: 1}}\n",
+    );
+    let mut results = Vec::new();
+    for (name, text) in [
+        ("list.yaml", list),
+        ("multi.yaml", multi),
+        ("array.json", array),
+    ] {
+        let path = scratch(name, &text);
+        let (code, report) = place_json(path.to_str().unwrap(), pods.to_str().unwrap());
+        assert_eq!(code, 0, "{name}: {report}");
+        assert_eq!(report["nodes"], 2, "{name}");
+        results.push(report);
+    }
+    assert!(results.windows(2).all(|w| w[0] == w[1]));
+}
+
+#[test]
+fn unplaced_pods_exit_2_with_grouped_reasons() {
+    let pods = scratch(
+        "huge.yaml",
+        "kind: Pod\napiVersion: v1\nmetadata: {name: huge, namespace: ml, annotations: {vramfit.io/vram: 100Gi}}\nspec:\n  containers:\n  - name: c\n    resources: {limits: {nvidia.com/gpu: 1}}\n",
+    );
+    let (code, report) = place_json("examples/cluster.yaml", pods.to_str().unwrap());
+    assert_eq!(code, 2);
+    let pod = &report["pods"][0];
+    assert_eq!(pod["node"], Value::Null);
+    assert_eq!(pod["reasons"].as_object().unwrap().len(), 11);
+    assert_eq!(
+        pod["message"],
+        "0/11 nodes are available: 1 vramfit: node has no nvidia.com/gpu devices, \
+         2 vramfit: needs 100Gi per device (+15% headroom); largest device here has 80Gi, \
+         8 vramfit: needs 100Gi per device (+15% headroom); largest device here has 15Gi."
+    );
+}
+
+#[test]
+fn bad_input_is_a_clear_error_with_exit_1() {
+    let broken = scratch("broken.yaml", "kind: Pod\nmetadata: {name: [unclosed\n");
+    let out = vramfit(&[
+        "place",
+        "--snapshot",
+        "examples/cluster.yaml",
+        "--pods",
+        broken.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("broken.yaml:"), "{stderr}");
+
+    let missing = vramfit(&[
+        "place",
+        "--snapshot",
+        "no/such/file.yaml",
+        "--pods",
+        "examples/models.yaml",
+    ]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no/such/file.yaml"));
+
+    let kinds = scratch(
+        "deploy.yaml",
+        "kind: ConfigMap\napiVersion: v1\nmetadata: {name: x}\n",
+    );
+    let out = vramfit(&[
+        "place",
+        "--snapshot",
+        "examples/cluster.yaml",
+        "--pods",
+        kinds.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unsupported kind \"ConfigMap\""));
+
+    let config = scratch("config.yaml", "placement:\n  headroomPercent: 99\n");
+    let out = vramfit(&[
+        "place",
+        "--snapshot",
+        "examples/cluster.yaml",
+        "--pods",
+        "examples/models.yaml",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("headroomPercent must be 0..=90"));
+}
+
+#[test]
+fn config_and_catalog_files_are_read() {
+    let config = scratch(
+        "ok-config.yaml",
+        "placement:\n  headroomPercent: 0\nserver:\n  pathPrefix: /scheduler\n",
+    );
+    let catalog = scratch("catalog.yaml", "models:\n  tiny: {vram: 14Gi}\n");
+    let pods = scratch(
+        "tiny.yaml",
+        "kind: Pod\napiVersion: v1\nmetadata: {name: t, namespace: ml, labels: {vramfit.io/model: tiny}}\nspec:\n  containers:\n  - name: c\n    resources: {limits: {nvidia.com/gpu: 1}}\n",
+    );
+    let out = vramfit(&[
+        "place",
+        "--snapshot",
+        "examples/cluster.yaml",
+        "--pods",
+        pods.to_str().unwrap(),
+        "--output",
+        "json",
+        "--config",
+        config.to_str().unwrap(),
+        "--catalog",
+        catalog.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // 14Gi fits a T4 only because headroom is 0 in this config.
+    assert!(report["pods"][0]["node"]
+        .as_str()
+        .unwrap()
+        .starts_with("t4-"));
+    assert!(Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/models.yaml")
+        .exists());
+}

@@ -205,7 +205,7 @@ impl ClusterState {
                 node: target.node.clone(),
                 zone,
                 model: demand.model.clone(),
-                shares: fit.shares,
+                shares: fit.shares(),
                 exclusive: fit.exclusive,
             };
             inventory.commit(&demand.id, placement.clone());

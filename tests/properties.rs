@@ -204,12 +204,19 @@ proptest! {
         let mut names: Vec<String> = inv.nodes().map(|n| n.name.clone()).collect();
         names.extend((0..extra_unknown).map(|i| format!("ghost-{i}")));
         let outcome = vramfit::core::filter(names.iter().map(|n| (n.as_str(), inv.node(n))), &demand);
-        prop_assert_eq!(outcome.feasible.len() + outcome.failed.len() + outcome.unresolvable.len(), names.len());
+        let rejected: std::collections::BTreeSet<&str> = outcome.rejected.iter().map(|r| r.node).collect();
+        prop_assert_eq!(outcome.feasible.len() + outcome.rejected.len(), names.len());
+        prop_assert_eq!(outcome.failed().count() + outcome.unresolvable().count(), outcome.rejected.len());
         for name in &outcome.feasible {
-            prop_assert!(!outcome.failed.contains_key(name) && !outcome.unresolvable.contains_key(name));
+            prop_assert!(!rejected.contains(name));
         }
-        for reason in outcome.failed.values().chain(outcome.unresolvable.values()) {
+        for (_, reason) in outcome.failed().chain(outcome.unresolvable()) {
             prop_assert!(reason.starts_with("vramfit: "));
+        }
+        for r in &outcome.rejected {
+            let node = inv.node(r.node);
+            let expected = vramfit::core::schedule::verdict(node, &demand).unwrap_err();
+            prop_assert_eq!(&outcome.messages[r.message], &expected.to_string(), "shared message matches the node's own reason");
         }
         let scores = vramfit::core::prioritize(names.iter().map(|n| (n.as_str(), inv.node(n))), &demand, &inv, &config);
         prop_assert_eq!(scores.len(), names.len());
@@ -238,7 +245,12 @@ proptest! {
     ) {
         let config = Config::default();
         let mut inv = inventory(&nodes, &config);
-        let empty: Vec<_> = inv.nodes().cloned().collect();
+        let sorted = |inv: &Inventory| {
+            let mut nodes: Vec<_> = inv.nodes().cloned().collect();
+            nodes.sort_by(|a, b| a.name.cmp(&b.name));
+            nodes
+        };
+        let empty = sorted(&inv);
         let mut ids = Vec::new();
         for (i, spec) in pods.iter().enumerate() {
             let facts = pod_facts(i, spec);
@@ -254,8 +266,7 @@ proptest! {
         for id in ids {
             prop_assert!(inv.release(&id).is_some());
         }
-        let after: Vec<_> = inv.nodes().cloned().collect();
-        prop_assert_eq!(after, empty);
+        prop_assert_eq!(sorted(&inv), empty);
     }
 }
 

@@ -13,25 +13,52 @@ fn yaml(path: &str) -> Value {
 
 #[test]
 fn extender_entries_match_the_server() {
-    let settings = Settings::load(Some(&Path::new(env!("CARGO_MANIFEST_DIR")).join("scheduler-config/vramfit-config.yaml"))).unwrap();
-    assert_eq!(settings.placement, vramfit::core::Config::default(), "the sample config spells out the defaults");
+    let settings = Settings::load(Some(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("scheduler-config/vramfit-config.yaml"),
+    ))
+    .unwrap();
+    assert_eq!(
+        settings.placement,
+        vramfit::core::Config::default(),
+        "the sample config spells out the defaults"
+    );
     for (file, api) in [
-        ("scheduler-config/kube-scheduler-v1.yaml", "kubescheduler.config.k8s.io/v1"),
-        ("scheduler-config/kube-scheduler-v1beta3.yaml", "kubescheduler.config.k8s.io/v1beta3"),
+        (
+            "scheduler-config/kube-scheduler-v1.yaml",
+            "kubescheduler.config.k8s.io/v1",
+        ),
+        (
+            "scheduler-config/kube-scheduler-v1beta3.yaml",
+            "kubescheduler.config.k8s.io/v1beta3",
+        ),
     ] {
         let config = yaml(file);
         assert_eq!(config["apiVersion"], api, "{file}");
         assert_eq!(config["kind"], "KubeSchedulerConfiguration");
         assert_eq!(config["percentageOfNodesToScore"], 100, "{file}");
-        assert_ne!(config["leaderElection"]["resourceName"], "kube-scheduler", "{file}");
-        let profiles: Vec<&str> = config["profiles"].as_array().unwrap().iter().map(|p| p["schedulerName"].as_str().unwrap()).collect();
+        assert_ne!(
+            config["leaderElection"]["resourceName"], "kube-scheduler",
+            "{file}"
+        );
+        let profiles: Vec<&str> = config["profiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["schedulerName"].as_str().unwrap())
+            .collect();
         for name in profiles.iter() {
-            assert!(settings.placement.profiles.contains_key(*name), "{file}: profile {name} has vramfit weights");
+            assert!(
+                settings.placement.profiles.contains_key(*name),
+                "{file}: profile {name} has vramfit weights"
+            );
         }
         let extender = &config["extenders"][0];
         let url = extender["urlPrefix"].as_str().unwrap();
         assert!(url.ends_with(&settings.server.path_prefix), "{file}: {url}");
-        assert!(url.starts_with("http://127.0.0.1:8888"), "{file}: the default listen address");
+        assert!(
+            url.starts_with("http://127.0.0.1:8888"),
+            "{file}: the default listen address"
+        );
         assert_eq!(extender["filterVerb"], "filter");
         assert_eq!(extender["prioritizeVerb"], "prioritize");
         assert!(extender["weight"].as_i64().unwrap() > 0);
@@ -40,12 +67,23 @@ fn extender_entries_match_the_server() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|m| (m["name"].as_str().unwrap(), m["ignoredByScheduler"].as_bool().unwrap()))
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap(),
+                    m["ignoredByScheduler"].as_bool().unwrap(),
+                )
+            })
             .collect();
         for (name, ignored) in &managed {
             let is_device = DEVICE_RESOURCES.contains(name);
-            assert!(is_device || *name == "vramfit.io/vram", "{file}: {name} is understood by vramfit");
-            assert_eq!(*ignored, !is_device, "{file}: only the virtual VRAM resource is ignored by the in-tree fit");
+            assert!(
+                is_device || *name == "vramfit.io/vram",
+                "{file}: {name} is understood by vramfit"
+            );
+            assert_eq!(
+                *ignored, !is_device,
+                "{file}: only the virtual VRAM resource is ignored by the in-tree fit"
+            );
         }
         assert!(managed.iter().any(|(n, _)| *n == "nvidia.com/gpu"));
         assert!(managed.iter().any(|(n, _)| *n == "vramfit.io/vram"));

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::demand::PodDemand;
 use super::inventory::DeviceShare;
-use super::node::{product_matches, Device, NodeInfo, NodeProblem};
+use super::node::{product_matches, NodeInfo, NodeProblem};
 use super::quantity::format_mib;
 
 /// Why a node was rejected. `Display` gives the reason kube-scheduler shows in events.
@@ -107,21 +107,43 @@ impl fmt::Display for Reason {
     }
 }
 
-/// Where the pod would go on one node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Where the pod would go on one node: the chosen devices and what scoring needs to know.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct Fit {
-    pub shares: Vec<DeviceShare>,
+    /// Indices of the chosen devices, best fit first.
+    pub devices: Vec<u32>,
+    /// VRAM reserved on each chosen device (MiB).
+    pub vram_mib: u64,
     /// Whole devices (true) or VRAM on a shared device (false).
     pub exclusive: bool,
     /// VRAM left idle on the chosen devices after placement (MiB).
     pub idle_after_mib: u64,
     /// Total VRAM of the chosen devices (MiB).
     pub chosen_total_mib: u64,
+    /// Devices of the node busy before placement, and those the placement newly occupies.
+    pub busy_before: u32,
+    pub newly_busy: u32,
 }
 
+impl Fit {
+    /// The reservation per chosen device.
+    pub fn shares(&self) -> Vec<DeviceShare> {
+        self.devices
+            .iter()
+            .map(|&index| DeviceShare {
+                index,
+                vram_mib: self.vram_mib,
+            })
+            .collect()
+    }
+}
+
+/// A candidate device: (idle after placement, index, total, busy before).
+type Candidate = (u64, u32, u64, bool);
+
 /// Checks whether `demand` fits `node` now, and picks the devices: the smallest fitting ones
-/// (best fit), lowest index first. Checks run from the least to the most changeable, so the
-/// reason names what matters most.
+/// (best fit), lowest index first. One pass over the devices, no allocation for one-device pods.
+/// Checks are reported from the least to the most changeable, so the reason names what matters most.
 pub fn fit_node(node: &NodeInfo, demand: &PodDemand) -> Result<Fit, Reason> {
     let sharing = demand.is_sharing();
     match (&demand.resource, &node.resource) {
@@ -144,104 +166,114 @@ pub fn fit_node(node: &NodeInfo, demand: &PodDemand) -> Result<Fit, Reason> {
         return Err(Reason::VramUnknown);
     }
     let vendor = node.vendor.unwrap_or(super::node::Vendor::Nvidia);
-    let allowed: Vec<&Device> = node
-        .devices
-        .iter()
-        .filter(|d| {
-            demand.products.is_empty()
-                || demand
-                    .products
-                    .iter()
-                    .any(|p| product_matches(p, d, vendor))
-        })
-        .collect();
-    if allowed.is_empty() {
-        let mut present: Vec<&str> = node.devices.iter().map(|d| d.product.as_str()).collect();
-        present.dedup();
-        return Err(Reason::ProductNotAllowed {
-            allowed: demand.products.join(","),
-            present: if present.is_empty() {
-                "none".into()
-            } else {
-                present.join(",")
-            },
-        });
-    }
+    let headroom = demand.headroom_percent;
     let need = demand.devices.max(1);
-    let countable = (allowed.len() as u32).min(if sharing {
-        u32::MAX
+    let vram = demand.vram_mib;
+    let (mut allowed, mut big_enough, mut healthy, mut free, mut busy_before) =
+        (0u32, 0u32, 0u32, 0u32, 0u32);
+    let mut best: Option<Candidate> = None;
+    let mut many: Vec<Candidate> = Vec::new();
+    for d in &node.devices {
+        let busy = d.is_busy();
+        busy_before += u32::from(busy);
+        if !demand.products.is_empty()
+            && !demand
+                .products
+                .iter()
+                .any(|p| product_matches(p, d, vendor))
+        {
+            continue;
+        }
+        allowed += 1;
+        if d.usable_mib(headroom) < vram {
+            continue;
+        }
+        big_enough += 1;
+        if !d.healthy {
+            continue;
+        }
+        healthy += 1;
+        if d.exclusive_holders > 0 || (!sharing && d.sharers > 0) || d.free_mib(headroom) < vram {
+            continue;
+        }
+        free += 1;
+        let idle = if sharing {
+            d.free_mib(0).saturating_sub(vram)
+        } else {
+            d.total_mib.saturating_sub(vram)
+        };
+        let candidate = (idle, d.index, d.total_mib, busy);
+        if need == 1 {
+            if best.is_none_or(|b| (candidate.0, candidate.1) < (b.0, b.1)) {
+                best = Some(candidate);
+            }
+        } else {
+            many.push(candidate);
+        }
+    }
+    if allowed == 0 {
+        return Err(product_not_allowed(node, demand));
+    }
+    let countable = if sharing {
+        allowed
     } else {
-        node.allocatable_devices
-    });
+        allowed.min(node.allocatable_devices)
+    };
     if countable < need {
         return Err(Reason::TooFewDevices {
             need,
             have: countable,
         });
     }
-    let headroom = demand.headroom_percent;
-    let big_enough: Vec<&Device> = allowed
-        .into_iter()
-        .filter(|d| d.usable_mib(headroom) >= demand.vram_mib)
-        .collect();
-    if (big_enough.len() as u32) < need {
+    if big_enough < need {
         return Err(Reason::DeviceTooSmall {
-            need_mib: demand.vram_mib,
+            need_mib: vram,
             headroom,
             largest_mib: node.largest_device_mib(),
         });
     }
-    let healthy: Vec<&Device> = big_enough.into_iter().filter(|d| d.healthy).collect();
-    if (healthy.len() as u32) < need {
-        return Err(Reason::Unhealthy {
-            need,
-            healthy: healthy.len() as u32,
-        });
+    if healthy < need {
+        return Err(Reason::Unhealthy { need, healthy });
     }
-    let mut free: Vec<&Device> = healthy
-        .into_iter()
-        .filter(|d| {
-            d.exclusive_holders == 0
-                && (sharing || d.sharers == 0)
-                && d.free_mib(headroom) >= demand.vram_mib
-        })
-        .collect();
-    let whole_devices_left = node.allocatable_devices.saturating_sub(node.held_devices());
     let available = if sharing {
-        free.len() as u32
+        free
     } else {
-        (free.len() as u32).min(whole_devices_left)
+        free.min(node.allocatable_devices.saturating_sub(node.held_devices()))
     };
     if available < need {
         return Err(Reason::Insufficient {
             need,
-            need_mib: demand.vram_mib,
+            need_mib: vram,
             free: available,
         });
     }
-    free.sort_by_key(|d| (d.free_mib(0).saturating_sub(demand.vram_mib), d.index));
-    let chosen = &free[..need as usize];
-    let shares = chosen
-        .iter()
-        .map(|d| DeviceShare {
-            index: d.index,
-            vram_mib: demand.vram_mib,
-        })
-        .collect();
-    let idle_after_mib = chosen
-        .iter()
-        .map(|d| {
-            if sharing {
-                d.free_mib(0).saturating_sub(demand.vram_mib)
-            } else {
-                d.total_mib.saturating_sub(demand.vram_mib)
-            }
-        })
-        .sum();
+    let chosen: &[Candidate] = match &best {
+        Some(one) => std::slice::from_ref(one),
+        None => {
+            many.sort_unstable_by_key(|c| (c.0, c.1));
+            &many[..(need as usize).min(many.len())]
+        }
+    };
     Ok(Fit {
-        shares,
+        devices: chosen.iter().map(|c| c.1).collect(),
+        vram_mib: vram,
         exclusive: !sharing,
-        idle_after_mib,
-        chosen_total_mib: chosen.iter().map(|d| d.total_mib).sum(),
+        idle_after_mib: chosen.iter().map(|c| c.0).sum(),
+        chosen_total_mib: chosen.iter().map(|c| c.2).sum(),
+        busy_before,
+        newly_busy: chosen.iter().filter(|c| !c.3).count() as u32,
     })
+}
+
+fn product_not_allowed(node: &NodeInfo, demand: &PodDemand) -> Reason {
+    let mut present: Vec<&str> = node.devices.iter().map(|d| d.product.as_str()).collect();
+    present.dedup();
+    Reason::ProductNotAllowed {
+        allowed: demand.products.join(","),
+        present: if present.is_empty() {
+            "none".into()
+        } else {
+            present.join(",")
+        },
+    }
 }

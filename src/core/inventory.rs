@@ -2,7 +2,7 @@
 //! Occupancy on devices is always derived from the ledger, so replacing a node's capacity
 //! (a new report, a label change) never loses or double-counts a placement.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use serde::Serialize;
 
@@ -38,7 +38,7 @@ pub struct ModelReplicas {
 /// Nodes, devices and the placement ledger.
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
-    nodes: BTreeMap<String, NodeInfo>,
+    nodes: HashMap<String, NodeInfo>,
     ledger: HashMap<String, Placement>,
     pods_by_node: HashMap<String, BTreeSet<String>>,
     models: HashMap<String, ModelReplicas>,
@@ -66,7 +66,7 @@ impl Inventory {
         self.nodes.get(name)
     }
 
-    /// All nodes, ordered by name.
+    /// All nodes, in no particular order.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> {
         self.nodes.values()
     }

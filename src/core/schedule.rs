@@ -21,48 +21,85 @@ pub fn verdict(node: Option<&NodeInfo>, demand: &Demand) -> Result<Fit, Reason> 
         message: e.to_string(),
     })?;
     if demand.is_accelerator_free() {
-        return Ok(Fit {
-            shares: Vec::new(),
-            exclusive: false,
-            idle_after_mib: 0,
-            chosen_total_mib: 0,
-        });
+        return Ok(Fit::default());
     }
     fit_node(node.ok_or(Reason::UnknownNode)?, demand)
 }
 
-/// The filter answer in kube-scheduler's terms.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct FilterOutcome {
-    /// Nodes that pass, in input order.
-    pub feasible: Vec<String>,
-    /// Rejections an eviction could fix (`FailedNodes`).
-    pub failed: BTreeMap<String, String>,
-    /// Rejections no eviction can fix (`FailedAndUnresolvableNodes`).
-    pub unresolvable: BTreeMap<String, String>,
-    /// Every rejection, with its structured reason (for metrics and the CLI).
-    pub reasons: Vec<(String, Reason)>,
+/// One rejected node of a filter call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejected<'a> {
+    pub node: &'a str,
+    /// Index into [`FilterOutcome::messages`].
+    pub message: usize,
+    pub unresolvable: bool,
+    pub code: &'static str,
 }
+
+/// The filter answer in kube-scheduler's terms. Identical reasons share one message.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FilterOutcome<'a> {
+    /// Nodes that pass, in input order.
+    pub feasible: Vec<&'a str>,
+    /// Every rejected node, in input order.
+    pub rejected: Vec<Rejected<'a>>,
+    /// The distinct reason texts.
+    pub messages: Vec<String>,
+}
+
+impl<'a> FilterOutcome<'a> {
+    /// Rejections an eviction could fix (`FailedNodes`): node → reason.
+    pub fn failed(&self) -> impl Iterator<Item = (&'a str, &str)> + '_ {
+        self.rejected
+            .iter()
+            .filter(|r| !r.unresolvable)
+            .map(|r| (r.node, self.messages[r.message].as_str()))
+    }
+
+    /// Rejections no eviction can fix (`FailedAndUnresolvableNodes`): node → reason.
+    pub fn unresolvable(&self) -> impl Iterator<Item = (&'a str, &str)> + '_ {
+        self.rejected
+            .iter()
+            .filter(|r| r.unresolvable)
+            .map(|r| (r.node, self.messages[r.message].as_str()))
+    }
+}
+
+/// How many distinct reasons a filter call compares against before writing a reason anew.
+const DISTINCT_REASONS_SCANNED: usize = 32;
 
 /// Filters `nodes` (name, node if known). Every rejected node gets exactly one reason.
 pub fn filter<'a>(
     nodes: impl IntoIterator<Item = (&'a str, Option<&'a NodeInfo>)>,
     demand: &Demand,
-) -> FilterOutcome {
+) -> FilterOutcome<'a> {
     let mut out = FilterOutcome::default();
+    let mut distinct: Vec<Reason> = Vec::new();
     for (name, node) in nodes {
-        match verdict(node, demand) {
-            Ok(_) => out.feasible.push(name.to_string()),
-            Err(reason) => {
-                let map = if reason.is_unresolvable() {
-                    &mut out.unresolvable
-                } else {
-                    &mut out.failed
-                };
-                map.insert(name.to_string(), reason.to_string());
-                out.reasons.push((name.to_string(), reason));
+        let reason = match verdict(node, demand) {
+            Ok(_) => {
+                out.feasible.push(name);
+                continue;
             }
-        }
+            Err(reason) => reason,
+        };
+        // `distinct[i]` is the reason of `messages[i]`; both grow together up to the cap.
+        let message = match distinct.iter().position(|r| *r == reason) {
+            Some(i) => i,
+            None => {
+                out.messages.push(reason.to_string());
+                if distinct.len() < DISTINCT_REASONS_SCANNED {
+                    distinct.push(reason.clone());
+                }
+                out.messages.len() - 1
+            }
+        };
+        out.rejected.push(Rejected {
+            node: name,
+            message,
+            unresolvable: reason.is_unresolvable(),
+            code: reason.code(),
+        });
     }
     out
 }
@@ -73,31 +110,32 @@ pub fn prioritize<'a>(
     demand: &Demand,
     inventory: &Inventory,
     config: &Config,
-) -> Vec<(String, u8)> {
-    let verdicts: Vec<(&str, Option<&NodeInfo>, Option<Fit>)> = nodes
+) -> Vec<(&'a str, u8)> {
+    let verdicts: Vec<(&str, Option<(&NodeInfo, Fit)>)> = nodes
         .into_iter()
-        .map(|(name, node)| (name, node, verdict(node, demand).ok()))
+        .map(|(name, node)| {
+            (
+                name,
+                node.and_then(|n| verdict(Some(n), demand).ok().map(|f| (n, f))),
+            )
+        })
         .collect();
     let Ok(demand) = demand else {
-        return verdicts
-            .iter()
-            .map(|(n, _, _)| (n.to_string(), 0))
-            .collect();
+        return verdicts.iter().map(|(n, _)| (*n, 0)).collect();
     };
     let candidates: Vec<(&NodeInfo, &Fit)> = verdicts
         .iter()
-        .filter_map(|(_, node, fit)| Some(((*node)?, fit.as_ref()?)))
+        .filter_map(|(_, fit)| fit.as_ref().map(|(n, f)| (*n, f)))
         .collect();
-    let scores = rank(&candidates, demand, inventory, config);
-    let mut scores = scores.into_iter();
+    let mut scores = rank(&candidates, demand, inventory, config).into_iter();
     verdicts
         .iter()
-        .map(|(name, node, fit)| {
-            let score = match (node, fit) {
-                (Some(_), Some(_)) => scores.next().map(|s| s.score).unwrap_or(0),
-                _ => 0,
+        .map(|(name, fit)| {
+            let score = match fit {
+                Some(_) => scores.next().map(|s| s.score).unwrap_or(0),
+                None => 0,
             };
-            (name.to_string(), score)
+            (*name, score)
         })
         .collect()
 }
@@ -134,7 +172,6 @@ pub struct Decision {
 }
 
 /// Places one pod on the best node of the whole inventory and commits it to the ledger.
-/// Ties go to the node whose name sorts first, so the result is deterministic.
 pub fn place(inventory: &mut Inventory, demand: &Demand, config: &Config) -> Decision {
     let (profile, _) = config.profile_for(
         demand
@@ -170,10 +207,15 @@ pub fn place(inventory: &mut Inventory, demand: &Demand, config: &Config) -> Dec
     };
     let candidates: Vec<(&NodeInfo, &Fit)> = fits.iter().map(|(n, f)| (*n, f)).collect();
     let scores = rank(&candidates, pod, inventory, config);
+    // Highest score wins; ties go to the node whose name sorts first, so results are deterministic.
     let best = scores
         .iter()
         .enumerate()
-        .max_by(|(ia, a), (ib, b)| a.exact.total_cmp(&b.exact).then(ib.cmp(ia)))
+        .max_by(|(ia, a), (ib, b)| {
+            a.exact
+                .total_cmp(&b.exact)
+                .then_with(|| fits[*ib].0.name.cmp(&fits[*ia].0.name))
+        })
         .map(|(i, s)| (i, *s));
     let Some((best, scored)) = best else {
         return decision;
@@ -184,12 +226,12 @@ pub fn place(inventory: &mut Inventory, demand: &Demand, config: &Config) -> Dec
         node: node.name.clone(),
         zone: node.zone.clone(),
         model: pod.model.clone(),
-        shares: fit.shares.clone(),
+        shares: fit.shares(),
         exclusive: fit.exclusive,
     };
     decision.node = Some(node.name.clone());
     decision.zone = node.zone.clone();
-    decision.shares = fit.shares.clone();
+    decision.shares = placement.shares.clone();
     decision.exclusive = fit.exclusive;
     decision.score = Some(scored.score);
     decision.exact_score = Some(scored.exact);
@@ -237,7 +279,7 @@ pub fn record_bound(
             ..demand.clone()
         };
         match fit_node(node, &relaxed) {
-            Ok(fit) => fit.shares.iter().map(|s| s.index).collect(),
+            Ok(fit) => fit.devices,
             Err(_) => {
                 let mut devices: Vec<_> = node.devices.iter().collect();
                 devices.sort_by_key(|d| (d.exclusive_holders, d.sharers, d.used_mib(), d.index));

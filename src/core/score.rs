@@ -106,10 +106,5 @@ fn packing_after(node: &NodeInfo, fit: &Fit) -> f64 {
     if node.devices.is_empty() {
         return 0.0;
     }
-    let busy_after = node
-        .devices
-        .iter()
-        .filter(|d| d.is_busy() || fit.shares.iter().any(|s| s.index == d.index))
-        .count();
-    busy_after as f64 / node.devices.len() as f64
+    f64::from(fit.busy_before + fit.newly_busy) / node.devices.len() as f64
 }

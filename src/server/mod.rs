@@ -25,7 +25,7 @@ use crate::k8s::Node;
 use metrics::{Metrics, ReasonLabels};
 use wire::{
     ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult, HostPriority,
-    NodeListOut,
+    NodeListOut, PairMap,
 };
 
 /// Settings of the HTTP layer (the `server:` section of the config file).
@@ -145,7 +145,10 @@ fn candidates(app: &App, args: &ExtenderArgs) -> Result<Candidates, BadRequest> 
 async fn filter(State(app): State<App>, body: Bytes) -> Response {
     let started = Instant::now();
     let (outcome, response) = match filter_inner(&app, &body) {
-        Ok((outcome, result)) => (outcome, Json(result).into_response()),
+        Ok((outcome, json)) => (
+            outcome,
+            ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        ),
         Err(bad) => ("bad-request", bad.into_response()),
     };
     app.metrics
@@ -153,49 +156,47 @@ async fn filter(State(app): State<App>, body: Bytes) -> Response {
     response
 }
 
-fn filter_inner(
-    app: &App,
-    body: &[u8],
-) -> Result<(&'static str, ExtenderFilterResult), BadRequest> {
+fn filter_inner(app: &App, body: &[u8]) -> Result<(&'static str, Vec<u8>), BadRequest> {
     let args = parse_args(body)?;
     let pod = args.pod.as_ref().map(|p| p.facts()).unwrap_or_default();
     let demand = pod_demand(&pod, &app.cluster.config, &app.cluster.catalog);
     app.cluster.remember(&pod.ledger_id(), demand.clone());
     let candidates = candidates(app, &args)?;
+    let inventory = app.cluster.read();
     let outcome = match &candidates {
-        Candidates::Names(names) => {
-            let inventory = app.cluster.read();
-            crate::core::filter(
-                names.iter().map(|n| (n.as_str(), inventory.node(n))),
-                &demand,
-            )
-        }
+        Candidates::Names(names) => crate::core::filter(
+            names.iter().map(|n| (n.as_str(), inventory.node(n))),
+            &demand,
+        ),
         Candidates::Objects(nodes) => {
             crate::core::filter(nodes.iter().map(|(n, i)| (n.as_str(), Some(i))), &demand)
         }
     };
-    for (_, reason) in &outcome.reasons {
+    let mut codes: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for rejected in &outcome.rejected {
+        *codes.entry(rejected.code).or_default() += 1;
+    }
+    for (code, count) in codes {
         app.metrics
             .rejections
             .get_or_create(&ReasonLabels {
-                reason: reason.code().into(),
+                reason: code.into(),
             })
-            .inc();
+            .inc_by(count);
     }
-    let label = if outcome.feasible.is_empty() && !outcome.reasons.is_empty() {
+    let label = if outcome.feasible.is_empty() && !outcome.rejected.is_empty() {
         "rejected-all"
     } else {
         "ok"
     };
-    let (nodes, node_names) = match (candidates, args.nodes) {
+    let (nodes, node_names) = match (&candidates, args.nodes) {
         (Candidates::Objects(resolved), Some(list)) => {
-            let keep: std::collections::HashSet<&str> =
-                outcome.feasible.iter().map(String::as_str).collect();
+            let keep: std::collections::HashSet<&str> = outcome.feasible.iter().copied().collect();
             // Survivors go back unchanged, in input order.
             let items = list
                 .items
                 .into_iter()
-                .zip(&resolved)
+                .zip(resolved)
                 .filter(|(_, (name, _))| keep.contains(name.as_str()))
                 .map(|(raw, _)| raw)
                 .collect();
@@ -209,16 +210,16 @@ fn filter_inner(
         }
         _ => (None, Some(outcome.feasible.clone())),
     };
-    Ok((
-        label,
-        ExtenderFilterResult {
-            nodes,
-            node_names,
-            failed_nodes: outcome.failed,
-            failed_and_unresolvable_nodes: outcome.unresolvable,
-            error: String::new(),
-        },
-    ))
+    let result = ExtenderFilterResult {
+        nodes,
+        node_names,
+        failed_nodes: PairMap(outcome.failed().collect()),
+        failed_and_unresolvable_nodes: PairMap(outcome.unresolvable().collect()),
+        error: String::new(),
+    };
+    let json =
+        serde_json::to_vec(&result).map_err(|e| bad_request(format!("encoding the reply: {e}")))?;
+    Ok((label, json))
 }
 
 async fn prioritize(State(app): State<App>, body: Bytes) -> Response {
@@ -255,7 +256,7 @@ fn prioritize_inner(app: &App, body: &[u8]) -> Result<Vec<HostPriority>, BadRequ
     Ok(scores
         .into_iter()
         .map(|(host, score)| HostPriority {
-            host,
+            host: host.to_string(),
             score: i64::from(score),
         })
         .collect())

@@ -1,8 +1,6 @@
 //! The kube-scheduler extender wire format (`k8s.io/kube-scheduler/extender/v1`): PascalCase keys,
 //! every field optional and `null`-tolerant, lowercase and camelCase aliases accepted.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
@@ -48,17 +46,27 @@ pub struct NodeListOut {
 
 /// `ExtenderFilterResult`.
 #[derive(Debug, Serialize)]
-pub struct ExtenderFilterResult {
+pub struct ExtenderFilterResult<'a> {
     #[serde(rename = "Nodes")]
     pub nodes: Option<NodeListOut>,
     #[serde(rename = "NodeNames")]
-    pub node_names: Option<Vec<String>>,
+    pub node_names: Option<Vec<&'a str>>,
     #[serde(rename = "FailedNodes")]
-    pub failed_nodes: BTreeMap<String, String>,
+    pub failed_nodes: PairMap<'a>,
     #[serde(rename = "FailedAndUnresolvableNodes")]
-    pub failed_and_unresolvable_nodes: BTreeMap<String, String>,
+    pub failed_and_unresolvable_nodes: PairMap<'a>,
     #[serde(rename = "Error")]
     pub error: String,
+}
+
+/// A JSON object written from key–value pairs, without building a map first.
+#[derive(Debug, Default)]
+pub struct PairMap<'a>(pub Vec<(&'a str, &'a str)>);
+
+impl Serialize for PairMap<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(k, v)| (*k, *v)))
+    }
 }
 
 /// `HostPriority`; the prioritize reply is a bare array of these.

@@ -1,0 +1,114 @@
+//! Synthetic clusters for the benchmarks: `nodes` nodes × 8 devices of four classes, about 60 %
+//! of devices held by bound pods of a dozen models, deterministic for a seed.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+use vramfit::core::{
+    build_node, pod_demand, record_bound, Catalog, Config, ContainerResources, Inventory,
+    NodeFacts, PodFacts,
+};
+
+const CLASSES: [(&str, u64); 4] = [
+    ("NVIDIA-A100-SXM4-80GB", 81920),
+    ("NVIDIA-A100-SXM4-40GB", 40960),
+    ("NVIDIA-L4", 23034),
+    ("Tesla-T4", 15360),
+];
+
+fn map(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+pub fn node_name(i: usize) -> String {
+    format!("gpu-node-{i:05}")
+}
+
+/// The inventory of a synthetic cluster.
+pub fn cluster(nodes: usize, seed: u64) -> Inventory {
+    let config = Config::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut inventory = Inventory::new();
+    let now = SystemTime::now();
+    for i in 0..nodes {
+        let (product, memory) = CLASSES[i % CLASSES.len()];
+        let facts = NodeFacts {
+            name: node_name(i),
+            labels: map(&[
+                ("topology.kubernetes.io/zone", format!("zone-{}", i % 3)),
+                ("nvidia.com/gpu.product", product.to_string()),
+                ("nvidia.com/gpu.memory", memory.to_string()),
+                ("nvidia.com/gpu.count", "8".into()),
+            ]),
+            annotations: BTreeMap::new(),
+            allocatable: map(&[("nvidia.com/gpu", "8".into())]),
+            unschedulable: false,
+        };
+        inventory.upsert_node(build_node(&facts, &config, now));
+        let held = rng
+            .random_range(0..=8u32)
+            .min(if rng.random_bool(0.6) { 8 } else { 3 });
+        for d in 0..held {
+            let mut resources = ContainerResources::default();
+            resources.limits.insert("nvidia.com/gpu".into(), "1".into());
+            let vram_gib = rng.random_range(2..=(memory / 1024 * 8 / 10));
+            let pod = PodFacts {
+                namespace: "ml".into(),
+                name: format!("bound-{i}-{d}"),
+                uid: format!("uid-{i}-{d}"),
+                labels: map(&[(
+                    "vramfit.io/model",
+                    format!("model-{}", rng.random_range(0..12)),
+                )]),
+                annotations: map(&[("vramfit.io/vram", format!("{vram_gib}Gi"))]),
+                containers: vec![resources],
+                node_name: Some(node_name(i)),
+                ..PodFacts::default()
+            };
+            let demand =
+                pod_demand(&pod, &config, &Catalog::default()).expect("valid synthetic pod");
+            record_bound(&mut inventory, &demand, &node_name(i), None);
+        }
+    }
+    inventory
+}
+
+/// The pod scheduled in every benchmark: one device, 20 GiB, a model with replicas around.
+pub fn pod() -> PodFacts {
+    let mut resources = ContainerResources::default();
+    resources.limits.insert("nvidia.com/gpu".into(), "1".into());
+    PodFacts {
+        namespace: "ml".into(),
+        name: "bench".into(),
+        uid: "bench-uid".into(),
+        labels: map(&[("vramfit.io/model", "model-3".into())]),
+        annotations: map(&[("vramfit.io/vram", "20Gi".into())]),
+        scheduler_name: Some("vramfit-binpack".into()),
+        containers: vec![resources],
+        ..PodFacts::default()
+    }
+}
+
+/// The same pod as an `ExtenderArgs` body in NodeNames mode.
+pub fn extender_args(nodes: usize) -> Value {
+    let names: Vec<String> = (0..nodes).map(node_name).collect();
+    json!({
+        "Pod": {
+            "metadata": {"name": "bench", "namespace": "ml", "uid": "bench-uid",
+                         "labels": {"vramfit.io/model": "model-3"},
+                         "annotations": {"vramfit.io/vram": "20Gi"}},
+            "spec": {"schedulerName": "vramfit-binpack",
+                     "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
+            "status": {}
+        },
+        "Nodes": null,
+        "NodeNames": names
+    })
+}

@@ -8,6 +8,8 @@ pub mod cluster;
 pub mod core;
 pub mod k8s;
 pub mod place;
+pub mod replay;
+pub mod replay_cli;
 pub mod server;
 pub mod settings;
 pub mod snapshot;

@@ -75,6 +75,37 @@ enum Command {
         #[arg(long)]
         catalog: Option<PathBuf>,
     },
+    /// Replay GPU-sharing traces (Alibaba openb) and measure packing quality per policy.
+    Replay {
+        /// Node list CSV (`sn,cpu_milli,memory_mib,gpu,model`), e.g. openb_node_list_gpu_node.csv.
+        #[arg(long)]
+        nodes: PathBuf,
+        /// Pod list CSVs, one run set per file (e.g. openb_pod_list_default.csv).
+        #[arg(required = true)]
+        pods: Vec<PathBuf>,
+        /// Seeds: a range `42-51` or a list `42,43`.
+        #[arg(long, default_value = "42-51")]
+        seeds: String,
+        /// Policies, comma separated: vramfit and the paper's Random, DotProd, Clustering,
+        /// Packing, BestFit, FGD; `all` for every one.
+        #[arg(long, default_value = "all")]
+        policies: String,
+        /// Load is inflated to this multiple of cluster GPU capacity (the paper's 1.3).
+        #[arg(long, default_value_t = 1.3)]
+        tune_ratio: f64,
+        /// Worker threads (default: available cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Per-bucket results CSV to write.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// The paper's reference results (fgd_atc23_reference_results.csv) to print beside ours.
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// Config file whose placement section drives the vramfit policy.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
@@ -110,6 +141,33 @@ fn main() -> ExitCode {
         } => {
             init_logging(cli.log_format, "warn");
             run_place(snapshot, pods, output, config, catalog)
+        }
+        Command::Replay {
+            nodes,
+            pods,
+            seeds,
+            policies,
+            tune_ratio,
+            threads,
+            csv,
+            reference,
+            config,
+        } => {
+            init_logging(cli.log_format, "warn");
+            let settings = Settings::load(config.as_deref());
+            settings.map_err(anyhow::Error::from).and_then(|settings| {
+                vramfit::replay_cli::run(vramfit::replay_cli::ReplayArgs {
+                    nodes,
+                    pods,
+                    seeds,
+                    policies,
+                    tune_ratio,
+                    threads,
+                    csv,
+                    reference,
+                    config: settings.placement,
+                })
+            })
         }
     };
     match result {

@@ -18,7 +18,7 @@ fn reason_on(node: vramfit::core::NodeFacts, pod: PodBuilder) -> Result<Vec<u32>
     let config = Config::default();
     let node = build_node(&node, &config, SystemTime::now());
     let demand = demand(pod);
-    vramfit::core::schedule::verdict(Some(&node), &demand).map(|fit| fit.devices)
+    vramfit::core::schedule::verdict(Some(&node), &demand).map(|fit| fit.devices.to_vec())
 }
 
 /// Name, node, pod, expected devices or reason, whether the reason is unresolvable.

@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::catalog::Catalog;
 use super::config::{Config, MAX_HEADROOM_PERCENT};
 use super::facts::{ContainerResources, PodFacts};
-use super::node::is_device_resource;
+use super::node::device_resource;
 use super::quantity::{parse_count, parse_mib};
 
 /// Annotation: VRAM per device, a Kubernetes quantity.
@@ -52,7 +52,7 @@ pub struct PodDemand {
     /// Ledger identity (UID, else `namespace/name`).
     pub id: String,
     /// Whole-device resource requested (`nvidia.com/gpu`), if any.
-    pub resource: Option<String>,
+    pub resource: Option<&'static str>,
     /// Whole devices requested; 0 for a sharing pod or a pod without accelerators.
     pub devices: u32,
     /// VRAM per device in MiB (0 when undeclared).
@@ -137,13 +137,13 @@ pub fn pod_demand(
     // Whole-device resources: at most one kind per pod.
     let mut resource = None;
     let mut devices: u64 = 0;
-    let names: std::collections::BTreeSet<&str> = pod
+    let names: std::collections::BTreeSet<&'static str> = pod
         .containers
         .iter()
         .chain(&pod.init_containers)
         .flat_map(|c| c.requests.keys().chain(c.limits.keys()))
         .map(String::as_str)
-        .filter(|n| is_device_resource(n))
+        .filter_map(device_resource)
         .collect();
     for name in names {
         let count = effective_quantity(pod, name, parse_count)?.unwrap_or(0);
@@ -164,7 +164,7 @@ pub fn pod_demand(
                 format!("more than {MAX_DEVICES} devices"),
             ));
         }
-        resource = Some(name.to_string());
+        resource = Some(name);
         devices = count;
     }
 
@@ -229,7 +229,7 @@ pub fn pod_demand(
         if let Some(needed) = entry.devices {
             if devices > 0 && devices < u64::from(needed) {
                 return Err(invalid(
-                    resource.as_deref().unwrap_or("devices"),
+                    resource.unwrap_or("devices"),
                     &devices.to_string(),
                     format!("catalog model {model:?} needs {needed} devices"),
                 ));

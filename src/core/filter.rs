@@ -4,6 +4,7 @@
 use std::fmt;
 
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use super::demand::PodDemand;
 use super::inventory::DeviceShare;
@@ -111,7 +112,7 @@ impl fmt::Display for Reason {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct Fit {
     /// Indices of the chosen devices, best fit first.
-    pub devices: Vec<u32>,
+    pub devices: SmallVec<[u32; 4]>,
     /// VRAM reserved on each chosen device (MiB).
     pub vram_mib: u64,
     /// Whole devices (true) or VRAM on a shared device (false).
@@ -146,10 +147,10 @@ type Candidate = (u64, u32, u64, bool);
 /// Checks are reported from the least to the most changeable, so the reason names what matters most.
 pub fn fit_node(node: &NodeInfo, demand: &PodDemand) -> Result<Fit, Reason> {
     let sharing = demand.is_sharing();
-    match (&demand.resource, &node.resource) {
-        (Some(want), have) if have.as_deref() != Some(want.as_str()) => {
+    match (demand.resource, node.resource) {
+        (Some(want), have) if have != Some(want) => {
             return Err(Reason::NoDevices {
-                resource: want.clone(),
+                resource: want.to_string(),
             })
         }
         (None, None) => {

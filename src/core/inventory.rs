@@ -2,7 +2,9 @@
 //! Occupancy on devices is always derived from the ledger, so replacing a node's capacity
 //! (a new report, a label change) never loses or double-counts a placement.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use serde::Serialize;
 
@@ -38,7 +40,9 @@ pub struct ModelReplicas {
 /// Nodes, devices and the placement ledger.
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
-    nodes: HashMap<String, NodeInfo>,
+    /// Nodes stored densely; `index` maps a name to its slot.
+    nodes: Vec<NodeInfo>,
+    index: HashMap<String, u32>,
     ledger: HashMap<String, Placement>,
     pods_by_node: HashMap<String, BTreeSet<String>>,
     models: HashMap<String, ModelReplicas>,
@@ -53,22 +57,39 @@ impl Inventory {
     /// Adds or replaces a node's capacity; placements recorded on it are applied again.
     pub fn upsert_node(&mut self, mut node: NodeInfo) {
         self.apply_ledger(&mut node);
-        self.nodes.insert(node.name.clone(), node);
+        match self.index.get(&node.name) {
+            Some(&slot) => self.nodes[slot as usize] = node,
+            None => {
+                self.index
+                    .insert(node.name.clone(), self.nodes.len() as u32);
+                self.nodes.push(node);
+            }
+        }
     }
 
     /// Removes a node. Its placements stay in the ledger until their pods are released.
     pub fn remove_node(&mut self, name: &str) -> Option<NodeInfo> {
-        self.nodes.remove(name)
+        let slot = self.index.remove(name)? as usize;
+        let removed = self.nodes.swap_remove(slot);
+        if let Some(moved) = self.nodes.get(slot) {
+            self.index.insert(moved.name.clone(), slot as u32);
+        }
+        Some(removed)
     }
 
     /// A node by name.
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
-        self.nodes.get(name)
+        self.index.get(name).map(|&slot| &self.nodes[slot as usize])
+    }
+
+    fn node_mut(&mut self, name: &str) -> Option<&mut NodeInfo> {
+        let slot = *self.index.get(name)? as usize;
+        self.nodes.get_mut(slot)
     }
 
     /// All nodes, in no particular order.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> {
-        self.nodes.values()
+        self.nodes.iter()
     }
 
     /// Number of nodes.
@@ -96,7 +117,7 @@ impl Inventory {
     /// Records that pod `id` holds `placement`, replacing what it held before.
     pub fn commit(&mut self, id: &str, placement: Placement) {
         self.release(id);
-        if let Some(node) = self.nodes.get_mut(&placement.node) {
+        if let Some(node) = self.node_mut(&placement.node) {
             occupy(node, &placement, 1);
         }
         self.pods_by_node
@@ -116,7 +137,7 @@ impl Inventory {
     /// Releases what pod `id` holds, returning it.
     pub fn release(&mut self, id: &str) -> Option<Placement> {
         let placement = self.ledger.remove(id)?;
-        if let Some(node) = self.nodes.get_mut(&placement.node) {
+        if let Some(node) = self.node_mut(&placement.node) {
             occupy(node, &placement, -1);
         }
         if let Some(ids) = self.pods_by_node.get_mut(&placement.node) {

@@ -5,6 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use super::config::Config;
 use super::facts::NodeFacts;
@@ -47,7 +48,12 @@ pub const DEVICE_RESOURCES: &[&str] = &[
 
 /// Whether `name` is a whole-device accelerator resource.
 pub fn is_device_resource(name: &str) -> bool {
-    DEVICE_RESOURCES.contains(&name)
+    device_resource(name).is_some()
+}
+
+/// The static name of a whole-device accelerator resource (cheap to copy and compare).
+pub fn device_resource(name: &str) -> Option<&'static str> {
+    DEVICE_RESOURCES.iter().copied().find(|r| *r == name)
 }
 
 /// The live device report the node agent writes into [`ANNOTATION_GPU_STATUS`].
@@ -140,6 +146,9 @@ impl Device {
     }
 }
 
+/// A node's devices.
+pub type Devices = SmallVec<[Device; 8]>;
+
 /// What is wrong with a node's data, when something is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum NodeProblem {
@@ -153,11 +162,12 @@ pub struct NodeInfo {
     pub name: String,
     pub zone: Option<String>,
     /// The whole-device resource of this node's accelerators, if any.
-    pub resource: Option<String>,
+    pub resource: Option<&'static str>,
     pub vendor: Option<Vendor>,
     /// Devices the device plugin advertises as allocatable.
     pub allocatable_devices: u32,
-    pub devices: Vec<Device>,
+    /// Devices, inline for up to 8 so a node's data sits together in memory.
+    pub devices: Devices,
     /// Devices may host several pods by VRAM.
     pub sharing: bool,
     pub source: CapacitySource,
@@ -193,7 +203,7 @@ pub fn build_node(facts: &NodeFacts, config: &Config, now: SystemTime) -> NodeIn
         resource: None,
         vendor: None,
         allocatable_devices: 0,
-        devices: Vec::new(),
+        devices: Devices::new(),
         sharing,
         source: CapacitySource::Unknown,
         problem: None,
@@ -207,7 +217,7 @@ pub fn build_node(facts: &NodeFacts, config: &Config, now: SystemTime) -> NodeIn
     } else {
         Vendor::Ascend
     };
-    node.resource = Some(resource.to_string());
+    node.resource = Some(resource);
     node.vendor = Some(vendor);
     node.allocatable_devices = count;
 
@@ -240,17 +250,17 @@ pub fn build_node(facts: &NodeFacts, config: &Config, now: SystemTime) -> NodeIn
     node
 }
 
-fn accelerator_allocatable<'a>(
-    facts: &'a NodeFacts,
+fn accelerator_allocatable(
+    facts: &NodeFacts,
     notes: &mut Vec<String>,
-) -> Option<(&'a str, u32)> {
+) -> Option<(&'static str, u32)> {
     for resource in DEVICE_RESOURCES {
-        let Some((key, value)) = facts.allocatable.get_key_value(*resource) else {
+        let Some(value) = facts.allocatable.get(*resource) else {
             continue;
         };
         match parse_count(value) {
             Ok(0) => continue,
-            Ok(n) => return Some((key.as_str(), n.min(u64::from(u32::MAX)) as u32)),
+            Ok(n) => return Some((resource, n.min(u64::from(u32::MAX)) as u32)),
             Err(e) => notes.push(format!("allocatable {resource}={value:?} ignored: {e}")),
         }
     }
@@ -263,7 +273,7 @@ fn devices_from_report(
     now: SystemTime,
     vendor: Vendor,
     notes: &mut Vec<String>,
-) -> Option<Vec<Device>> {
+) -> Option<Devices> {
     let raw = facts.annotations.get(ANNOTATION_GPU_STATUS)?;
     let report: GpuStatus = match serde_json::from_str(raw) {
         Ok(r) => r,
@@ -292,7 +302,7 @@ fn devices_from_report(
         notes.push(format!("{ANNOTATION_GPU_STATUS} ignored: no devices"));
         return None;
     }
-    let mut devices: Vec<Device> = report
+    let mut devices: Devices = report
         .devices
         .iter()
         .map(|d| {
@@ -316,7 +326,7 @@ fn devices_from_gfd(
     facts: &NodeFacts,
     allocatable: u32,
     notes: &mut Vec<String>,
-) -> Option<Vec<Device>> {
+) -> Option<Devices> {
     let product = facts.labels.get(LABEL_GFD_PRODUCT)?;
     let memory = facts.labels.get(LABEL_GFD_MEMORY)?;
     let Ok(total_mib) = memory.trim().parse::<u64>() else {
@@ -343,7 +353,7 @@ fn devices_from_ascend(
     resource: &str,
     count: u32,
     config: &Config,
-) -> Option<Vec<Device>> {
+) -> Option<Devices> {
     let chip = ascend_chip(facts, resource)?;
     let hbm = config.ascend_hbm(&chip)?;
     let product = format!("Ascend{chip}");

@@ -279,7 +279,7 @@ pub fn record_bound(
             ..demand.clone()
         };
         match fit_node(node, &relaxed) {
-            Ok(fit) => fit.devices,
+            Ok(fit) => fit.devices.to_vec(),
             Err(_) => {
                 let mut devices: Vec<_> = node.devices.iter().collect();
                 devices.sort_by_key(|d| (d.exclusive_holders, d.sharers, d.used_mib(), d.index));

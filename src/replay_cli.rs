@@ -1,0 +1,147 @@
+//! The `replay` command: loads traces, runs every policy × seed with a progress bar, prints the
+//! paper-style table and writes the per-bucket CSV.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::core::Config;
+use crate::replay::metrics::{run_experiment, Experiment, PolicySpec};
+use crate::replay::policy::BASELINES;
+use crate::replay::report::{load_reference, summary_table, write_results_file};
+use crate::replay::trace::{load_nodes, load_pods, trace_label};
+use crate::replay::vramfit_policy::VramfitPolicy;
+use crate::replay::workload::Workload;
+
+/// Arguments of `vramfit replay`.
+pub struct ReplayArgs {
+    pub nodes: PathBuf,
+    pub pods: Vec<PathBuf>,
+    pub seeds: String,
+    pub policies: String,
+    pub tune_ratio: f64,
+    pub threads: Option<usize>,
+    pub csv: Option<PathBuf>,
+    pub reference: Option<PathBuf>,
+    pub config: Config,
+}
+
+/// Parses `42-51` or `42,43,50`.
+pub fn parse_seeds(text: &str) -> anyhow::Result<Vec<u64>> {
+    let seeds: Vec<u64> = match text.split_once('-') {
+        Some((a, b)) => {
+            let (a, b): (u64, u64) = (a.trim().parse()?, b.trim().parse()?);
+            if a > b {
+                bail!("seed range {text:?} is empty");
+            }
+            (a..=b).collect()
+        }
+        None => text
+            .split(',')
+            .map(|s| s.trim().parse::<u64>())
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("seeds {text:?}: expected 42-51 or 42,43"))?,
+    };
+    if seeds.is_empty() {
+        bail!("no seeds in {text:?}");
+    }
+    Ok(seeds)
+}
+
+/// The policies named in `text` (`all`, or a comma-separated list).
+pub fn policy_specs(text: &str, config: &Config) -> anyhow::Result<Vec<PolicySpec>> {
+    let mut names: Vec<String> = std::iter::once("vramfit".to_string())
+        .chain(BASELINES.iter().map(|s| s.to_string()))
+        .collect();
+    if !text.eq_ignore_ascii_case("all") {
+        let wanted: Vec<&str> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        for w in &wanted {
+            if !names.iter().any(|n| n.eq_ignore_ascii_case(w)) {
+                bail!("unknown policy {w:?} (known: {})", names.join(", "));
+            }
+        }
+        names.retain(|n| wanted.iter().any(|w| w.eq_ignore_ascii_case(n)));
+    }
+    let baselines = PolicySpec::baselines();
+    let mut specs = Vec::new();
+    for name in names {
+        if name == "vramfit" {
+            let config = config.clone();
+            specs.push(PolicySpec::new("vramfit", move || {
+                Box::new(VramfitPolicy::new(config.clone()))
+            }));
+        } else if let Some(i) = baselines.iter().position(|b| b.name == name) {
+            let n = BASELINES[i];
+            specs.push(PolicySpec::new(n, move || {
+                crate::replay::policy::baseline(n)
+                    .unwrap_or_else(|| unreachable!("listed baseline {n}"))
+            }));
+        }
+    }
+    Ok(specs)
+}
+
+/// Runs the replay and prints the table.
+pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let seeds = parse_seeds(&args.seeds)?;
+    if !(args.tune_ratio > 0.0 && args.tune_ratio <= 10.0) {
+        bail!("--tune-ratio must be in (0, 10], got {}", args.tune_ratio);
+    }
+    let policies = policy_specs(&args.policies, &args.config)?;
+    let nodes = load_nodes(&args.nodes)?;
+    let mut workloads = Vec::new();
+    for path in &args.pods {
+        let pods = load_pods(path)?;
+        let label = trace_label(path.to_string_lossy().as_ref());
+        workloads.push(
+            Workload::new(&label, pods, &nodes).with_context(|| format!("{}", path.display()))?,
+        );
+    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let experiment = Experiment {
+        nodes: &nodes,
+        workloads: &workloads,
+        policies: &policies,
+        seeds: &seeds,
+        tune_ratio: args.tune_ratio,
+        threads,
+    };
+    let total = (workloads.len() * policies.len() * seeds.len()) as u64;
+    let bar = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} runs {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let results = run_experiment(&experiment, |r, _| {
+        bar.set_message(format!("{} {} seed {}", r.trace, r.policy, r.seed));
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+    let reference = match &args.reference {
+        Some(path) => load_reference(path)?,
+        None => None,
+    };
+    print!("{}", summary_table(&results, reference.as_ref()));
+    println!(
+        "\n{} runs ({} traces × {} policies × {} seeds) in {:.1} s on {threads} threads",
+        results.len(),
+        workloads.len(),
+        policies.len(),
+        seeds.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(path) = &args.csv {
+        write_results_file(path, &results)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

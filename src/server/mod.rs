@@ -25,7 +25,7 @@ use crate::k8s::Node;
 use metrics::{Metrics, ReasonLabels};
 use wire::{
     ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult, HostPriority,
-    NodeListOut, PairMap,
+    NodeListOut, PairMap, RawNodeList,
 };
 
 /// Settings of the HTTP layer (the `server:` section of the config file).
@@ -108,17 +108,21 @@ fn parse_args(body: &[u8]) -> Result<ExtenderArgs, BadRequest> {
 
 /// The nodes of a request, resolved to the core's view: from the inventory by name
 /// (`NodeNames`), or built from the Node objects sent (`Nodes`) with the ledger's occupancy.
-enum Candidates {
-    Names(Vec<String>),
+enum Candidates<'a> {
+    Names(&'a [String]),
     Objects(Vec<(String, NodeInfo)>),
 }
 
-fn candidates(app: &App, args: &ExtenderArgs) -> Result<Candidates, BadRequest> {
-    if let Some(names) = &args.node_names {
-        return Ok(Candidates::Names(names.clone()));
+fn candidates<'a>(
+    app: &App,
+    names: Option<&'a [String]>,
+    nodes: Option<&RawNodeList>,
+) -> Result<Candidates<'a>, BadRequest> {
+    if let Some(names) = names {
+        return Ok(Candidates::Names(names));
     }
-    let Some(list) = &args.nodes else {
-        return Ok(Candidates::Names(Vec::new()));
+    let Some(list) = nodes else {
+        return Ok(Candidates::Names(&[]));
     };
     let now = SystemTime::now();
     let mut parsed = Vec::with_capacity(list.items.len());
@@ -157,11 +161,11 @@ async fn filter(State(app): State<App>, body: Bytes) -> Response {
 }
 
 fn filter_inner(app: &App, body: &[u8]) -> Result<(&'static str, Vec<u8>), BadRequest> {
-    let args = parse_args(body)?;
-    let pod = args.pod.as_ref().map(|p| p.facts()).unwrap_or_default();
+    let ExtenderArgs { pod, nodes, node_names } = parse_args(body)?;
+    let pod = pod.map(|p| p.facts()).unwrap_or_default();
     let demand = pod_demand(&pod, &app.cluster.config, &app.cluster.catalog);
     app.cluster.remember(&pod.ledger_id(), demand.clone());
-    let candidates = candidates(app, &args)?;
+    let candidates = candidates(app, node_names.as_deref(), nodes.as_ref())?;
     let inventory = app.cluster.read();
     let outcome = match &candidates {
         Candidates::Names(names) => crate::core::filter(
@@ -189,7 +193,7 @@ fn filter_inner(app: &App, body: &[u8]) -> Result<(&'static str, Vec<u8>), BadRe
     } else {
         "ok"
     };
-    let (nodes, node_names) = match (&candidates, args.nodes) {
+    let (nodes, node_names) = match (&candidates, nodes) {
         (Candidates::Objects(resolved), Some(list)) => {
             let keep: std::collections::HashSet<&str> = outcome.feasible.iter().copied().collect();
             // Survivors go back unchanged, in input order.
@@ -237,7 +241,7 @@ fn prioritize_inner(app: &App, body: &[u8]) -> Result<Vec<HostPriority>, BadRequ
     let args = parse_args(body)?;
     let pod = args.pod.as_ref().map(|p| p.facts()).unwrap_or_default();
     let demand = pod_demand(&pod, &app.cluster.config, &app.cluster.catalog);
-    let candidates = candidates(app, &args)?;
+    let candidates = candidates(app, args.node_names.as_deref(), args.nodes.as_ref())?;
     let inventory = app.cluster.read();
     let scores = match &candidates {
         Candidates::Names(names) => crate::core::prioritize(

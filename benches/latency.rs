@@ -16,7 +16,8 @@ use vramfit::server::{router, App, ServerConfig};
 
 fn percentiles(mut samples: Vec<Duration>) -> String {
     samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
+    let at =
+        |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
     format!(
         "p50 {:>8.3} ms  p99 {:>8.3} ms  max {:>8.3} ms  (n={})",
         at(0.50).as_secs_f64() * 1e3,
@@ -34,7 +35,10 @@ fn core_latency(nodes: usize, iterations: usize) -> String {
     let mut samples = Vec::with_capacity(iterations);
     for i in 0..iterations + iterations / 10 {
         let started = Instant::now();
-        let outcome = filter(names.iter().map(|n| (n.as_str(), inventory.node(n))), &demand);
+        let outcome = filter(
+            names.iter().map(|n| (n.as_str(), inventory.node(n))),
+            &demand,
+        );
         let scores = prioritize(
             outcome.feasible.iter().map(|n| (*n, inventory.node(n))),
             &demand,
@@ -50,7 +54,11 @@ fn core_latency(nodes: usize, iterations: usize) -> String {
 }
 
 async fn http_latency(nodes: usize, iterations: usize) -> String {
-    let state = ClusterState::new(Config::default(), Catalog::default(), Box::new(vramfit::cluster::RecordOnly));
+    let state = ClusterState::new(
+        Config::default(),
+        Catalog::default(),
+        Box::new(vramfit::cluster::RecordOnly),
+    );
     {
         let cluster = common::cluster(nodes, 7);
         let mut inventory = state.write();
@@ -65,7 +73,9 @@ async fn http_latency(nodes: usize, iterations: usize) -> String {
         path_prefix: "/scheduler".into(),
         ..ServerConfig::default()
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
     tokio::spawn(async move { axum::serve(listener, router(app, &server)).await });
     let client = reqwest::Client::new();
@@ -121,7 +131,10 @@ fn main() {
         .build()
         .expect("runtime");
     for nodes in [500usize, 5_000, 15_000] {
-        println!("core  filter+prioritize {nodes:>6} nodes x 8 devices: {}", core_latency(nodes, iterations));
+        println!(
+            "core  filter+prioritize {nodes:>6} nodes x 8 devices: {}",
+            core_latency(nodes, iterations)
+        );
         let http = runtime.block_on(http_latency(nodes, iterations.min(200)));
         println!("http  filter+prioritize {nodes:>6} nodes x 8 devices: {http}");
     }

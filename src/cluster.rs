@@ -228,7 +228,14 @@ pub fn load_snapshot(
     now: SystemTime,
 ) {
     for node in &objects.nodes {
-        inventory.upsert_node(build_node(&node.facts(), config, now));
+        let info = build_node(&node.facts(), config, now);
+        for note in &info.notes {
+            tracing::warn!(node = %info.name, "{note}");
+        }
+        if info.problem.is_some() {
+            tracing::warn!(node = %info.name, problem = ?info.problem, "node has accelerators vramfit cannot size; it is rejected with a reason");
+        }
+        inventory.upsert_node(info);
     }
     for pod in &objects.pods {
         let facts = pod.facts();

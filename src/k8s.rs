@@ -135,9 +135,12 @@ pub struct Resources {
 
 /// A container, the parts placement reads.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Container {
     #[serde(default, deserialize_with = "nullable")]
     pub name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub restart_policy: String,
     #[serde(default, deserialize_with = "nullable")]
     pub resources: Resources,
 }
@@ -199,6 +202,7 @@ fn container_facts(c: &Container) -> ContainerResources {
     ContainerResources {
         requests: c.resources.requests.0.clone(),
         limits: c.resources.limits.0.clone(),
+        sidecar: c.restart_policy == "Always",
     }
 }
 

@@ -440,7 +440,7 @@ fn live_report_wins_over_labels_until_it_goes_stale() {
         err.to_string(),
         "vramfit: needs 1 healthy devices; 0 healthy here"
     );
-    assert!(!err.is_unresolvable());
+    assert!(err.is_unresolvable(), "no eviction heals a device");
 }
 
 #[test]

@@ -70,11 +70,11 @@ impl Catalog {
                 value: spec.vram.clone(),
                 reason: e.to_string(),
             })?;
-            if vram_mib > super::demand::MAX_VRAM_MIB {
+            if vram_mib == 0 || vram_mib > super::demand::MAX_VRAM_MIB {
                 return Err(CatalogError::Vram {
                     model,
                     value: spec.vram,
-                    reason: "absurdly large".into(),
+                    reason: "must be more than 0 and at most 1Ti".into(),
                 });
             }
             if matches!(spec.devices, Some(d) if d == 0 || d > 64) {

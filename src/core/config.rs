@@ -90,6 +90,10 @@ pub enum ConfigError {
     Weights(String),
     #[error("defaultProfile {0:?} is not among the profiles")]
     DefaultProfile(String),
+    #[error("defaultDeviceVramMib must be positive")]
+    DefaultVram,
+    #[error("ascendHbmMib[{0:?}] must be positive")]
+    AscendHbm(String),
 }
 
 const FALLBACK_WEIGHTS: Weights = Weights {
@@ -116,6 +120,12 @@ impl Config {
         if !self.profiles.contains_key(&self.default_profile) {
             return Err(ConfigError::DefaultProfile(self.default_profile.clone()));
         }
+        if self.default_device_vram_mib == Some(0) {
+            return Err(ConfigError::DefaultVram);
+        }
+        if let Some((chip, _)) = self.ascend_hbm_mib.iter().find(|(_, mib)| **mib == 0) {
+            return Err(ConfigError::AscendHbm(chip.clone()));
+        }
         Ok(())
     }
 
@@ -132,11 +142,16 @@ impl Config {
     }
 
     /// HBM of an Ascend chip (`910B3`, `310P`, …) in MiB: config first, then the built-in table.
+    /// Config keys may be written `910B3`, `910b3` or `Ascend910B3`.
     pub fn ascend_hbm(&self, chip: &str) -> Option<u64> {
-        if let Some(mib) = self.ascend_hbm_mib.get(chip) {
-            return Some(*mib);
+        let configured = self
+            .ascend_hbm_mib
+            .iter()
+            .find(|(key, _)| super::node::normalize_ascend_chip(key) == chip);
+        match configured {
+            Some((_, mib)) => Some(*mib),
+            None => builtin_ascend_hbm(chip),
         }
-        builtin_ascend_hbm(chip)
     }
 }
 
@@ -144,7 +159,7 @@ impl Config {
 pub fn builtin_ascend_hbm(chip: &str) -> Option<u64> {
     Some(match chip {
         "910A" => 32768,
-        "910B2" | "910B3" | "910B4-1" => 65536,
+        "910B2" | "910B3" | "910B4-1" | "910C" => 65536,
         "910B4" => 32768,
         "310P" => 24576,
         _ => return None,
@@ -171,8 +186,14 @@ mod tests {
     fn config_overrides_ascend_table() {
         let mut config = Config::default();
         assert_eq!(config.ascend_hbm("910B4"), Some(32768));
-        config.ascend_hbm_mib.insert("910B4".into(), 30000);
+        config.ascend_hbm_mib.insert("Ascend910b4".into(), 30000);
         assert_eq!(config.ascend_hbm("910B4"), Some(30000));
+        assert_eq!(config.ascend_hbm("910C"), Some(65536));
+        assert_eq!(
+            config.ascend_hbm("910B1"),
+            None,
+            "unverified sizes are not guessed"
+        );
         assert_eq!(config.ascend_hbm("910X"), None);
     }
 

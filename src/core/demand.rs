@@ -95,8 +95,9 @@ fn invalid(key: &str, value: &str, reason: impl ToString) -> DemandError {
     }
 }
 
-/// Effective count of `resource` over the pod, the kube-scheduler way:
-/// the sum over containers, then the max with each init container.
+/// Effective amount of `resource` over the pod, the kube-scheduler way: app containers and
+/// sidecars (init containers with `restartPolicy: Always`) add up; each other init container
+/// needs its own amount plus the sidecars started before it; the pod needs the larger.
 fn effective_quantity<F>(
     pod: &PodFacts,
     resource: &str,
@@ -111,21 +112,26 @@ where
             .transpose()
     };
     let mut seen = false;
-    let mut sum: u64 = 0;
+    let mut running: u64 = 0;
     for c in &pod.containers {
         if let Some(v) = read(c)? {
             seen = true;
-            sum = sum.saturating_add(v);
+            running = running.saturating_add(v);
         }
     }
-    let mut effective = sum;
+    let (mut sidecars, mut init_peak) = (0u64, 0u64);
     for c in &pod.init_containers {
-        if let Some(v) = read(c)? {
-            seen = true;
-            effective = effective.max(v);
+        let v = read(c)?;
+        seen |= v.is_some();
+        let v = v.unwrap_or(0);
+        if c.sidecar {
+            sidecars = sidecars.saturating_add(v);
+            running = running.saturating_add(v);
+        } else {
+            init_peak = init_peak.max(v.saturating_add(sidecars));
         }
     }
-    Ok(seen.then_some(effective))
+    Ok(seen.then_some(running.max(init_peak)))
 }
 
 /// Reads a pod's demand. Invalid values are errors naming the key and value, never defaults.

@@ -20,6 +20,8 @@ pub struct NodeFacts {
 pub struct ContainerResources {
     pub requests: BTreeMap<String, String>,
     pub limits: BTreeMap<String, String>,
+    /// An init container with `restartPolicy: Always` (a sidecar) runs beside the app containers.
+    pub sidecar: bool,
 }
 
 impl ContainerResources {

@@ -42,12 +42,10 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// Rejections no eviction can fix go to `FailedAndUnresolvableNodes`.
+    /// Rejections no eviction can fix (everything but a lack of free capacity, and a node not
+    /// yet known) go to `FailedAndUnresolvableNodes`, so preemption does not try them.
     pub fn is_unresolvable(&self) -> bool {
-        !matches!(
-            self,
-            Reason::UnknownNode | Reason::Unhealthy { .. } | Reason::Insufficient { .. }
-        )
+        !matches!(self, Reason::UnknownNode | Reason::Insufficient { .. })
     }
 
     /// A fixed, low-cardinality code for metrics.

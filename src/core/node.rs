@@ -289,8 +289,22 @@ fn devices_from_report(
             return None;
         }
     };
+    if report.version != 1 {
+        notes.push(format!(
+            "{ANNOTATION_GPU_STATUS} ignored: unknown schema version {}",
+            report.version
+        ));
+        return None;
+    }
+    let ttl = Duration::from_secs(config.report_ttl_seconds);
+    if observed.duration_since(now).is_ok_and(|ahead| ahead > ttl) {
+        notes.push(format!(
+            "{ANNOTATION_GPU_STATUS} ignored: observedAt is in the future (clock skew?)"
+        ));
+        return None;
+    }
     let age = now.duration_since(observed).unwrap_or(Duration::ZERO);
-    if age > Duration::from_secs(config.report_ttl_seconds) {
+    if age > ttl {
         notes.push(format!(
             "{ANNOTATION_GPU_STATUS} ignored: stale ({}s old, ttl {}s)",
             age.as_secs(),
@@ -393,7 +407,8 @@ fn ascend_chip(facts: &NodeFacts, resource: &str) -> Option<String> {
     }
 }
 
-fn normalize_ascend_chip(raw: &str) -> String {
+/// Normalises an Ascend chip name: `Ascend910b3`, `ascend-910B3` and `910B3` all give `910B3`.
+pub fn normalize_ascend_chip(raw: &str) -> String {
     let upper = raw.trim().to_ascii_uppercase();
     let bare = upper
         .trim_start_matches("ASCEND")
@@ -483,8 +498,9 @@ pub fn product_matches(entry: &str, device: &Device, vendor: Vendor) -> bool {
         return true;
     }
     if vendor == Vendor::Ascend {
+        // A family (`910B`, `310P`) names all its chips; shorter prefixes name nothing.
         let chip = normalize_ascend_chip(&entry);
-        if !chip.is_empty() && class.starts_with(&chip) {
+        if chip.len() >= 4 && class.starts_with(&chip) {
             return true;
         }
     }

@@ -161,7 +161,11 @@ async fn filter(State(app): State<App>, body: Bytes) -> Response {
 }
 
 fn filter_inner(app: &App, body: &[u8]) -> Result<(&'static str, Vec<u8>), BadRequest> {
-    let ExtenderArgs { pod, nodes, node_names } = parse_args(body)?;
+    let ExtenderArgs {
+        pod,
+        nodes,
+        node_names,
+    } = parse_args(body)?;
     let pod = pod.map(|p| p.facts()).unwrap_or_default();
     let demand = pod_demand(&pod, &app.cluster.config, &app.cluster.catalog);
     app.cluster.remember(&pod.ledger_id(), demand.clone());

@@ -74,18 +74,23 @@ fn extender_entries_match_the_server() {
                 )
             })
             .collect();
+        let vram_vocabularies = ["vramfit.io/vram", "nvidia.com/gpumem", "aliyun.com/gpu-mem"];
         for (name, ignored) in &managed {
             let is_device = DEVICE_RESOURCES.contains(name);
             assert!(
-                is_device || *name == "vramfit.io/vram",
+                is_device || vram_vocabularies.contains(name),
                 "{file}: {name} is understood by vramfit"
             );
             assert_eq!(
                 *ignored, !is_device,
-                "{file}: only the virtual VRAM resource is ignored by the in-tree fit"
+                "{file}: only VRAM vocabularies are ignored by the in-tree fit"
             );
         }
-        assert!(managed.iter().any(|(n, _)| *n == "nvidia.com/gpu"));
-        assert!(managed.iter().any(|(n, _)| *n == "vramfit.io/vram"));
+        for resource in DEVICE_RESOURCES.iter().chain(&vram_vocabularies) {
+            assert!(
+                managed.iter().any(|(n, _)| n == resource),
+                "{file}: {resource} reaches vramfit"
+            );
+        }
     }
 }

@@ -145,7 +145,7 @@ pub struct Container {
     pub resources: Resources,
 }
 
-/// A Pod.
+/// A Pod (or a workload's pod template, which has the same shape).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Pod {
     #[serde(default, deserialize_with = "nullable")]
@@ -168,6 +168,70 @@ pub struct PodSpec {
     pub containers: Vec<Container>,
     #[serde(default, deserialize_with = "nullable")]
     pub init_containers: Vec<Container>,
+    #[serde(default)]
+    pub node_selector: ScalarMap,
+    #[serde(default, deserialize_with = "nullable")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub affinity: Affinity,
+}
+
+/// A toleration.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct Toleration {
+    #[serde(default, deserialize_with = "nullable")]
+    pub key: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub operator: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub value: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub effect: String,
+}
+
+/// `spec.affinity`, the part kube-scheduler filters on.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Affinity {
+    #[serde(default, deserialize_with = "nullable")]
+    pub node_affinity: NodeAffinity,
+}
+
+/// `nodeAffinity`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeAffinity {
+    #[serde(default, deserialize_with = "nullable")]
+    pub required_during_scheduling_ignored_during_execution: Option<NodeSelector>,
+}
+
+/// A node selector: terms ORed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSelector {
+    #[serde(default, deserialize_with = "nullable")]
+    pub node_selector_terms: Vec<NodeSelectorTerm>,
+}
+
+/// One term: expressions ANDed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSelectorTerm {
+    #[serde(default, deserialize_with = "nullable")]
+    pub match_expressions: Vec<SelectorRequirement>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub match_fields: Vec<SelectorRequirement>,
+}
+
+/// `key operator values`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SelectorRequirement {
+    #[serde(default, deserialize_with = "nullable")]
+    pub key: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub operator: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub values: Vec<String>,
 }
 
 /// `Pod.status`.

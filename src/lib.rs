@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod core;
 pub mod k8s;
+pub mod kube_checks;
 pub mod place;
 pub mod replay;
 pub mod replay_cli;

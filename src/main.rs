@@ -10,10 +10,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use vramfit::cluster::ClusterState;
-use vramfit::place::{inventory_of, place_all, render_table};
+use vramfit::place::{render_table, DryRun};
 use vramfit::server::{metrics::Metrics, serve, App};
 use vramfit::settings::{load_catalog, Settings};
-use vramfit::snapshot::load_file;
+use vramfit::snapshot::{load_file, load_workloads};
 
 #[derive(Parser)]
 #[command(
@@ -215,15 +215,15 @@ fn run_place(
     let settings = Settings::load(config.as_deref())?;
     let catalog = load_catalog(catalog.as_deref())?;
     let cluster = load_file(&snapshot)?;
-    let workload = load_file(&pods)?;
+    let workload = load_workloads(&pods)?;
     if let Some((kind, _)) = workload.skipped.iter().next() {
         anyhow::bail!(
-            "{}: unsupported kind {kind:?} (place takes Pods)",
+            "{}: unsupported kind {kind:?} (place takes Pods, Deployments, StatefulSets, ReplicaSets and Jobs)",
             pods.display()
         );
     }
-    let mut inventory = inventory_of(&cluster, &settings.placement, &catalog, SystemTime::now());
-    let report = place_all(&mut inventory, &workload, &settings.placement, &catalog);
+    let mut dry_run = DryRun::new(&cluster, &settings.placement, &catalog, SystemTime::now());
+    let report = dry_run.place_all(&workload.pods, &settings.placement, &catalog);
     match output {
         Output::Table => print!("{}", render_table(&report)),
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),

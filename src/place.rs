@@ -1,15 +1,20 @@
-//! The `place` command's engine: loads a snapshot into an inventory and places a file's pods one
-//! after another with the core, exactly as the server would, then reports where and why not.
+//! The `place` command's engine: loads a snapshot, places a file's pods one after another —
+//! kube-scheduler's own checks first, then the core exactly as the server runs it — and reports
+//! where each went and why not elsewhere.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use serde::Serialize;
 
+use std::collections::HashMap;
+
 use crate::cluster::load_snapshot;
 use crate::core::quantity::format_mib;
 use crate::core::schedule::Decision;
-use crate::core::{pod_demand, Catalog, Config, Inventory};
+use crate::core::{place_where, pod_demand, Catalog, Config, Inventory};
+use crate::k8s::{Node, Pod};
+use crate::kube_checks::{pod_requests, reject_reason, NodeUsage};
 use crate::snapshot::Objects;
 
 /// One device a placed pod got.
@@ -72,39 +77,92 @@ pub fn failed_scheduling_message(total_nodes: usize, reasons: &BTreeMap<String, 
     }
 }
 
-/// Builds the inventory of a snapshot.
-pub fn inventory_of(
-    snapshot: &Objects,
-    config: &Config,
-    catalog: &Catalog,
-    now: SystemTime,
-) -> Inventory {
-    let mut inventory = Inventory::new();
-    load_snapshot(&mut inventory, snapshot, config, catalog, now);
-    inventory
+/// A dry run in progress: the core's inventory plus what kube-scheduler itself tracks (the Node
+/// objects and the resources their pods request).
+pub struct DryRun {
+    pub inventory: Inventory,
+    nodes: Vec<Node>,
+    usage: HashMap<String, NodeUsage>,
 }
 
-/// Places `pods` one after another on `inventory`, committing each placement.
-pub fn place_all(
-    inventory: &mut Inventory,
-    pods: &Objects,
-    config: &Config,
-    catalog: &Catalog,
-) -> PlaceReport {
-    let mut results = Vec::with_capacity(pods.pods.len());
-    for pod in &pods.pods {
+impl DryRun {
+    /// Starts from a snapshot: every node, and every bound, unfinished pod's devices and requests.
+    pub fn new(snapshot: &Objects, config: &Config, catalog: &Catalog, now: SystemTime) -> Self {
+        let mut inventory = Inventory::new();
+        load_snapshot(&mut inventory, snapshot, config, catalog, now);
+        let mut usage: HashMap<String, NodeUsage> = HashMap::new();
+        for pod in &snapshot.pods {
+            let facts = pod.facts();
+            let (Some(node), false) = (facts.node_name.as_deref(), facts.is_finished()) else {
+                continue;
+            };
+            match pod_requests(pod) {
+                Ok(requests) => usage.entry(node.to_string()).or_default().add(&requests),
+                Err(e) => {
+                    tracing::warn!(pod = %facts.key(), error = %e, "bound pod's requests not counted")
+                }
+            }
+        }
+        DryRun {
+            inventory,
+            nodes: snapshot.nodes.clone(),
+            usage,
+        }
+    }
+
+    /// Places `pods` one after another: kube-scheduler's checks first, then vramfit's policy on
+    /// the nodes that pass, committing each placement before the next pod.
+    pub fn place_all(&mut self, pods: &[Pod], config: &Config, catalog: &Catalog) -> PlaceReport {
+        let results = pods
+            .iter()
+            .map(|pod| self.place_one(pod, config, catalog))
+            .collect();
+        PlaceReport {
+            nodes: self.nodes.len(),
+            pods: results,
+        }
+    }
+
+    fn place_one(&mut self, pod: &Pod, config: &Config, catalog: &Catalog) -> PodResult {
         let facts = pod.facts();
         let demand = pod_demand(&facts, config, catalog);
-        let decision = crate::core::place(inventory, &demand, config);
-        results.push(describe(inventory, facts.key(), decision));
-    }
-    PlaceReport {
-        nodes: inventory.node_count(),
-        pods: results,
+        let mut kube_reasons: BTreeMap<String, String> = BTreeMap::new();
+        let requests = match pod_requests(pod) {
+            Ok(requests) => {
+                let empty = NodeUsage::default();
+                for node in &self.nodes {
+                    let usage = self.usage.get(&node.metadata.name).unwrap_or(&empty);
+                    if let Some(reason) = reject_reason(node, usage, pod, &requests) {
+                        kube_reasons.insert(node.metadata.name.clone(), reason);
+                    }
+                }
+                Some(requests)
+            }
+            Err(e) => {
+                for node in &self.nodes {
+                    kube_reasons.insert(node.metadata.name.clone(), format!("invalid pod: {e}"));
+                }
+                None
+            }
+        };
+        let decision = place_where(&mut self.inventory, &demand, config, |n| {
+            !kube_reasons.contains_key(&n.name)
+        });
+        if let (Some(node), Some(requests)) = (&decision.node, &requests) {
+            self.usage.entry(node.clone()).or_default().add(requests);
+        }
+        let total = self.nodes.len();
+        describe(&self.inventory, facts.key(), decision, kube_reasons, total)
     }
 }
 
-fn describe(inventory: &Inventory, pod: String, decision: Decision) -> PodResult {
+fn describe(
+    inventory: &Inventory,
+    pod: String,
+    decision: Decision,
+    mut reasons: BTreeMap<String, String>,
+    total_nodes: usize,
+) -> PodResult {
     let node = decision.node.as_deref().and_then(|n| inventory.node(n));
     let devices = decision
         .shares
@@ -120,17 +178,18 @@ fn describe(inventory: &Inventory, pod: String, decision: Decision) -> PodResult
         })
         .collect();
     let placed = decision.node.is_some();
-    let reasons: BTreeMap<String, String> = if placed {
-        BTreeMap::new()
+    if placed {
+        reasons.clear();
     } else {
-        decision
-            .reasons
-            .iter()
-            .map(|(n, r)| (n.clone(), r.to_string()))
-            .collect()
-    };
+        reasons.extend(
+            decision
+                .reasons
+                .iter()
+                .map(|(n, r)| (n.clone(), r.to_string())),
+        );
+    }
     PodResult {
-        message: (!placed).then(|| failed_scheduling_message(inventory.node_count(), &reasons)),
+        message: (!placed).then(|| failed_scheduling_message(total_nodes, &reasons)),
         pod,
         node: decision.node,
         devices,

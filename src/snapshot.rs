@@ -29,17 +29,89 @@ pub enum LoadError {
 pub struct Objects {
     pub nodes: Vec<Node>,
     pub pods: Vec<Pod>,
-    /// Kind → count of objects that are neither Node nor Pod.
+    /// Kind → count of objects that are neither Node nor Pod (nor, when expanding, a workload).
     pub skipped: BTreeMap<String, usize>,
 }
 
-/// Reads a file of Kubernetes objects.
+/// Workload kinds whose pod template `load_workloads` expands into replicas.
+pub const WORKLOAD_KINDS: &[&str] = &["Deployment", "StatefulSet", "ReplicaSet", "Job"];
+
+/// Reads a cluster snapshot: Nodes and Pods as they are (workloads are skipped, their pods are
+/// already listed).
 pub fn load_file(path: &Path) -> Result<Objects, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+    parse_objects(&read(path)?, path, false)
+}
+
+/// Reads pods to place: Pods, and Deployments / StatefulSets / ReplicaSets / Jobs expanded into
+/// their replicas' pods (`replicas`, or a Job's `parallelism`, default 1).
+pub fn load_workloads(path: &Path) -> Result<Objects, LoadError> {
+    parse_objects(&read(path)?, path, true)
+}
+
+fn read(path: &Path) -> Result<String, LoadError> {
+    std::fs::read_to_string(path).map_err(|source| LoadError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    parse_objects(&text, path)
+    })
+}
+
+/// Most replicas one workload may expand to in a dry run.
+const MAX_REPLICAS: u64 = 10_000;
+
+fn expand(value: &Value, kind: &str) -> Result<Vec<Pod>, String> {
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if name.is_empty() {
+        return Err("has no metadata.name".into());
+    }
+    let namespace = value
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let count_at = |pointer: &str| -> Result<Option<u64>, String> {
+        match value.pointer(pointer) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                format!(
+                    "{} must be a non-negative integer, got {v}",
+                    pointer.trim_start_matches('/').replace('/', ".")
+                )
+            }),
+        }
+    };
+    let replicas = if kind == "Job" {
+        let parallelism = count_at("/spec/parallelism")?.unwrap_or(1);
+        count_at("/spec/completions")?.map_or(parallelism, |c| parallelism.min(c))
+    } else {
+        count_at("/spec/replicas")?.unwrap_or(1)
+    };
+    if replicas > MAX_REPLICAS {
+        return Err(format!(
+            "{replicas} replicas is more than a dry run takes ({MAX_REPLICAS})"
+        ));
+    }
+    let template = value
+        .pointer("/spec/template")
+        .ok_or("has no spec.template")?;
+    let template: Pod =
+        serde_json::from_value(template.clone()).map_err(|e| format!("spec.template: {e}"))?;
+    Ok((0..replicas)
+        .map(|i| {
+            let mut pod = template.clone();
+            pod.metadata.name = format!("{name}-{i}");
+            pod.metadata.namespace = namespace.to_string();
+            pod.metadata.uid = format!("{namespace}/{name}-{i}");
+            pod.metadata.owner_references = vec![crate::k8s::OwnerReference {
+                kind: kind.to_string(),
+                name: name.to_string(),
+                controller: true,
+            }];
+            pod.spec.node_name = String::new();
+            pod
+        })
+        .collect())
 }
 
 /// Parses documents into raw values: JSON when the text starts with `{` or `[`, else YAML.
@@ -87,8 +159,12 @@ fn flatten(value: Value, out: &mut Vec<Value>) {
     }
 }
 
-/// Parses text holding Node and Pod objects.
-pub fn parse_objects(text: &str, path: &Path) -> Result<Objects, LoadError> {
+/// Parses text holding Node and Pod objects (and, with `expand_workloads`, workloads).
+pub fn parse_objects(
+    text: &str,
+    path: &Path,
+    expand_workloads: bool,
+) -> Result<Objects, LoadError> {
     let mut flat = Vec::new();
     for doc in parse_documents(text, path)? {
         flatten(doc, &mut flat);
@@ -117,6 +193,9 @@ pub fn parse_objects(text: &str, path: &Path) -> Result<Objects, LoadError> {
                 .pods
                 .push(serde_json::from_value(value).map_err(|e| err(e.to_string()))?),
             "" => return Err(err("missing `kind`".into())),
+            workload if expand_workloads && WORKLOAD_KINDS.contains(&workload) => {
+                objects.pods.extend(expand(&value, workload).map_err(err)?)
+            }
             other => *objects.skipped.entry(other.to_string()).or_default() += 1,
         }
     }

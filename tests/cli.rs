@@ -162,7 +162,7 @@ fn unplaced_pods_exit_2_with_grouped_reasons() {
     assert_eq!(pod["reasons"].as_object().unwrap().len(), 11);
     assert_eq!(
         pod["message"],
-        "0/11 nodes are available: 1 vramfit: node has no nvidia.com/gpu devices, \
+        "0/11 nodes are available: 1 Insufficient nvidia.com/gpu, \
          2 vramfit: needs 100Gi per device (+15% headroom); largest device here has 80Gi, \
          8 vramfit: needs 100Gi per device (+15% headroom); largest device here has 15Gi."
     );
@@ -259,4 +259,54 @@ fn config_and_catalog_files_are_read() {
     assert!(Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("examples/models.yaml")
         .exists());
+}
+
+#[test]
+fn place_simulates_kube_scheduler_checks_and_expands_workloads() {
+    let (code, report) = place_json(
+        "tests/fixtures/dry-run/cluster.yaml",
+        "tests/fixtures/dry-run/workloads.yaml",
+    );
+    let pods = report["pods"].as_array().unwrap();
+    let names: Vec<&str> = pods.iter().map(|p| p["pod"].as_str().unwrap()).collect();
+    assert_eq!(names, ["ml/whisper-0", "ml/whisper-1", "ml/embed-0"]);
+    // whisper-0: the free T4 (cordoned, tainted, other pool and too little CPU are out).
+    assert_eq!(pods[0]["node"], "t4-free");
+    // whisper-1: no T4 left that kube-scheduler accepts, so the A100 rather than Pending.
+    assert_eq!(pods[1]["node"], "a100-0");
+    // embed-0 tolerates the batch taint and goes to the tainted T4, smallest fitting device.
+    assert_eq!(pods[2]["node"], "t4-tainted");
+    assert_eq!(code, 0);
+
+    // With the A100 gone, whisper-1 is Pending and every node says why, in kube-scheduler's words.
+    let cluster = std::fs::read_to_string("tests/fixtures/dry-run/cluster.yaml").unwrap();
+    let without_a100 = &cluster[..cluster
+        .find("- kind: Node\n  apiVersion: v1\n  metadata:\n    name: a100-0")
+        .unwrap()];
+    let path = scratch("no-a100.yaml", without_a100);
+    let (code, report) = place_json(
+        path.to_str().unwrap(),
+        "tests/fixtures/dry-run/workloads.yaml",
+    );
+    assert_eq!(code, 2);
+    let pending = &report["pods"][1];
+    assert_eq!(pending["node"], Value::Null);
+    let reasons = pending["reasons"].as_object().unwrap();
+    assert_eq!(reasons["t4-cordoned"], "node(s) were unschedulable");
+    assert_eq!(
+        reasons["t4-tainted"],
+        "node(s) had untolerated taint {dedicated: batch}"
+    );
+    assert_eq!(
+        reasons["t4-training"],
+        "node(s) didn't match Pod's node affinity/selector"
+    );
+    assert_eq!(reasons["t4-small-cpu"], "Insufficient cpu");
+    assert_eq!(reasons["t4-free"], "Insufficient nvidia.com/gpu");
+    assert_eq!(
+        pending["message"],
+        "0/5 nodes are available: 1 Insufficient cpu, 1 Insufficient nvidia.com/gpu, \
+         1 node(s) didn't match Pod's node affinity/selector, 1 node(s) had untolerated taint {dedicated: batch}, \
+         1 node(s) were unschedulable."
+    );
 }

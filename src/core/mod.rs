@@ -22,4 +22,6 @@ pub use facts::{ContainerResources, NodeFacts, PodFacts};
 pub use filter::{fit_node, Fit, Reason};
 pub use inventory::{DeviceShare, Inventory, Placement};
 pub use node::{build_node, NodeInfo};
-pub use schedule::{filter, place, prioritize, record_bound, Decision, Demand, FilterOutcome};
+pub use schedule::{
+    filter, place, place_where, prioritize, record_bound, Decision, Demand, FilterOutcome,
+};

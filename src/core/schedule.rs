@@ -173,6 +173,17 @@ pub struct Decision {
 
 /// Places one pod on the best node of the whole inventory and commits it to the ledger.
 pub fn place(inventory: &mut Inventory, demand: &Demand, config: &Config) -> Decision {
+    place_where(inventory, demand, config, |_| true)
+}
+
+/// Like [`place`], among the nodes `eligible` accepts (for example those kube-scheduler's own
+/// filters pass). Ineligible nodes get no verdict and no reason from vramfit.
+pub fn place_where(
+    inventory: &mut Inventory,
+    demand: &Demand,
+    config: &Config,
+    eligible: impl Fn(&NodeInfo) -> bool,
+) -> Decision {
     let (profile, _) = config.profile_for(
         demand
             .as_ref()
@@ -194,7 +205,7 @@ pub fn place(inventory: &mut Inventory, demand: &Demand, config: &Config) -> Dec
         reasons: BTreeMap::new(),
     };
     let mut fits: Vec<(&NodeInfo, Fit)> = Vec::new();
-    for node in inventory.nodes() {
+    for node in inventory.nodes().filter(|n| eligible(n)) {
         match verdict(Some(node), demand) {
             Ok(fit) => fits.push((node, fit)),
             Err(reason) => {

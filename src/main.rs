@@ -74,6 +74,13 @@ enum Command {
         /// Model catalog file.
         #[arg(long)]
         catalog: Option<PathBuf>,
+        /// Draw every node and device before and after as an SVG picture.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// What-if capacity: `[N x] CLASS[:DEVICES][@ZONE]` (e.g. `2x T4`, `1x A100:8`) or
+        /// `[N x] NODE.yaml`; repeatable.
+        #[arg(long = "add-nodes", value_name = "SPEC")]
+        add_nodes: Vec<String>,
     },
     /// Replay GPU-sharing traces (Alibaba openb) and measure packing quality per policy.
     Replay {
@@ -138,9 +145,19 @@ fn main() -> ExitCode {
             output,
             config,
             catalog,
+            svg,
+            add_nodes,
         } => {
             init_logging(cli.log_format, "warn");
-            run_place(snapshot, pods, output, config, catalog)
+            run_place(PlaceArgs {
+                snapshot,
+                pods,
+                output,
+                config,
+                catalog,
+                svg,
+                add_nodes,
+            })
         }
         Command::Replay {
             nodes,
@@ -205,26 +222,42 @@ fn run_serve(
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_place(
+struct PlaceArgs {
     snapshot: PathBuf,
     pods: PathBuf,
     output: Output,
     config: Option<PathBuf>,
     catalog: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
-    let settings = Settings::load(config.as_deref())?;
-    let catalog = load_catalog(catalog.as_deref())?;
-    let cluster = load_file(&snapshot)?;
-    let workload = load_workloads(&pods)?;
+    svg: Option<PathBuf>,
+    add_nodes: Vec<String>,
+}
+
+fn run_place(args: PlaceArgs) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(args.config.as_deref())?;
+    let catalog = load_catalog(args.catalog.as_deref())?;
+    let mut cluster = load_file(&args.snapshot)?;
+    let workload = load_workloads(&args.pods)?;
     if let Some((kind, _)) = workload.skipped.iter().next() {
         anyhow::bail!(
             "{}: unsupported kind {kind:?} (place takes Pods, Deployments, StatefulSets, ReplicaSets and Jobs)",
-            pods.display()
+            args.pods.display()
         );
     }
+    let mut added = Vec::new();
+    for spec in &args.add_nodes {
+        let nodes = vramfit::whatif::nodes_from_spec(spec, added.len())?;
+        added.extend(nodes.iter().map(|n| n.metadata.name.clone()));
+        cluster.nodes.extend(nodes);
+    }
     let mut dry_run = DryRun::new(&cluster, &settings.placement, &catalog, SystemTime::now());
-    let report = dry_run.place_all(&workload.pods, &settings.placement, &catalog);
-    match output {
+    let before = dry_run.inventory.clone();
+    let mut report = dry_run.place_all(&workload.pods, &settings.placement, &catalog);
+    report.added_nodes = added;
+    if let Some(path) = &args.svg {
+        std::fs::write(path, vramfit::picture::render(&before, &dry_run.inventory))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    match args.output {
         Output::Table => print!("{}", render_table(&report)),
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
     }

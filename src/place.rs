@@ -52,6 +52,9 @@ pub struct PodResult {
 pub struct PlaceReport {
     pub nodes: usize,
     pub pods: Vec<PodResult>,
+    /// Nodes added by `--add-nodes` (what-if capacity).
+    #[serde(rename = "addedNodes", skip_serializing_if = "Vec::is_empty")]
+    pub added_nodes: Vec<String>,
 }
 
 impl PlaceReport {
@@ -120,6 +123,7 @@ impl DryRun {
         PlaceReport {
             nodes: self.nodes.len(),
             pods: results,
+            added_nodes: Vec::new(),
         }
     }
 
@@ -239,6 +243,12 @@ pub fn render_table(report: &PlaceReport) -> String {
         out.push_str(&line(row));
     }
     let placed = report.pods.iter().filter(|p| p.node.is_some()).count();
+    if !report.added_nodes.is_empty() {
+        out.push_str(&format!(
+            "\nWhat-if nodes added: {}\n",
+            report.added_nodes.join(", ")
+        ));
+    }
     out.push_str(&format!(
         "\n{placed}/{} pods placed on {} nodes.\n",
         report.pods.len(),

@@ -310,3 +310,69 @@ fn place_simulates_kube_scheduler_checks_and_expands_workloads() {
          1 node(s) were unschedulable."
     );
 }
+
+#[test]
+fn what_if_nodes_and_the_picture() {
+    let cluster = std::fs::read_to_string("tests/fixtures/dry-run/cluster.yaml").unwrap();
+    let without_a100 = &cluster[..cluster
+        .find("- kind: Node\n  apiVersion: v1\n  metadata:\n    name: a100-0")
+        .unwrap()];
+    let path = scratch("what-if.yaml", without_a100);
+    let svg = std::env::temp_dir().join(format!("vramfit-cli-{}-picture.svg", std::process::id()));
+    // The pending replica needs the `pool: inference` label, so buy a copy of an inference T4.
+    let template = scratch(
+        "t4-template.yaml",
+        "kind: Node\napiVersion: v1\nmetadata:\n  name: t4-new\n  labels: {topology.kubernetes.io/zone: b, nvidia.com/gpu.product: Tesla-T4, nvidia.com/gpu.memory: \"15360\", pool: inference}\nstatus: {allocatable: {cpu: \"16\", memory: 64Gi, pods: \"110\", nvidia.com/gpu: \"1\"}}\n",
+    );
+    let spec = format!("1x {}", template.display());
+    let out = vramfit(&[
+        "place",
+        "--snapshot",
+        path.to_str().unwrap(),
+        "--pods",
+        "tests/fixtures/dry-run/workloads.yaml",
+        "--add-nodes",
+        &spec,
+        "--add-nodes",
+        "1x T4@b",
+        "--output",
+        "json",
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["addedNodes"],
+        serde_json::json!(["t4-new-whatif-0", "t4-1x-whatif-1"])
+    );
+    assert_eq!(
+        report["pods"][1]["node"], "t4-new-whatif-0",
+        "the bought T4 takes the pending replica"
+    );
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    assert!(picture.starts_with("<svg") && picture.trim_end().ends_with("</svg>"));
+    // Seven nodes with one device each, drawn before and after.
+    assert_eq!(picture.matches("<g class=\"device").count(), 14);
+    assert!(
+        picture.contains("t4-new-whatif-0 #0 Tesla-T4: whisper"),
+        "the tooltip names the model"
+    );
+
+    let bad = vramfit(&[
+        "place",
+        "--snapshot",
+        path.to_str().unwrap(),
+        "--pods",
+        "tests/fixtures/dry-run/workloads.yaml",
+        "--add-nodes",
+        "3x B200",
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown class \"B200\""));
+}

@@ -115,11 +115,9 @@ fn panel(
             });
             *stranded_count += usize::from(stranded);
             let used = device.used_mib().min(device.total_mib);
-            let level = if device.total_mib == 0 {
-                0
-            } else {
-                (used * u64::from(DEVICE_H) / device.total_mib) as u32
-            };
+            let level = (used * u64::from(DEVICE_H))
+                .checked_div(device.total_mib)
+                .unwrap_or(0) as u32;
             let tip = match occupant {
                 Some(o) => format!(
                     "{} #{} {}: {} ({} MiB of {} MiB){}",

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod core;
 pub mod k8s;
 pub mod kube_checks;
+pub mod live;
 pub mod picture;
 pub mod place;
 pub mod replay;

@@ -58,11 +58,19 @@ enum Command {
         #[arg(long)]
         catalog: Option<PathBuf>,
     },
-    /// Place pods on a cluster snapshot, one after another, and show where and why not.
+    /// Place pods on a cluster snapshot or a live cluster (read-only), one after another, and
+    /// show where and why not.
     Place {
-        /// Cluster snapshot (e.g. `kubectl get nodes,pods -A -o yaml`).
+        /// Cluster snapshot (e.g. `kubectl get nodes,pods -A -o yaml`); without it the live
+        /// cluster is read (list only, never written).
         #[arg(long)]
-        snapshot: PathBuf,
+        snapshot: Option<PathBuf>,
+        /// Kubeconfig for the live cluster (default: KUBECONFIG, ~/.kube/config, or in-cluster).
+        #[arg(long, conflicts_with = "snapshot")]
+        kubeconfig: Option<PathBuf>,
+        /// Kubeconfig context for the live cluster.
+        #[arg(long, conflicts_with = "snapshot")]
+        context: Option<String>,
         /// Pods to place, in order.
         #[arg(long)]
         pods: PathBuf,
@@ -141,6 +149,8 @@ fn main() -> ExitCode {
         }
         Command::Place {
             snapshot,
+            kubeconfig,
+            context,
             pods,
             output,
             config,
@@ -151,6 +161,8 @@ fn main() -> ExitCode {
             init_logging(cli.log_format, "warn");
             run_place(PlaceArgs {
                 snapshot,
+                kubeconfig,
+                context,
                 pods,
                 output,
                 config,
@@ -223,7 +235,9 @@ fn run_serve(
 }
 
 struct PlaceArgs {
-    snapshot: PathBuf,
+    snapshot: Option<PathBuf>,
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
     pods: PathBuf,
     output: Output,
     config: Option<PathBuf>,
@@ -235,7 +249,18 @@ struct PlaceArgs {
 fn run_place(args: PlaceArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(args.config.as_deref())?;
     let catalog = load_catalog(args.catalog.as_deref())?;
-    let mut cluster = load_file(&args.snapshot)?;
+    let mut cluster = match &args.snapshot {
+        Some(path) => load_file(path)?,
+        None => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(async {
+                let client =
+                    vramfit::live::client(args.kubeconfig.as_deref(), args.context.as_deref())
+                        .await?;
+                vramfit::live::read_cluster(client).await
+            })?
+        }
+    };
     let workload = load_workloads(&args.pods)?;
     if let Some((kind, _)) = workload.skipped.iter().next() {
         anyhow::bail!(

@@ -103,7 +103,7 @@ pub fn parse_count(text: &str) -> Result<u64, QuantityError> {
 
 /// Formats MiB the way people read VRAM: `40Gi` when whole GiB, else `1536Mi`.
 pub fn format_mib(mib: u64) -> String {
-    if mib % 1024 == 0 {
+    if mib.is_multiple_of(1024) {
         format!("{}Gi", mib / 1024)
     } else if mib >= 10 * 1024 {
         format!("{:.1}Gi", mib as f64 / 1024.0)

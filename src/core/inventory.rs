@@ -37,12 +37,16 @@ pub struct ModelReplicas {
     pub by_zone: HashMap<String, u32>,
 }
 
+/// A node name stored inline (up to 40 bytes, as most are), so a lookup compares bytes in the
+/// table itself instead of chasing a pointer per probe.
+type NameKey = smallvec::SmallVec<[u8; 40]>;
+
 /// Nodes, devices and the placement ledger.
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
     /// Nodes stored densely; `index` maps a name to its slot.
     nodes: Vec<NodeInfo>,
-    index: HashMap<String, u32>,
+    index: HashMap<NameKey, u32>,
     ledger: HashMap<String, Placement>,
     pods_by_node: HashMap<String, BTreeSet<String>>,
     models: HashMap<String, ModelReplicas>,
@@ -57,11 +61,10 @@ impl Inventory {
     /// Adds or replaces a node's capacity; placements recorded on it are applied again.
     pub fn upsert_node(&mut self, mut node: NodeInfo) {
         self.apply_ledger(&mut node);
-        match self.index.get(&node.name) {
+        match self.index.get(node.name.as_bytes()) {
             Some(&slot) => self.nodes[slot as usize] = node,
             None => {
-                self.index
-                    .insert(node.name.clone(), self.nodes.len() as u32);
+                self.index.insert(NameKey::from_slice(node.name.as_bytes()), self.nodes.len() as u32);
                 self.nodes.push(node);
             }
         }
@@ -69,21 +72,21 @@ impl Inventory {
 
     /// Removes a node. Its placements stay in the ledger until their pods are released.
     pub fn remove_node(&mut self, name: &str) -> Option<NodeInfo> {
-        let slot = self.index.remove(name)? as usize;
+        let slot = self.index.remove(name.as_bytes())? as usize;
         let removed = self.nodes.swap_remove(slot);
         if let Some(moved) = self.nodes.get(slot) {
-            self.index.insert(moved.name.clone(), slot as u32);
+            self.index.insert(NameKey::from_slice(moved.name.as_bytes()), slot as u32);
         }
         Some(removed)
     }
 
     /// A node by name.
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
-        self.index.get(name).map(|&slot| &self.nodes[slot as usize])
+        self.index.get(name.as_bytes()).map(|&slot| &self.nodes[slot as usize])
     }
 
     fn node_mut(&mut self, name: &str) -> Option<&mut NodeInfo> {
-        let slot = *self.index.get(name)? as usize;
+        let slot = *self.index.get(name.as_bytes())? as usize;
         self.nodes.get_mut(slot)
     }
 

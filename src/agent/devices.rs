@@ -4,8 +4,10 @@ use std::collections::BTreeMap;
 
 use nvml_wrapper::error::NvmlError;
 
-/// Reads the node's accelerators. Implemented over NVML ([`NvmlReader`](super::NvmlReader));
-/// the agent holds one as `Box<dyn DeviceReader>`.
+use super::npu_smi::ParseError;
+
+/// Reads the node's accelerators. Implemented over NVML ([`NvmlReader`](super::NvmlReader)) and
+/// `npu-smi` ([`NpuSmiReader`](super::NpuSmiReader)); the agent holds one as `Box<dyn DeviceReader>`.
 pub trait DeviceReader: Send + Sync {
     /// Short name of the runtime, for log lines (`nvml`, `npu-smi`).
     fn runtime(&self) -> &'static str;
@@ -83,6 +85,12 @@ pub enum ReadError {
         #[source]
         source: NvmlError,
     },
+    /// A command could not be run, timed out, or exited unsuccessfully.
+    #[error("{command}: {message}")]
+    Command { command: String, message: String },
+    /// `npu-smi info` ran but its output could not be read.
+    #[error("npu-smi info output: {0}")]
+    NpuSmi(#[from] ParseError),
 }
 
 fn device_prefix(index: Option<u32>) -> String {

@@ -4,6 +4,7 @@
 //! [`cluster`] holds the live state the server answers from; [`server`] speaks the extender
 //! protocol; [`cli`] is the command line.
 
+pub mod agent;
 pub mod cluster;
 pub mod core;
 pub mod k8s;

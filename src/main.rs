@@ -90,6 +90,25 @@ enum Command {
         #[arg(long = "add-nodes", value_name = "SPEC")]
         add_nodes: Vec<String>,
     },
+    /// Node agent: reads this node's GPUs (NVML) or NPUs (npu-smi) and keeps the node's
+    /// `vramfit.io/gpu-status` annotation current.
+    Agent {
+        /// This node's name (from the downward API in the DaemonSet).
+        #[arg(long, env = "NODE_NAME")]
+        node_name: String,
+        /// Kubeconfig (default: in-cluster service account, KUBECONFIG, ~/.kube/config).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Kubeconfig context.
+        #[arg(long)]
+        context: Option<String>,
+        /// Seconds between device reads.
+        #[arg(long, default_value_t = 5)]
+        poll_seconds: u64,
+        /// Rewrite the report at least this often (keep it under the core's reportTtlSeconds).
+        #[arg(long, default_value_t = 30)]
+        heartbeat_seconds: u64,
+    },
     /// Replay GPU-sharing traces (Alibaba openb) and measure packing quality per policy.
     Replay {
         /// Node list CSV (`sn,cpu_milli,memory_mib,gpu,model`), e.g. openb_node_list_gpu_node.csv.
@@ -171,6 +190,22 @@ fn main() -> ExitCode {
                 add_nodes,
             })
         }
+        Command::Agent {
+            node_name,
+            kubeconfig,
+            context,
+            poll_seconds,
+            heartbeat_seconds,
+        } => {
+            init_logging(cli.log_format, "info");
+            run_agent(
+                node_name,
+                kubeconfig,
+                context,
+                poll_seconds,
+                heartbeat_seconds,
+            )
+        }
         Command::Replay {
             nodes,
             pods,
@@ -232,6 +267,47 @@ fn run_serve(
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(serve(app, &settings.server, listen))?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_agent(
+    node_name: String,
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+    poll_seconds: u64,
+    heartbeat_seconds: u64,
+) -> anyhow::Result<ExitCode> {
+    use vramfit::agent::run::{run, AgentOptions, NodeAnnotationWriter};
+    if poll_seconds == 0 || heartbeat_seconds == 0 {
+        anyhow::bail!("--poll-seconds and --heartbeat-seconds must be positive");
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let reader = match vramfit::agent::find_runtime() {
+            Ok(reader) => reader,
+            Err(none) => {
+                tracing::warn!("{none}; idling until terminated");
+                vramfit::server::shutdown_signal().await;
+                return Ok(ExitCode::SUCCESS);
+            }
+        };
+        tracing::info!(runtime = reader.runtime(), node = %node_name, "reading devices");
+        let client = vramfit::live::client(kubeconfig.as_deref(), context.as_deref()).await?;
+        let writer = NodeAnnotationWriter::new(client, node_name);
+        let mut options = AgentOptions {
+            poll: std::time::Duration::from_secs(poll_seconds),
+            ..AgentOptions::default()
+        };
+        options.policy.heartbeat = std::time::Duration::from_secs(heartbeat_seconds);
+        let stats = run(
+            reader.into(),
+            &writer,
+            options,
+            vramfit::server::shutdown_signal(),
+        )
+        .await;
+        tracing::info!(?stats, "stopped");
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 struct PlaceArgs {

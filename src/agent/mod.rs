@@ -28,6 +28,7 @@ pub mod devices;
 pub mod npu_smi;
 pub mod nvml;
 pub mod report;
+pub mod run;
 
 pub use devices::{DeviceReader, DeviceReading, Health, MigMode, ReadError};
 pub use npu_smi::{CommandOutput, CommandRunner, NpuSmiReader, SystemRunner};

@@ -64,7 +64,10 @@ impl Inventory {
         match self.index.get(node.name.as_bytes()) {
             Some(&slot) => self.nodes[slot as usize] = node,
             None => {
-                self.index.insert(NameKey::from_slice(node.name.as_bytes()), self.nodes.len() as u32);
+                self.index.insert(
+                    NameKey::from_slice(node.name.as_bytes()),
+                    self.nodes.len() as u32,
+                );
                 self.nodes.push(node);
             }
         }
@@ -75,14 +78,17 @@ impl Inventory {
         let slot = self.index.remove(name.as_bytes())? as usize;
         let removed = self.nodes.swap_remove(slot);
         if let Some(moved) = self.nodes.get(slot) {
-            self.index.insert(NameKey::from_slice(moved.name.as_bytes()), slot as u32);
+            self.index
+                .insert(NameKey::from_slice(moved.name.as_bytes()), slot as u32);
         }
         Some(removed)
     }
 
     /// A node by name.
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
-        self.index.get(name.as_bytes()).map(|&slot| &self.nodes[slot as usize])
+        self.index
+            .get(name.as_bytes())
+            .map(|&slot| &self.nodes[slot as usize])
     }
 
     fn node_mut(&mut self, name: &str) -> Option<&mut NodeInfo> {

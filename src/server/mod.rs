@@ -385,7 +385,8 @@ pub async fn serve(app: App, server: &ServerConfig, addr: SocketAddr) -> Result<
     result.map_err(|source| ServeError::Listen { addr, source })
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -80,7 +80,7 @@ pub async fn run(
     options: AgentOptions,
     shutdown: impl Future<Output = ()>,
 ) -> AgentStats {
-    let mut state = WriteState::new(options.policy.clone());
+    let mut state = WriteState::new(options.policy);
     let mut stats = AgentStats::default();
     tokio::pin!(shutdown);
     loop {

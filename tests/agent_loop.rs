@@ -122,12 +122,15 @@ async fn the_loop_writes_changes_survives_errors_and_stops_on_shutdown() {
     );
 }
 
+/// Method, path, content type, body.
+type Request = (String, String, String, String);
+
 #[test]
 fn the_node_patch_is_a_merge_patch_of_the_annotation_only() {
     use axum::body::Bytes;
     use axum::http::{HeaderMap, Method, Uri};
 
-    let seen: Arc<Mutex<Vec<(String, String, String, String)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Request>>> = Arc::default();
     let record = seen.clone();
     let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
         let record = record.clone();

@@ -66,6 +66,17 @@ pub enum BindError {
     Api(String),
 }
 
+impl BindError {
+    /// The conflict this error is, for the `bind_conflicts` metric (`None` for other errors).
+    pub fn conflict(&self) -> Option<&'static str> {
+        match self {
+            BindError::BoundElsewhere { .. } => Some("bound-elsewhere"),
+            BindError::NoLongerFits { .. } => Some("no-longer-fits"),
+            BindError::UnknownPod(_) | BindError::Api(_) => None,
+        }
+    }
+}
+
 #[derive(Default)]
 struct DemandCache {
     by_id: HashMap<String, Demand>,

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
+use crate::core::schedule::stranded_devices;
 use crate::core::{Inventory, NodeInfo};
 
 const DEVICE_W: u32 = 34;
@@ -12,7 +13,7 @@ const ROW_H: u32 = 30;
 const LABEL_W: u32 = 230;
 const PANEL_GAP: u32 = 40;
 const HEADER_H: u32 = 60;
-/// Headroom assumed when judging whether a smaller class would have done.
+/// Headroom assumed when judging whether a smaller class would have done (the default).
 const STRANDED_HEADROOM: u8 = 15;
 
 /// What occupies one device: models and reserved VRAM.
@@ -69,19 +70,16 @@ fn sorted_nodes(inventory: &Inventory) -> Vec<&NodeInfo> {
     nodes
 }
 
-/// Device sizes per accelerator resource: a pod can only move to a smaller class of its own kind.
-type Classes = HashMap<Option<&'static str>, BTreeSet<u64>>;
-
 fn panel(
     out: &mut String,
     inventory: &Inventory,
-    classes: &Classes,
     colours: &HashMap<String, String>,
     x0: u32,
     title: &str,
     stranded_count: &mut usize,
 ) {
     let occupied = occupancy(inventory);
+    let stranded = stranded_devices(inventory, STRANDED_HEADROOM);
     let _ = writeln!(
         out,
         r#"<text x="{x0}" y="{}" class="title">{}</text>"#,
@@ -104,15 +102,7 @@ fn panel(
                 .and_then(|o| o.models.iter().next())
                 .and_then(|m| colours.get(m).cloned())
                 .unwrap_or_else(|| "#f2f2f2".to_string());
-            let same_kind = classes.get(&node.resource);
-            let stranded = occupant.is_some_and(|o| {
-                o.exclusive
-                    && same_kind.into_iter().flatten().any(|&smaller| {
-                        smaller < device.total_mib
-                            && smaller * u64::from(100 - STRANDED_HEADROOM) / 100
-                                >= o.largest_share_mib
-                    })
-            });
+            let stranded = stranded.contains(&(node.name.clone(), device.index));
             *stranded_count += usize::from(stranded);
             let used = device.used_mib().min(device.total_mib);
             let level = (used * u64::from(DEVICE_H))
@@ -154,11 +144,6 @@ fn panel(
 
 /// Renders the before/after picture.
 pub fn render(before: &Inventory, after: &Inventory) -> String {
-    let mut classes: Classes = HashMap::new();
-    for node in after.nodes() {
-        let sizes = classes.entry(node.resource).or_default();
-        sizes.extend(node.devices.iter().map(|d| d.total_mib));
-    }
     let max_devices = after.nodes().map(|n| n.devices.len()).max().unwrap_or(0) as u32;
     let panel_w = LABEL_W + max_devices.max(1) * (DEVICE_W + 4);
     let rows = after.node_count().max(before.node_count()) as u32;
@@ -177,7 +162,6 @@ pub fn render(before: &Inventory, after: &Inventory) -> String {
     panel(
         &mut body,
         before,
-        &classes,
         &colours,
         10,
         "before",
@@ -186,7 +170,6 @@ pub fn render(before: &Inventory, after: &Inventory) -> String {
     panel(
         &mut body,
         after,
-        &classes,
         &colours,
         10 + panel_w + PANEL_GAP,
         "after",

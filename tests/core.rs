@@ -513,3 +513,29 @@ fn bound_pods_occupy_devices_and_finished_pods_do_not() {
     let d = place(&mut inventory, &demand(mk_pod("p").gpus(2)), &config);
     assert_eq!(d.node.as_deref(), Some("a100"));
 }
+
+#[test]
+fn big_devices_held_by_small_needs_are_stranded() {
+    let config = Config::default();
+    let mut inventory = mk_inventory(&[mk_a100("a100", "a", 2), mk_t4("t4", "a")], &config);
+    // An 8 GiB model pinned to A100s strands one; a 40 GiB model on the other does not.
+    place(
+        &mut inventory,
+        &demand(
+            mk_pod("small")
+                .gpus(1)
+                .vram("8Gi")
+                .annotation("vramfit.io/products", "A100"),
+        ),
+        &config,
+    );
+    place(
+        &mut inventory,
+        &demand(mk_pod("big").gpus(1).vram("40Gi")),
+        &config,
+    );
+    let stranded = vramfit::core::schedule::stranded_devices(&inventory, 15);
+    assert_eq!(stranded.len(), 1);
+    let (node, _) = stranded.iter().next().unwrap();
+    assert_eq!(node, "a100");
+}

@@ -469,3 +469,70 @@ async fn health_readiness_metrics_and_version() {
     let (status, _) = post(&app, "/filter", fixture("filter-request-nodenames.json")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn inventory_gauges_and_bind_conflicts_are_exported() {
+    let app = capture_app();
+    post(
+        &app,
+        "/scheduler/filter",
+        fixture("filter-request-nodenames.json"),
+    )
+    .await;
+    let bind = fixture_json("bind-request-nodenames-run.json");
+    // The capture's bind names the pod of a filter with the same UID; make sure it is known.
+    let mut filter = fixture_json("filter-request-nodenames.json");
+    filter["Pod"]["metadata"]["uid"] = bind["PodUID"].clone();
+    filter["Pod"]["metadata"]["name"] = bind["PodName"].clone();
+    post(&app, "/scheduler/filter", filter.to_string()).await;
+    let (_, reply) = post(&app, "/scheduler/bind", bind.to_string()).await;
+    assert_eq!(reply, json!({"Error": ""}));
+    let mut elsewhere = bind.clone();
+    elsewhere["Node"] = json!(if bind["Node"] == "gpu-node-t4-b" {
+        "gpu-node-a100-a"
+    } else {
+        "gpu-node-t4-b"
+    });
+    post(&app, "/scheduler/bind", elsewhere.to_string()).await;
+
+    let (_, metrics) = get(&app, "/metrics").await;
+    let line = |prefix: &str| -> String {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix} in\n{metrics}"))
+            .to_string()
+    };
+    assert_eq!(
+        line("vramfit_device_vram_total_mib{node=\"gpu-node-t4-b\",device=\"0\",class=\"T4\"}"),
+        "vramfit_device_vram_total_mib{node=\"gpu-node-t4-b\",device=\"0\",class=\"T4\"} 15360"
+    );
+    // 3 nodes × 4 devices; the bound pod holds one of them.
+    let free_t4: i64 = line("vramfit_device_class_free_devices{class=\"T4\"}")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let free_a100: i64 = line("vramfit_device_class_free_devices{class=\"A100\"}")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(free_t4 + free_a100, 11);
+    assert!(
+        metrics.contains("vramfit_bind_conflicts_total{reason=\"bound-elsewhere\"} 1"),
+        "{metrics}"
+    );
+    // The captured bind puts a pod that declares no VRAM on an A100 while T4s exist: stranded.
+    assert_eq!(bind["Node"], "gpu-node-a100-b");
+    assert!(
+        metrics.contains("vramfit_device_class_stranded_devices{class=\"A100\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vramfit_device_class_stranded_devices{class=\"T4\"} 0"),
+        "{metrics}"
+    );
+}

@@ -316,3 +316,42 @@ pub fn record_bound(
     };
     inventory.commit(&demand.id, placement);
 }
+
+/// Devices held whole by a pod whose per-device need would fit a smaller device class of the
+/// same accelerator resource under `headroom_percent`: big GPUs doing a small GPU's job.
+pub fn stranded_devices(
+    inventory: &Inventory,
+    headroom_percent: u8,
+) -> std::collections::HashSet<(String, u32)> {
+    let mut sizes: std::collections::HashMap<Option<&'static str>, Vec<u64>> =
+        std::collections::HashMap::new();
+    for node in inventory.nodes() {
+        sizes
+            .entry(node.resource)
+            .or_default()
+            .extend(node.devices.iter().map(|d| d.usable_mib(headroom_percent)));
+    }
+    let mut stranded = std::collections::HashSet::new();
+    for (_, placement) in inventory.placements() {
+        if !placement.exclusive {
+            continue;
+        }
+        let Some(node) = inventory.node(&placement.node) else {
+            continue;
+        };
+        let smaller = sizes.get(&node.resource).map(Vec::as_slice).unwrap_or(&[]);
+        for share in &placement.shares {
+            let Some(device) = node.devices.iter().find(|d| d.index == share.index) else {
+                continue;
+            };
+            let own = device.usable_mib(headroom_percent);
+            if smaller
+                .iter()
+                .any(|&usable| usable < own && usable >= share.vram_mib)
+            {
+                stranded.insert((node.name.clone(), device.index));
+            }
+        }
+    }
+    stranded
+}

@@ -4,8 +4,12 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+use crate::core::schedule::stranded_devices;
+use crate::core::Inventory;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerbLabels {
@@ -23,12 +27,31 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceLabels {
+    pub node: String,
+    pub device: String,
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub class: String,
+}
+
 /// The server's metrics and their registry.
 pub struct Metrics {
     pub registry: Registry,
     pub latency: Family<VerbLabels, Histogram>,
     pub requests: Family<OutcomeLabels, Counter>,
     pub rejections: Family<ReasonLabels, Counter>,
+    pub bind_conflicts: Family<ReasonLabels, Counter>,
+    pub device_total: Family<DeviceLabels, Gauge>,
+    pub device_used: Family<DeviceLabels, Gauge>,
+    pub device_reserved: Family<DeviceLabels, Gauge>,
+    pub class_free_vram: Family<ClassLabels, Gauge>,
+    pub class_free_devices: Family<ClassLabels, Gauge>,
+    pub class_stranded: Family<ClassLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -54,11 +77,64 @@ impl Default for Metrics {
             "Nodes rejected by filter, by reason code",
             rejections.clone(),
         );
+        let bind_conflicts = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "bind_conflicts",
+            "Binds refused because the pod no longer fits or is bound elsewhere, by reason",
+            bind_conflicts.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<DeviceLabels, Gauge>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let device_total = gauge(
+            &mut registry,
+            "device_vram_total_mib",
+            "VRAM of each device (MiB)",
+        );
+        let device_used = gauge(
+            &mut registry,
+            "device_vram_used_mib",
+            "VRAM in use on each device as the node agent measured it (MiB; 0 without a fresh report)",
+        );
+        let device_reserved = gauge(
+            &mut registry,
+            "device_vram_reserved_mib",
+            "VRAM reserved on each device by placed pods (ledger, MiB)",
+        );
+        let class_gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<ClassLabels, Gauge>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let class_free_vram = class_gauge(
+            &mut registry,
+            "device_class_free_vram_mib",
+            "VRAM still placeable per device class under the default headroom (MiB, healthy devices)",
+        );
+        let class_free_devices = class_gauge(
+            &mut registry,
+            "device_class_free_devices",
+            "Healthy devices per class that no pod holds or shares",
+        );
+        let class_stranded = class_gauge(
+            &mut registry,
+            "device_class_stranded_devices",
+            "Devices per class held whole by pods whose need would fit a smaller class",
+        );
         Metrics {
             registry,
             latency,
             requests,
             rejections,
+            bind_conflicts,
+            device_total,
+            device_used,
+            device_reserved,
+            class_free_vram,
+            class_free_devices,
+            class_stranded,
         }
     }
 }
@@ -75,6 +151,54 @@ impl Metrics {
                 outcome: outcome.into(),
             })
             .inc();
+    }
+
+    /// Sets the inventory gauges from the current inventory (called at scrape time).
+    pub fn refresh_inventory(&self, inventory: &Inventory, headroom_percent: u8) {
+        for family in [&self.device_total, &self.device_used, &self.device_reserved] {
+            family.clear();
+        }
+        for family in [
+            &self.class_free_vram,
+            &self.class_free_devices,
+            &self.class_stranded,
+        ] {
+            family.clear();
+        }
+        let stranded = stranded_devices(inventory, headroom_percent);
+        for node in inventory.nodes() {
+            for d in &node.devices {
+                let labels = DeviceLabels {
+                    node: node.name.clone(),
+                    device: d.index.to_string(),
+                    class: d.class.clone(),
+                };
+                let set = |family: &Family<DeviceLabels, Gauge>, value: u64| {
+                    family
+                        .get_or_create(&labels)
+                        .set(value.min(i64::MAX as u64) as i64);
+                };
+                set(&self.device_total, d.total_mib);
+                set(&self.device_used, d.measured_used_mib);
+                set(&self.device_reserved, d.reserved_mib);
+                let class = ClassLabels {
+                    class: d.class.clone(),
+                };
+                if d.healthy {
+                    self.class_free_vram
+                        .get_or_create(&class)
+                        .inc_by(d.free_mib(headroom_percent).min(i64::MAX as u64) as i64);
+                    let free = self.class_free_devices.get_or_create(&class);
+                    if !d.is_busy() {
+                        free.inc();
+                    }
+                }
+                let held = self.class_stranded.get_or_create(&class);
+                if stranded.contains(&(node.name.clone(), d.index)) {
+                    held.inc();
+                }
+            }
+        }
     }
 
     /// Renders the text exposition format.

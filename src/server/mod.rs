@@ -303,6 +303,14 @@ async fn bind(State(app): State<App>, body: Bytes) -> Response {
         }
         Err(e) => {
             tracing::warn!(pod = %target.name, node = %target.node, error = %e, "bind refused");
+            if let Some(reason) = e.conflict() {
+                app.metrics
+                    .bind_conflicts
+                    .get_or_create(&ReasonLabels {
+                        reason: reason.into(),
+                    })
+                    .inc();
+            }
             ("error", e.to_string())
         }
     };
@@ -320,6 +328,8 @@ async fn readyz(State(app): State<App>) -> Response {
 }
 
 async fn metrics(State(app): State<App>) -> Response {
+    app.metrics
+        .refresh_inventory(&app.cluster.read(), app.cluster.config.headroom_percent);
     (
         [(
             header::CONTENT_TYPE,

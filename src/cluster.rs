@@ -3,17 +3,20 @@
 //! real. Snapshot mode records binds in memory; live Kubernetes mode plugs in its own binder and
 //! feeds the inventory from watchers, without touching the core.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
+use crate::core::demand::{ANNOTATION_HEADROOM, ANNOTATION_PRODUCTS, ANNOTATION_VRAM, LABEL_MODEL};
 use crate::core::schedule::{parse_assigned_devices, ANNOTATION_ASSIGNED_DEVICES};
 use crate::core::{
     build_node, fit_node, pod_demand, record_bound, Catalog, Config, Demand, Inventory, Placement,
 };
+use crate::core::{PodDemand, PodFacts};
+use crate::k8s::{Node, Pod};
 use crate::snapshot::Objects;
 
 /// How many filtered pods' demands are remembered for the bind that follows.
@@ -31,13 +34,23 @@ pub struct BindTarget {
     pub node: String,
 }
 
+/// Why a binder could not make a placement real.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindFailure {
+    pub message: String,
+    /// The API server answered that the binding was not made (a 4xx). When false (a timeout,
+    /// a dropped connection, a 5xx) the binding may have happened: the reservation is kept
+    /// until the pod watch or the reservation TTL settles it.
+    pub definite: bool,
+}
+
 /// Makes a committed placement real (creates the Binding), or says why not.
 pub trait Binder: Send + Sync {
     fn bind<'a>(
         &'a self,
         target: &'a BindTarget,
         placement: &'a Placement,
-    ) -> BoxFuture<'a, Result<(), String>>;
+    ) -> BoxFuture<'a, Result<(), BindFailure>>;
 }
 
 /// Snapshot mode: the placement lives in memory only.
@@ -48,7 +61,7 @@ impl Binder for RecordOnly {
         &'a self,
         _: &'a BindTarget,
         _: &'a Placement,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), BindFailure>> {
         Box::pin(async { Ok(()) })
     }
 }
@@ -89,6 +102,8 @@ pub struct ClusterState {
     pub catalog: Catalog,
     inventory: RwLock<Inventory>,
     demands: Mutex<DemandCache>,
+    /// Placements made by bind that the pod watch has not yet seen bound, with when.
+    reservations: Mutex<HashMap<String, Instant>>,
     ready: AtomicBool,
     binder: Box<dyn Binder>,
 }
@@ -101,6 +116,7 @@ impl ClusterState {
             catalog,
             inventory: RwLock::new(Inventory::new()),
             demands: Mutex::new(DemandCache::default()),
+            reservations: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
             binder,
         }
@@ -179,9 +195,20 @@ impl ClusterState {
             .cloned()
     }
 
+    fn reservations(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.reservations.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Pods reserved by bind and not yet seen bound.
+    pub fn reserved_pods(&self) -> usize {
+        self.reservations().len()
+    }
+
     /// Binds a pod: re-checks the fit and reserves its devices under the lock (so the next
-    /// filter sees them), then lets the binder make it real, releasing the reservation if that
-    /// fails. A repeat bind to the same node succeeds without doing anything again.
+    /// filter sees them), then lets the binder make it real. A definite refusal releases the
+    /// reservation; an ambiguous failure keeps it for the pod watch or the TTL to settle. A
+    /// repeat bind to the same node asks the binder again (binding is idempotent) unless the
+    /// pod is already seen bound.
     pub async fn bind(&self, target: &BindTarget) -> Result<Placement, BindError> {
         let key = format!("{}/{}", target.namespace, target.name);
         let demand = self
@@ -194,40 +221,179 @@ impl ClusterState {
         let placement = {
             let mut inventory = self.write();
             if let Some(existing) = inventory.placement(&demand.id) {
-                if existing.node == target.node {
+                if existing.node != target.node {
+                    return Err(BindError::BoundElsewhere {
+                        pod: key,
+                        node: existing.node.clone(),
+                    });
+                }
+                if !self.reservations().contains_key(&demand.id) {
                     return Ok(existing.clone());
                 }
-                return Err(BindError::BoundElsewhere {
+                existing.clone()
+            } else {
+                let fit = match inventory.node(&target.node) {
+                    None => Err("node unknown to vramfit".to_string()),
+                    Some(node) => fit_node(node, &demand).map_err(|r| r.to_string()),
+                }
+                .map_err(|reason| BindError::NoLongerFits {
+                    node: target.node.clone(),
+                    reason,
+                })?;
+                let zone = inventory.node(&target.node).and_then(|n| n.zone.clone());
+                let placement = Placement {
                     pod: key,
-                    node: existing.node.clone(),
-                });
+                    node: target.node.clone(),
+                    zone,
+                    model: demand.model.clone(),
+                    shares: fit.shares(),
+                    exclusive: fit.exclusive,
+                };
+                inventory.commit(&demand.id, placement.clone());
+                self.reservations()
+                    .insert(demand.id.clone(), Instant::now());
+                placement
             }
-            let fit = match inventory.node(&target.node) {
-                None => Err("node unknown to vramfit".to_string()),
-                Some(node) => fit_node(node, &demand).map_err(|r| r.to_string()),
-            }
-            .map_err(|reason| BindError::NoLongerFits {
-                node: target.node.clone(),
-                reason,
-            })?;
-            let zone = inventory.node(&target.node).and_then(|n| n.zone.clone());
-            let placement = Placement {
-                pod: key,
-                node: target.node.clone(),
-                zone,
-                model: demand.model.clone(),
-                shares: fit.shares(),
-                exclusive: fit.exclusive,
-            };
-            inventory.commit(&demand.id, placement.clone());
-            placement
         };
-        if let Err(e) = self.binder.bind(target, &placement).await {
-            self.write().release(&demand.id);
-            return Err(BindError::Api(e));
+        if let Err(failure) = self.binder.bind(target, &placement).await {
+            if failure.definite {
+                let mut inventory = self.write();
+                if self.reservations().remove(&demand.id).is_some() {
+                    inventory.release(&demand.id);
+                }
+            }
+            return Err(BindError::Api(failure.message));
         }
         Ok(placement)
     }
+
+    /// A Node was added or changed.
+    pub fn apply_node(&self, node: &Node, now: SystemTime) {
+        let info = build_node(&node.facts(), &self.config, now);
+        for note in &info.notes {
+            tracing::debug!(node = %info.name, "{note}");
+        }
+        self.write().upsert_node(info);
+    }
+
+    /// A Node was deleted.
+    pub fn delete_node(&self, name: &str) {
+        self.write().remove_node(name);
+    }
+
+    /// After a full relist of Nodes: drops the nodes the list no longer has.
+    pub fn retain_nodes(&self, seen: &HashSet<String>) {
+        let mut inventory = self.write();
+        let gone: Vec<String> = inventory
+            .nodes()
+            .map(|n| n.name.clone())
+            .filter(|n| !seen.contains(n))
+            .collect();
+        for name in gone {
+            inventory.remove_node(&name);
+        }
+    }
+
+    /// A Pod was added or changed: a bound, unfinished pod holds its devices (confirming a
+    /// reservation), a finished one releases them, a pending one is remembered for its bind.
+    pub fn apply_pod(&self, pod: &Pod) {
+        let facts = pod.facts();
+        let id = facts.ledger_id();
+        if facts.is_finished() {
+            self.forget_pod(&id);
+            return;
+        }
+        let Some(node) = facts.node_name.as_deref() else {
+            self.remember(&id, pod_demand(&facts, &self.config, &self.catalog));
+            return;
+        };
+        let Some(demand) = bound_pod_demand(&facts, &self.config, &self.catalog) else {
+            return;
+        };
+        let mut inventory = self.write();
+        self.reservations().remove(&id);
+        if inventory.placement(&id).is_some_and(|p| p.node == node) {
+            return;
+        }
+        record_bound_pod(&mut inventory, &facts, &demand, node);
+    }
+
+    /// A Pod is gone: whatever it held is released.
+    pub fn delete_pod(&self, pod: &Pod) {
+        self.forget_pod(&pod.facts().ledger_id());
+    }
+
+    fn forget_pod(&self, id: &str) {
+        let mut inventory = self.write();
+        self.reservations().remove(id);
+        inventory.release(id);
+    }
+
+    /// After a full relist of Pods: releases placements of pods the list no longer has, except
+    /// reservations still in flight.
+    pub fn retain_pods(&self, seen: &HashSet<String>) {
+        let mut inventory = self.write();
+        let reservations = self.reservations();
+        let gone: Vec<String> = inventory
+            .placements()
+            .map(|(id, _)| id.clone())
+            .filter(|id| !seen.contains(id) && !reservations.contains_key(id))
+            .collect();
+        drop(reservations);
+        for id in gone {
+            inventory.release(&id);
+        }
+    }
+
+    /// Releases reservations older than `ttl` that no pod event confirmed (a bind whose
+    /// outcome never showed up). Returns how many were released.
+    pub fn expire_reservations(&self, now: Instant, ttl: Duration) -> usize {
+        let mut inventory = self.write();
+        let mut reservations = self.reservations();
+        let expired: Vec<String> = reservations
+            .iter()
+            .filter(|(_, at)| now.saturating_duration_since(**at) > ttl)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &expired {
+            reservations.remove(id);
+            inventory.release(id);
+        }
+        expired.len()
+    }
+}
+
+/// A bound pod's demand. When its VRAM declarations are invalid, they are ignored so its
+/// devices still count; only an unreadable device count leaves it out (with a warning).
+fn bound_pod_demand(facts: &PodFacts, config: &Config, catalog: &Catalog) -> Option<PodDemand> {
+    let error = match pod_demand(facts, config, catalog) {
+        Ok(demand) => return Some(demand),
+        Err(error) => error,
+    };
+    let mut relaxed = facts.clone();
+    for key in [ANNOTATION_VRAM, ANNOTATION_HEADROOM, ANNOTATION_PRODUCTS] {
+        relaxed.annotations.remove(key);
+    }
+    relaxed.labels.remove(LABEL_MODEL);
+    match pod_demand(&relaxed, config, catalog) {
+        Ok(demand) => {
+            tracing::warn!(pod = %facts.key(), %error, "bound pod has an invalid VRAM declaration; counting its devices only");
+            Some(demand)
+        }
+        Err(_) => {
+            tracing::warn!(pod = %facts.key(), %error, "bound pod's devices cannot be read; not counted");
+            None
+        }
+    }
+}
+
+/// Records a bound pod on its node, on the devices its assignment annotation names if any.
+fn record_bound_pod(inventory: &mut Inventory, facts: &PodFacts, demand: &PodDemand, node: &str) {
+    let assigned = facts
+        .annotations
+        .get(ANNOTATION_ASSIGNED_DEVICES)
+        .and_then(|raw| parse_assigned_devices(raw));
+    record_bound(inventory, demand, node, assigned.as_deref());
 }
 
 /// Fills an inventory from snapshot objects: every node, then every bound, unfinished pod.
@@ -256,17 +422,8 @@ pub fn load_snapshot(
         if facts.is_finished() {
             continue;
         }
-        match pod_demand(&facts, config, catalog) {
-            Ok(demand) => {
-                let assigned = facts
-                    .annotations
-                    .get(ANNOTATION_ASSIGNED_DEVICES)
-                    .and_then(|raw| parse_assigned_devices(raw));
-                record_bound(inventory, &demand, node_name, assigned.as_deref());
-            }
-            Err(e) => {
-                tracing::warn!(pod = %facts.key(), error = %e, "bound pod has an invalid demand; its devices are not counted")
-            }
+        if let Some(demand) = bound_pod_demand(&facts, config, catalog) {
+            record_bound_pod(inventory, &facts, &demand, node_name);
         }
     }
 }

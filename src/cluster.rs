@@ -3,7 +3,7 @@
 //! real. Snapshot mode records binds in memory; live Kubernetes mode plugs in its own binder and
 //! feeds the inventory from watchers, without touching the core.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,6 +53,28 @@ pub trait Binder: Send + Sync {
     ) -> BoxFuture<'a, Result<(), BindFailure>>;
 }
 
+/// The annotations a Binding carries so the API server writes the assignment onto the pod with
+/// the node: `vramfit.io/assigned-devices` (`0,1`) and, when the pod needs VRAM, `vramfit.io/vram`
+/// per device in MiB. A restarted extender rebuilds the ledger from them.
+pub fn binding_annotations(placement: &Placement) -> BTreeMap<String, String> {
+    let mut annotations = BTreeMap::new();
+    let devices: Vec<String> = placement
+        .shares
+        .iter()
+        .map(|s| s.index.to_string())
+        .collect();
+    annotations.insert(ANNOTATION_ASSIGNED_DEVICES.to_string(), devices.join(","));
+    if let Some(vram) = placement
+        .shares
+        .first()
+        .map(|s| s.vram_mib)
+        .filter(|v| *v > 0)
+    {
+        annotations.insert(ANNOTATION_VRAM.to_string(), format!("{vram}Mi"));
+    }
+    annotations
+}
+
 /// Snapshot mode: the placement lives in memory only.
 pub struct RecordOnly;
 
@@ -90,6 +112,14 @@ impl BindError {
     }
 }
 
+/// A bind's placement that the pod watch has not confirmed yet.
+#[derive(Debug, Clone, Copy)]
+struct Reservation {
+    at: Instant,
+    /// The binder reported success; a repeat bind need not ask it again.
+    committed: bool,
+}
+
 #[derive(Default)]
 struct DemandCache {
     by_id: HashMap<String, Demand>,
@@ -102,8 +132,8 @@ pub struct ClusterState {
     pub catalog: Catalog,
     inventory: RwLock<Inventory>,
     demands: Mutex<DemandCache>,
-    /// Placements made by bind that the pod watch has not yet seen bound, with when.
-    reservations: Mutex<HashMap<String, Instant>>,
+    /// Placements made by bind that the pod watch has not yet seen bound.
+    reservations: Mutex<HashMap<String, Reservation>>,
     ready: AtomicBool,
     binder: Box<dyn Binder>,
 }
@@ -195,7 +225,7 @@ impl ClusterState {
             .cloned()
     }
 
-    fn reservations(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+    fn reservations(&self) -> std::sync::MutexGuard<'_, HashMap<String, Reservation>> {
         self.reservations.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -227,7 +257,12 @@ impl ClusterState {
                         node: existing.node.clone(),
                     });
                 }
-                if !self.reservations().contains_key(&demand.id) {
+                // Seen bound by the watch, or bound by an earlier call: nothing to redo.
+                if self
+                    .reservations()
+                    .get(&demand.id)
+                    .is_none_or(|r| r.committed)
+                {
                     return Ok(existing.clone());
                 }
                 existing.clone()
@@ -250,21 +285,36 @@ impl ClusterState {
                     exclusive: fit.exclusive,
                 };
                 inventory.commit(&demand.id, placement.clone());
-                self.reservations()
-                    .insert(demand.id.clone(), Instant::now());
+                let reservation = Reservation {
+                    at: Instant::now(),
+                    committed: false,
+                };
+                self.reservations().insert(demand.id.clone(), reservation);
                 placement
             }
         };
-        if let Err(failure) = self.binder.bind(target, &placement).await {
-            if failure.definite {
-                let mut inventory = self.write();
-                if self.reservations().remove(&demand.id).is_some() {
-                    inventory.release(&demand.id);
+        match self.binder.bind(target, &placement).await {
+            Ok(()) => {
+                if let Some(reservation) = self.reservations().get_mut(&demand.id) {
+                    reservation.committed = true;
                 }
+                Ok(placement)
             }
-            return Err(BindError::Api(failure.message));
+            Err(failure) => {
+                if failure.definite {
+                    let mut inventory = self.write();
+                    let in_flight = self
+                        .reservations()
+                        .get(&demand.id)
+                        .is_some_and(|r| !r.committed);
+                    if in_flight {
+                        self.reservations().remove(&demand.id);
+                        inventory.release(&demand.id);
+                    }
+                }
+                Err(BindError::Api(failure.message))
+            }
         }
-        Ok(placement)
     }
 
     /// A Node was added or changed.
@@ -352,7 +402,7 @@ impl ClusterState {
         let mut reservations = self.reservations();
         let expired: Vec<String> = reservations
             .iter()
-            .filter(|(_, at)| now.saturating_duration_since(**at) > ttl)
+            .filter(|(_, r)| now.saturating_duration_since(r.at) > ttl)
             .map(|(id, _)| id.clone())
             .collect();
         for id in &expired {

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -126,6 +126,75 @@ struct DemandCache {
     order: VecDeque<String>,
 }
 
+/// A resource the live mode watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchedResource {
+    Nodes,
+    Pods,
+}
+
+#[derive(Debug, Default)]
+struct ResourceHealth {
+    synced: AtomicBool,
+    last_event: Mutex<Option<Instant>>,
+    errors: AtomicU64,
+}
+
+/// How the watches are doing: whether each initial list is in, when the last event came, and
+/// how many watch errors there were (for `/readyz` and the staleness metrics).
+#[derive(Debug, Default)]
+pub struct WatchHealth {
+    nodes: ResourceHealth,
+    pods: ResourceHealth,
+}
+
+impl WatchHealth {
+    fn of(&self, resource: WatchedResource) -> &ResourceHealth {
+        match resource {
+            WatchedResource::Nodes => &self.nodes,
+            WatchedResource::Pods => &self.pods,
+        }
+    }
+
+    /// An event (or a watch error) arrived now.
+    pub fn touch(&self, resource: WatchedResource) {
+        *self
+            .of(resource)
+            .last_event
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// The watch failed; it retries with backoff.
+    pub fn error(&self, resource: WatchedResource) {
+        self.of(resource).errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The initial list of `resource` is complete.
+    pub fn synced(&self, resource: WatchedResource) {
+        self.of(resource).synced.store(true, Ordering::Release);
+    }
+
+    /// Both initial lists are complete.
+    pub fn is_synced(&self) -> bool {
+        self.nodes.synced.load(Ordering::Acquire) && self.pods.synced.load(Ordering::Acquire)
+    }
+
+    /// Time since the last event of `resource`, if any came.
+    pub fn last_event_age(&self, resource: WatchedResource) -> Option<Duration> {
+        self.of(resource)
+            .last_event
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|at| at.elapsed())
+    }
+
+    /// Watch errors of `resource` so far.
+    pub fn errors(&self, resource: WatchedResource) -> u64 {
+        self.of(resource).errors.load(Ordering::Relaxed)
+    }
+}
+
 /// Everything the server reads and writes.
 pub struct ClusterState {
     pub config: Config,
@@ -136,6 +205,8 @@ pub struct ClusterState {
     reservations: Mutex<HashMap<String, Reservation>>,
     ready: AtomicBool,
     binder: Box<dyn Binder>,
+    /// Watch progress in live mode (unused with a snapshot).
+    pub health: WatchHealth,
 }
 
 impl ClusterState {
@@ -149,6 +220,7 @@ impl ClusterState {
             reservations: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
             binder,
+            health: WatchHealth::default(),
         }
     }
 

@@ -17,4 +17,5 @@ pub mod replay_cli;
 pub mod server;
 pub mod settings;
 pub mod snapshot;
+pub mod watch;
 pub mod whatif;

@@ -43,11 +43,19 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the scheduler extender (filter, prioritize, bind) over HTTP.
+    /// Run the scheduler extender (filter, prioritize, bind) over HTTP: against the live
+    /// cluster (watching Nodes and Pods, creating Bindings), or a static snapshot.
     Serve {
-        /// Cluster snapshot (Nodes and Pods, YAML or JSON) to serve from.
+        /// Serve from this snapshot (Nodes and Pods, YAML or JSON) instead of the live cluster;
+        /// binds are then recorded in memory only.
         #[arg(long)]
-        snapshot: PathBuf,
+        snapshot: Option<PathBuf>,
+        /// Kubeconfig for live mode (default: in-cluster service account, KUBECONFIG, ~/.kube/config).
+        #[arg(long, conflicts_with = "snapshot")]
+        kubeconfig: Option<PathBuf>,
+        /// Kubeconfig context for live mode.
+        #[arg(long, conflicts_with = "snapshot")]
+        context: Option<String>,
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8888")]
         listen: SocketAddr,
@@ -159,12 +167,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve {
             snapshot,
+            kubeconfig,
+            context,
             listen,
             config,
             catalog,
         } => {
             init_logging(cli.log_format, "info");
-            run_serve(snapshot, listen, config, catalog)
+            run_serve(snapshot, kubeconfig, context, listen, config, catalog)
         }
         Command::Place {
             snapshot,
@@ -244,29 +254,43 @@ fn main() -> ExitCode {
 }
 
 fn run_serve(
-    snapshot: PathBuf,
+    snapshot: Option<PathBuf>,
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
     listen: SocketAddr,
     config: Option<PathBuf>,
     catalog: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(config.as_deref())?;
     let catalog = load_catalog(catalog.as_deref())?;
-    let objects = load_file(&snapshot)?;
-    let state =
-        ClusterState::from_snapshot(&objects, settings.placement, catalog, SystemTime::now());
-    tracing::info!(
-        nodes = objects.nodes.len(),
-        pods = objects.pods.len(),
-        snapshot = %snapshot.display(),
-        "loaded snapshot"
-    );
-    let app = App {
-        cluster: Arc::new(state),
-        metrics: Arc::new(Metrics::default()),
-    };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(serve(app, &settings.server, listen))?;
-    Ok(ExitCode::SUCCESS)
+    runtime.block_on(async {
+        let state = match &snapshot {
+            Some(path) => {
+                let objects = load_file(path)?;
+                tracing::info!(nodes = objects.nodes.len(), pods = objects.pods.len(), snapshot = %path.display(), "loaded snapshot");
+                Arc::new(ClusterState::from_snapshot(&objects, settings.placement, catalog, SystemTime::now()))
+            }
+            None => {
+                let client = vramfit::live::client(kubeconfig.as_deref(), context.as_deref()).await?;
+                let binder = vramfit::watch::KubeBinder::new(
+                    client.clone(),
+                    std::time::Duration::from_millis(settings.server.bind_timeout_millis),
+                );
+                let state = Arc::new(ClusterState::new(settings.placement, catalog, Box::new(binder)));
+                let ttl = std::time::Duration::from_secs(settings.server.reservation_ttl_seconds);
+                vramfit::watch::spawn_live(client, state.clone(), ttl);
+                tracing::info!("watching nodes and pods; ready once both initial lists are in");
+                state
+            }
+        };
+        let app = App {
+            cluster: state,
+            metrics: Arc::new(Metrics::default()),
+        };
+        serve(app, &settings.server, listen).await?;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn run_agent(

@@ -8,6 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::cluster::{ClusterState, WatchedResource};
 use crate::core::schedule::stranded_devices;
 use crate::core::Inventory;
 
@@ -52,6 +53,14 @@ pub struct Metrics {
     pub class_free_vram: Family<ClassLabels, Gauge>,
     pub class_free_devices: Family<ClassLabels, Gauge>,
     pub class_stranded: Family<ClassLabels, Gauge>,
+    pub watch_age: Family<ResourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub watch_errors: Family<ResourceLabels, Gauge>,
+    pub reservations: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub resource: String,
 }
 
 impl Default for Metrics {
@@ -123,8 +132,30 @@ impl Default for Metrics {
             "device_class_stranded_devices",
             "Devices per class held whole by pods whose need would fit a smaller class",
         );
+        let watch_age =
+            Family::<ResourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "watch_last_event_age_seconds",
+            "Live mode: seconds since the last watch event per resource (staleness); absent before the first",
+            watch_age.clone(),
+        );
+        let watch_errors = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "watch_errors",
+            "Live mode: watch failures per resource since start (each is retried with backoff)",
+            watch_errors.clone(),
+        );
+        let reservations = Gauge::default();
+        registry.register(
+            "reservations_in_flight",
+            "Binds whose placement no pod event has confirmed yet",
+            reservations.clone(),
+        );
         Metrics {
             registry,
+            watch_age,
+            watch_errors,
+            reservations,
             latency,
             requests,
             rejections,
@@ -198,6 +229,25 @@ impl Metrics {
                     held.inc();
                 }
             }
+        }
+    }
+
+    /// Sets the watch and reservation gauges from the cluster state.
+    pub fn refresh_watch(&self, cluster: &ClusterState) {
+        self.reservations.set(cluster.reserved_pods() as i64);
+        for (resource, name) in [
+            (WatchedResource::Nodes, "nodes"),
+            (WatchedResource::Pods, "pods"),
+        ] {
+            let labels = ResourceLabels {
+                resource: name.into(),
+            };
+            if let Some(age) = cluster.health.last_event_age(resource) {
+                self.watch_age.get_or_create(&labels).set(age.as_secs_f64());
+            }
+            self.watch_errors
+                .get_or_create(&labels)
+                .set(cluster.health.errors(resource) as i64);
         }
     }
 

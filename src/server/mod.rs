@@ -41,6 +41,10 @@ pub struct ServerConfig {
     pub tls_key_file: Option<PathBuf>,
     /// How long SIGTERM waits for in-flight requests.
     pub shutdown_grace_seconds: u64,
+    /// Live mode: a bind's reservation that no pod event confirms is released after this.
+    pub reservation_ttl_seconds: u64,
+    /// Live mode: how long a Binding may take at the API server (keep it under `httpTimeout`).
+    pub bind_timeout_millis: u64,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +55,8 @@ impl Default for ServerConfig {
             tls_cert_file: None,
             tls_key_file: None,
             shutdown_grace_seconds: 10,
+            reservation_ttl_seconds: 120,
+            bind_timeout_millis: 3000,
         }
     }
 }
@@ -330,6 +336,7 @@ async fn readyz(State(app): State<App>) -> Response {
 async fn metrics(State(app): State<App>) -> Response {
     app.metrics
         .refresh_inventory(&app.cluster.read(), app.cluster.config.headroom_percent);
+    app.metrics.refresh_watch(&app.cluster);
     (
         [(
             header::CONTENT_TYPE,

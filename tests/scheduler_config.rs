@@ -61,6 +61,7 @@ fn extender_entries_match_the_server() {
         );
         assert_eq!(extender["filterVerb"], "filter");
         assert_eq!(extender["prioritizeVerb"], "prioritize");
+        assert_eq!(extender["bindVerb"], "bind");
         assert!(extender["weight"].as_i64().unwrap() > 0);
         assert_eq!(extender["nodeCacheCapable"], true);
         let managed: Vec<(&str, bool)> = extender["managedResources"]

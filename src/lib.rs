@@ -12,6 +12,7 @@ pub mod kube_checks;
 pub mod live;
 pub mod picture;
 pub mod place;
+pub mod probe;
 pub mod replay;
 pub mod replay_cli;
 pub mod server;

@@ -117,6 +117,20 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         heartbeat_seconds: u64,
     },
+    /// Health probe for Kubernetes exec probes: GETs http://ADDR/PATH on the local server and
+    /// exits 0 on status 200, 1 otherwise (the server listens on loopback, which httpGet probes
+    /// cannot reach).
+    Probe {
+        /// Address the server listens on (`serve --listen`).
+        #[arg(long, default_value = "127.0.0.1:8888")]
+        addr: SocketAddr,
+        /// Path to GET: `/healthz` (liveness) or `/readyz` (readiness).
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+        /// Connect, write and read timeout.
+        #[arg(long, default_value_t = 2)]
+        timeout_seconds: u64,
+    },
     /// Replay GPU-sharing traces (Alibaba openb) and measure packing quality per policy.
     Replay {
         /// Node list CSV (`sn,cpu_milli,memory_mib,gpu,model`), e.g. openb_node_list_gpu_node.csv.
@@ -215,6 +229,16 @@ fn main() -> ExitCode {
                 poll_seconds,
                 heartbeat_seconds,
             )
+        }
+        Command::Probe {
+            addr,
+            path,
+            timeout_seconds,
+        } => {
+            let timeout = std::time::Duration::from_secs(timeout_seconds.max(1));
+            vramfit::probe::check(addr, &path, timeout)
+                .map(|_| ExitCode::SUCCESS)
+                .map_err(anyhow::Error::from)
         }
         Command::Replay {
             nodes,

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use vramfit::cluster::ClusterState;
 use vramfit::place::{render_table, DryRun};
-use vramfit::server::{metrics::Metrics, serve, App};
+use vramfit::server::{metrics::Metrics, serve_with_ops, App};
 use vramfit::settings::{load_catalog, Settings};
 use vramfit::snapshot::{load_file, load_workloads};
 
@@ -59,6 +59,10 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8888")]
         listen: SocketAddr,
+        /// Also serve only /metrics, /healthz, /readyz and /version here (overrides
+        /// server.metricsListen), e.g. 0.0.0.0:9090 for Prometheus and kubelet probes.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
         /// Config file (placement and server sections).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -184,11 +188,20 @@ fn main() -> ExitCode {
             kubeconfig,
             context,
             listen,
+            metrics_listen,
             config,
             catalog,
         } => {
             init_logging(cli.log_format, "info");
-            run_serve(snapshot, kubeconfig, context, listen, config, catalog)
+            run_serve(ServeArgs {
+                snapshot,
+                kubeconfig,
+                context,
+                listen,
+                metrics_listen,
+                config,
+                catalog,
+            })
         }
         Command::Place {
             snapshot,
@@ -277,14 +290,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_serve(
+struct ServeArgs {
     snapshot: Option<PathBuf>,
     kubeconfig: Option<PathBuf>,
     context: Option<String>,
     listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
     config: Option<PathBuf>,
     catalog: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
+}
+
+fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let ServeArgs {
+        snapshot,
+        kubeconfig,
+        context,
+        listen,
+        metrics_listen,
+        config,
+        catalog,
+    } = args;
     let settings = Settings::load(config.as_deref())?;
     let catalog = load_catalog(catalog.as_deref())?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -312,7 +337,8 @@ fn run_serve(
             cluster: state,
             metrics: Arc::new(Metrics::default()),
         };
-        serve(app, &settings.server, listen).await?;
+        let ops = metrics_listen.or(settings.server.metrics_listen);
+        serve_with_ops(app, &settings.server, listen, ops).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

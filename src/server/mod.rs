@@ -41,6 +41,9 @@ pub struct ServerConfig {
     pub tls_key_file: Option<PathBuf>,
     /// How long SIGTERM waits for in-flight requests.
     pub shutdown_grace_seconds: u64,
+    /// A second, plain-HTTP listener with only `/metrics`, `/healthz`, `/readyz`, `/version`
+    /// (for Prometheus and kubelet probes on the pod IP); none by default.
+    pub metrics_listen: Option<SocketAddr>,
     /// Live mode: a bind's reservation that no pod event confirms is released after this.
     pub reservation_ttl_seconds: u64,
     /// Live mode: how long a Binding may take at the API server (keep it under `httpTimeout`).
@@ -55,6 +58,7 @@ impl Default for ServerConfig {
             tls_cert_file: None,
             tls_key_file: None,
             shutdown_grace_seconds: 10,
+            metrics_listen: None,
             reservation_ttl_seconds: 120,
             bind_timeout_millis: 3000,
         }
@@ -80,13 +84,24 @@ pub fn router(app: App, server: &ServerConfig) -> Router {
         .route(&format!("{prefix}/filter"), post(filter))
         .route(&format!("{prefix}/prioritize"), post(prioritize))
         .route(&format!("{prefix}/bind"), post(bind))
+        .merge(ops_routes())
+        .layer(DefaultBodyLimit::max(server.body_limit_bytes))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(app)
+}
+
+fn ops_routes() -> Router<App> {
+    Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/version", get(version))
-        .layer(DefaultBodyLimit::max(server.body_limit_bytes))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(app)
+}
+
+/// The operations router alone (`/healthz`, `/readyz`, `/metrics`, `/version`; no extender
+/// verbs), for `--metrics-listen`: safe to expose to the pod network for probes and scraping.
+pub fn ops_router(app: App) -> Router {
+    ops_routes().with_state(app)
 }
 
 /// A request the server cannot read: answered 400 with `{"error": "…"}`.
@@ -368,6 +383,17 @@ pub enum ServeError {
 
 /// Serves until SIGTERM or Ctrl-C, then drains in-flight requests for up to the grace period.
 pub async fn serve(app: App, server: &ServerConfig, addr: SocketAddr) -> Result<(), ServeError> {
+    serve_with_ops(app, server, addr, None).await
+}
+
+/// Like [`serve`], plus the operations routes alone on `ops_addr` (plain HTTP) when given.
+pub async fn serve_with_ops(
+    app: App,
+    server: &ServerConfig,
+    addr: SocketAddr,
+    ops_addr: Option<SocketAddr>,
+) -> Result<(), ServeError> {
+    let ops = ops_addr.map(|ops_addr| (ops_addr, ops_router(app.clone())));
     let router = router(app, server);
     let handle = axum_server::Handle::new();
     let grace = Duration::from_secs(server.shutdown_grace_seconds);
@@ -380,6 +406,26 @@ pub async fn serve(app: App, server: &ServerConfig, addr: SocketAddr) -> Result<
         );
         shutdown.graceful_shutdown(Some(grace));
     });
+    if let Some((ops_addr, ops)) = ops {
+        let ops_handle = handle.clone();
+        let listen_error = |source| ServeError::Listen {
+            addr: ops_addr,
+            source,
+        };
+        let listener = std::net::TcpListener::bind(ops_addr).map_err(listen_error)?;
+        listener.set_nonblocking(true).map_err(listen_error)?;
+        let ops_server = axum_server::from_tcp(listener).map_err(listen_error)?;
+        tracing::info!(%ops_addr, "serving /metrics, /healthz, /readyz, /version");
+        tokio::spawn(async move {
+            if let Err(error) = ops_server
+                .handle(ops_handle)
+                .serve(ops.into_make_service())
+                .await
+            {
+                tracing::error!(%error, "operations listener stopped");
+            }
+        });
+    }
     let service = router.into_make_service();
     let result = match (&server.tls_cert_file, &server.tls_key_file) {
         (Some(cert), Some(key)) => {

@@ -25,7 +25,7 @@ use crate::k8s::Node;
 use metrics::{Metrics, ReasonLabels};
 use wire::{
     ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult, HostPriority,
-    NodeListOut, PairMap, RawNodeList,
+    Name, NodeListOut, PairMap, RawNodeList,
 };
 
 /// Settings of the HTTP layer (the `server:` section of the config file).
@@ -118,7 +118,7 @@ fn bad_request(message: impl std::fmt::Display) -> BadRequest {
     BadRequest(message.to_string())
 }
 
-fn parse_args(body: &[u8]) -> Result<ExtenderArgs, BadRequest> {
+fn parse_args(body: &[u8]) -> Result<ExtenderArgs<'_>, BadRequest> {
     let args: ExtenderArgs = serde_json::from_slice(body)
         .map_err(|e| bad_request(format!("invalid ExtenderArgs: {e}")))?;
     if args.pod.is_none() {
@@ -130,13 +130,13 @@ fn parse_args(body: &[u8]) -> Result<ExtenderArgs, BadRequest> {
 /// The nodes of a request, resolved to the core's view: from the inventory by name
 /// (`NodeNames`), or built from the Node objects sent (`Nodes`) with the ledger's occupancy.
 enum Candidates<'a> {
-    Names(&'a [String]),
+    Names(&'a [Name<'a>]),
     Objects(Vec<(String, NodeInfo)>),
 }
 
 fn candidates<'a>(
     app: &App,
-    names: Option<&'a [String]>,
+    names: Option<&'a [Name<'a>]>,
     nodes: Option<&RawNodeList>,
 ) -> Result<Candidates<'a>, BadRequest> {
     if let Some(names) = names {
@@ -194,7 +194,7 @@ fn filter_inner(app: &App, body: &[u8]) -> Result<(&'static str, Vec<u8>), BadRe
     let inventory = app.cluster.read();
     let outcome = match &candidates {
         Candidates::Names(names) => crate::core::filter(
-            names.iter().map(|n| (n.as_str(), inventory.node(n))),
+            names.iter().map(|n| (n.as_ref(), inventory.node(n))),
             &demand,
         ),
         Candidates::Objects(nodes) => {
@@ -270,7 +270,7 @@ fn prioritize_inner(app: &App, body: &[u8]) -> Result<Vec<HostPriority>, BadRequ
     let inventory = app.cluster.read();
     let scores = match &candidates {
         Candidates::Names(names) => crate::core::prioritize(
-            names.iter().map(|n| (n.as_str(), inventory.node(n))),
+            names.iter().map(|n| (n.as_ref(), inventory.node(n))),
             &demand,
             &inventory,
             &app.cluster.config,

@@ -14,9 +14,12 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
+/// A node name borrowed from the request body when it has no escapes (the common case).
+pub type Name<'a> = std::borrow::Cow<'a, str>;
+
 /// `ExtenderArgs`: the filter and prioritize request.
 #[derive(Debug, Deserialize)]
-pub struct ExtenderArgs {
+pub struct ExtenderArgs<'a> {
     #[serde(rename = "Pod", alias = "pod", default)]
     pub pod: Option<Pod>,
     #[serde(rename = "Nodes", alias = "nodes", default)]
@@ -27,7 +30,8 @@ pub struct ExtenderArgs {
         alias = "nodenames",
         default
     )]
-    pub node_names: Option<Vec<String>>,
+    #[serde(borrow)]
+    pub node_names: Option<Vec<Name<'a>>>,
 }
 
 /// A NodeList whose items are kept byte for byte, to be returned unchanged.

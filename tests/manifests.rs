@@ -28,10 +28,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tower::ServiceExt;
 
-use vramfit::cluster::ClusterState;
+use vramfit::cluster::{ClusterState, RecordOnly, WatchedResource};
 use vramfit::core::Reason;
 use vramfit::server::metrics::{Metrics, ReasonLabels};
-use vramfit::server::{router, App};
+use vramfit::server::{ops_router, router, App};
 use vramfit::settings::{load_catalog, Settings};
 
 // ---------------------------------------------------------------------------------------------
@@ -41,17 +41,16 @@ use vramfit::settings::{load_catalog, Settings};
 /// Mirrors the API calls of the code (checked against recorded requests below):
 /// * agent (`src/agent/run.rs`): PATCH its Node (a JSON merge patch of one annotation); get to
 ///   read it back.
-/// * extender (`vramfit-extender`, for the coming live mode; `src/live.rs` already lists): nodes
-///   and pods get/list/watch, pods/binding create.
+/// * extender (`vramfit-extender`; live mode, `src/watch.rs`): the watchers list and watch nodes
+///   and pods, `KubeBinder` creates pods/binding (`src/live.rs`, for `place`, only lists). No
+///   get: nothing reads one object by name.
 /// * the second kube-scheduler: its leader-election Lease, get and update (create comes with
 ///   system:kube-scheduler).
 const GRANTS: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("vramfit-agent", "cluster", "", "nodes", "get", ""),
     ("vramfit-agent", "cluster", "", "nodes", "patch", ""),
-    ("vramfit-scheduler", "cluster", "", "nodes", "get", ""),
     ("vramfit-scheduler", "cluster", "", "nodes", "list", ""),
     ("vramfit-scheduler", "cluster", "", "nodes", "watch", ""),
-    ("vramfit-scheduler", "cluster", "", "pods", "get", ""),
     ("vramfit-scheduler", "cluster", "", "pods", "list", ""),
     ("vramfit-scheduler", "cluster", "", "pods", "watch", ""),
     (
@@ -110,8 +109,8 @@ const ROOT_EXCEPTIONS: &[(&str, &str, &str)] = &[(
     "npu-smi opens /dev/davinci* that no device plugin allocated to the agent",
 )];
 
-/// Metrics the main engineer is adding; docs/operations.md's KEDA section is written against them.
-const PENDING_METRICS: &[&str] = &[
+/// The per-class metrics docs/operations.md's KEDA ScaledObject may scale on.
+const KEDA_METRICS: &[&str] = &[
     "vramfit_device_class_free_vram_mib",
     "vramfit_device_class_free_devices",
 ];
@@ -430,6 +429,8 @@ fn scheduler_pod(base: &Base) -> (&str, &PodSpec) {
 struct Sidecar {
     args: Vec<String>,
     listen: SocketAddr,
+    /// `--metrics-listen`: the ops listener (probes, scraping).
+    metrics_listen: SocketAddr,
     /// flag → (path in the container, content)
     files: BTreeMap<&'static str, (String, String)>,
 }
@@ -443,8 +444,17 @@ fn sidecar(base: &Base) -> Sidecar {
         .expect("--listen is explicit")
         .parse()
         .unwrap();
+    let metrics_listen: SocketAddr = flag(&args, "metrics-listen")
+        .expect("--metrics-listen is explicit")
+        .parse()
+        .unwrap();
+    assert_eq!(
+        flag(&args, "snapshot"),
+        None,
+        "the sidecar runs live: no --snapshot"
+    );
     let mut files = BTreeMap::new();
-    for name_ in ["snapshot", "config", "catalog"] {
+    for name_ in ["config", "catalog"] {
         let path = flag(&args, name_).unwrap_or_else(|| panic!("serve --{name_}"));
         let content = base
             .mounted_file(ns, spec, vramfit, &path)
@@ -454,6 +464,7 @@ fn sidecar(base: &Base) -> Sidecar {
     Sidecar {
         args,
         listen,
+        metrics_listen,
         files,
     }
 }
@@ -519,7 +530,11 @@ fn every_document_is_a_typed_object_with_no_field_dropped() {
     assert_eq!(base.pdbs.len(), 1);
     assert!(!base.cluster_roles.is_empty() && !base.roles.is_empty());
     assert!(!base.cluster_role_bindings.is_empty() && !base.role_bindings.is_empty());
-    assert_eq!(base.config_maps.len(), 3);
+    assert_eq!(
+        base.config_maps.len(),
+        2,
+        "no snapshot ConfigMap: the sidecar runs live"
+    );
     // Namespaced objects say where they go (there is no top-level `namespace:`, which would also
     // move the kube-system RoleBinding), and names are unique per kind and namespace.
     assert!(base.kustomization.get("namespace").is_none());
@@ -740,45 +755,60 @@ fn vramfit_config_is_the_sample_and_every_file_loads() {
         "plain HTTP on loopback"
     );
     load_catalog(Some(&files["catalog"])).unwrap();
-    let snapshot = vramfit::snapshot::load_file(&files["snapshot"]).unwrap();
-    assert!(
-        snapshot.nodes.is_empty() && snapshot.pods.is_empty(),
-        "the snapshot ConfigMap is the placeholder"
+    assert_eq!(
+        settings.server.metrics_listen, None,
+        "the ops listener is set by the flag, in one place"
     );
-    assert!(sidecar.files["snapshot"].1.contains("PLACEHOLDER"));
+    assert!(
+        settings.server.bind_timeout_millis <= 3000,
+        "a Binding's time at the API server fits in the extender's httpTimeout (3s)"
+    );
 }
 
+/// The sidecar's server as live mode builds it (binds recorded in memory instead of sent),
+/// ready as after both initial lists.
 fn app_of(sidecar: &Sidecar) -> (App, Settings) {
     let files = scratch_files(sidecar, "app");
     let settings = Settings::load(Some(&files["config"])).unwrap();
     let catalog = load_catalog(Some(&files["catalog"])).unwrap();
-    let objects = vramfit::snapshot::load_file(&files["snapshot"]).unwrap();
+    let cluster = ClusterState::new(settings.placement.clone(), catalog, Box::new(RecordOnly));
+    cluster.set_ready(true);
     let app = App {
-        cluster: Arc::new(ClusterState::from_snapshot(
-            &objects,
-            settings.placement.clone(),
-            catalog,
-            SystemTime::now(),
-        )),
+        cluster: Arc::new(cluster),
         metrics: Arc::new(Metrics::default()),
     };
     (app, settings)
 }
 
-async fn status(app: &App, settings: &Settings, method: &str, path: &str) -> StatusCode {
-    let body = if method == "POST" {
-        Body::from(r#"{"Pod":{"metadata":{"name":"p","namespace":"default"}},"NodeNames":[]}"#)
-    } else {
+fn request(method: &str, path: &str) -> Request<Body> {
+    let body = if method != "POST" {
         Body::empty()
+    } else if path.ends_with("/bind") {
+        Body::from(r#"{"PodName":"p","PodNamespace":"default","PodUID":"u","Node":"n"}"#)
+    } else {
+        Body::from(r#"{"Pod":{"metadata":{"name":"p","namespace":"default"}},"NodeNames":[]}"#)
     };
-    let request = Request::builder()
+    Request::builder()
         .method(method)
         .uri(path)
         .header("content-type", "application/json")
         .body(body)
-        .unwrap();
+        .unwrap()
+}
+
+/// The status of a call to the extender listener (`--listen`).
+async fn status(app: &App, settings: &Settings, method: &str, path: &str) -> StatusCode {
     router(app.clone(), &settings.server)
-        .oneshot(request)
+        .oneshot(request(method, path))
+        .await
+        .unwrap()
+        .status()
+}
+
+/// The status of a call to the ops listener (`--metrics-listen`).
+async fn ops_status(app: &App, method: &str, path: &str) -> StatusCode {
+    ops_router(app.clone())
+        .oneshot(request(method, path))
         .await
         .unwrap()
         .status()
@@ -806,9 +836,9 @@ async fn extender_url_is_the_sidecars_listen_address_and_its_verbs_are_served_ro
         path, settings.server.path_prefix,
         "urlPrefix path is server.pathPrefix"
     );
-    assert!(
-        extender.get("bindVerb").is_none(),
-        "serve runs in snapshot mode and must not be the binder"
+    assert_eq!(
+        extender["bindVerb"], "bind",
+        "serve runs live and is the binder"
     );
     let mut verbs = 0;
     for key in ["filterVerb", "prioritizeVerb", "bindVerb", "preemptVerb"] {
@@ -823,56 +853,123 @@ async fn extender_url_is_the_sidecars_listen_address_and_its_verbs_are_served_ro
             );
         }
     }
-    assert_eq!(verbs, 2, "filter and prioritize");
+    assert_eq!(verbs, 3, "filter, prioritize and bind");
     assert_eq!(
         status(&app, &settings, "POST", &format!("{path}/preempt")).await,
         StatusCode::NOT_FOUND,
         "an unserved verb is caught"
     );
+    // The ops listener on the pod IP serves none of the verbs.
+    assert!(!sidecar.metrics_listen.ip().is_loopback());
+    for verb in ["filter", "prioritize", "bind"] {
+        assert_eq!(
+            ops_status(&app, "POST", &format!("{path}/{verb}")).await,
+            StatusCode::NOT_FOUND,
+            "{verb} is not served on --metrics-listen"
+        );
+    }
 }
 
-/// The exec probe of the vramfit container: (`--addr`, `--path`).
-fn exec_probe(probe: Option<&k8s_openapi::api::core::v1::Probe>, what: &str) -> Vec<String> {
+/// The httpGet probe of the vramfit container: (port, path), the port resolved through the
+/// container's named ports.
+fn http_probe(
+    container: &Container,
+    probe: Option<&k8s_openapi::api::core::v1::Probe>,
+    what: &str,
+) -> (u16, String) {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     let probe = probe.unwrap_or_else(|| panic!("vramfit has a {what} probe"));
     assert!(
-        probe.http_get.is_none() && probe.tcp_socket.is_none(),
-        "{what}: the kubelet cannot reach a loopback listener; exec `vramfit probe`"
+        probe.exec.is_none() && probe.tcp_socket.is_none(),
+        "{what}: httpGet on the ops listener"
     );
-    let command = probe
-        .exec
-        .as_ref()
-        .and_then(|e| e.command.clone())
-        .unwrap_or_default();
-    assert_eq!(
-        command.get(..2),
-        Some(&["/usr/local/bin/vramfit".to_string(), "probe".to_string()][..]),
-        "{what}: {command:?}"
-    );
-    assert!(
-        probe.timeout_seconds.unwrap_or(1) >= 2,
-        "{what}: the probe's own 2 s timeout fits"
-    );
-    command
+    let get = probe.http_get.as_ref().unwrap();
+    assert_eq!(get.scheme.as_deref().unwrap_or("HTTP"), "HTTP", "{what}");
+    assert_eq!(get.host, None, "{what}: the kubelet connects to the pod IP");
+    let port = match &get.port {
+        IntOrString::Int(p) => *p,
+        IntOrString::String(named) => {
+            container
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(named.as_str()))
+                .unwrap_or_else(|| panic!("{what}: no container port named {named}"))
+                .container_port
+        }
+    };
+    (
+        u16::try_from(port).unwrap(),
+        get.path.clone().unwrap_or_default(),
+    )
 }
 
 #[tokio::test]
-async fn probes_hit_served_routes_on_the_listened_port() {
+async fn probes_hit_served_routes_on_the_metrics_port() {
     let base = Base::load();
     let sidecar = sidecar(&base);
     let (_, spec) = scheduler_pod(&base);
     let vramfit = container(spec, "vramfit");
-    let (app, settings) = app_of(&sidecar);
+    let (app, _) = app_of(&sidecar);
+    let metrics_port = vramfit
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("metrics"))
+        .expect("a container port named metrics");
+    assert_eq!(
+        metrics_port.container_port,
+        i32::from(sidecar.metrics_listen.port()),
+        "the metrics port is --metrics-listen's"
+    );
+    assert!(
+        sidecar.metrics_listen.ip().is_unspecified(),
+        "the kubelet and Prometheus reach the pod IP"
+    );
     for (probe, what, expected) in [
         (vramfit.liveness_probe.as_ref(), "liveness", "/healthz"),
         (vramfit.readiness_probe.as_ref(), "readiness", "/readyz"),
     ] {
-        let command = exec_probe(probe, what);
-        let addr: SocketAddr = flag(&command, "addr").unwrap().parse().unwrap();
-        assert_eq!(addr, sidecar.listen, "{what} probes the listened address");
-        let path = flag(&command, "path").unwrap();
+        let (port, path) = http_probe(vramfit, probe, what);
+        assert_eq!(
+            port,
+            sidecar.metrics_listen.port(),
+            "{what} probes the ops listener"
+        );
         assert_eq!(path, expected, "{what}");
-        assert_eq!(status(&app, &settings, "GET", &path).await, StatusCode::OK);
+        assert_eq!(
+            ops_status(&app, "GET", &path).await,
+            StatusCode::OK,
+            "{what}"
+        );
+        assert!(probe.unwrap().timeout_seconds.unwrap_or(1) >= 2, "{what}");
     }
+    // Readiness waits for the initial lists; liveness does not.
+    app.cluster.set_ready(false);
+    assert_eq!(
+        ops_status(&app, "GET", "/readyz").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(ops_status(&app, "GET", "/healthz").await, StatusCode::OK);
+    // Prometheus scrapes the same port, through the pod template's annotations.
+    let template = &base
+        .deployment("vramfit-scheduler")
+        .spec
+        .as_ref()
+        .unwrap()
+        .template;
+    let annotations = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(
+        annotations["prometheus.io/port"],
+        sidecar.metrics_listen.port().to_string()
+    );
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+    assert_eq!(ops_status(&app, "GET", "/metrics").await, StatusCode::OK);
     // kube-scheduler's own probes use its HTTPS port, which it serves on every interface.
     let ks = container(spec, "kube-scheduler");
     for probe in [&ks.liveness_probe, &ks.readiness_probe] {
@@ -893,21 +990,86 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Runs the container's command line (paths and port moved to this machine) with the built
-/// binary, then its probe command lines, the way the kubelet would.
+/// A fake API server on loopback for the built binary: lists one GPU node and no pods (the pod
+/// list waits until `release` is set), and holds every watch open.
+fn fake_api_server(
+    runtime: &tokio::runtime::Runtime,
+    release: Arc<std::sync::atomic::AtomicBool>,
+) -> u16 {
+    use axum::http::Uri;
+    let app = axum::Router::new().fallback(move |uri: Uri| {
+        let release = release.clone();
+        async move {
+            let query = uri.query().unwrap_or("");
+            if query.contains("watch=true") {
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                return json_body(String::new());
+            }
+            let body = if uri.path().ends_with("/nodes") {
+                serde_json::json!({"apiVersion": "v1", "kind": "NodeList",
+                    "metadata": {"resourceVersion": "1"},
+                    "items": [{"apiVersion": "v1", "kind": "Node",
+                        "metadata": {"name": "gpu-1", "resourceVersion": "1", "labels": {
+                            "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
+                            "nvidia.com/gpu.memory": "81920"}},
+                        "status": {"allocatable": {"nvidia.com/gpu": "2"}}}]})
+            } else {
+                while !release.load(std::sync::atomic::Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                serde_json::json!({"apiVersion": "v1", "kind": "PodList",
+                    "metadata": {"resourceVersion": "1"}, "items": []})
+            };
+            json_body(body.to_string())
+        }
+    });
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    runtime.spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+/// A JSON body for the fake API server.
+fn json_body(body: String) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    ([("content-type", "application/json")], body).into_response()
+}
+
+/// Runs the container's command line (paths and ports moved to this machine; a kubeconfig for a
+/// fake API server in place of the in-cluster token) with the built binary, then does what the
+/// kubelet's httpGet probes do on the metrics port: 503 until the initial lists are in, then 200.
 #[test]
-fn the_sidecar_command_serves_and_its_probe_commands_pass() {
+fn the_sidecar_command_serves_live_and_its_probes_pass() {
     let base = Base::load();
     let sidecar = sidecar(&base);
     let files = scratch_files(&sidecar, "e2e");
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let args: Vec<String> = sidecar
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let api_port = fake_api_server(&runtime, release.clone());
+    let kubeconfig = files["config"].with_file_name("kubeconfig.yaml");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters: [{{name: fake, cluster: {{server: 'http://127.0.0.1:{api_port}'}}}}]\n\
+             users: [{{name: fake, user: {{}}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n"
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut args: Vec<String> = sidecar
         .args
         .iter()
         .map(|a| {
             if *a == sidecar.listen.to_string() {
                 return listen.clone();
+            }
+            if *a == sidecar.metrics_listen.to_string() {
+                return metrics.to_string();
             }
             for (flag_, (path, _)) in &sidecar.files {
                 if a == path {
@@ -917,6 +1079,8 @@ fn the_sidecar_command_serves_and_its_probe_commands_pass() {
             a.clone()
         })
         .collect();
+    args.push("--kubeconfig".into());
+    args.push(kubeconfig.to_string_lossy().into_owned());
     let mut server = Command::new(env!("CARGO_BIN_EXE_vramfit"))
         .args(&args)
         .stdout(Stdio::null())
@@ -925,56 +1089,52 @@ fn the_sidecar_command_serves_and_its_probe_commands_pass() {
         .unwrap();
     let (_, spec) = scheduler_pod(&base);
     let vramfit = container(spec, "vramfit");
-    let run_probe = |command: &[String]| {
-        let args: Vec<String> = command[1..]
-            .iter()
-            .map(|a| {
-                if *a == sidecar.listen.to_string() {
-                    listen.clone()
-                } else {
-                    a.clone()
-                }
-            })
-            .collect();
-        Command::new(env!("CARGO_BIN_EXE_vramfit"))
-            .args(&args)
-            .output()
-            .unwrap()
-    };
-    let readiness = exec_probe(vramfit.readiness_probe.as_ref(), "readiness");
-    let liveness = exec_probe(vramfit.liveness_probe.as_ref(), "liveness");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut ready = run_probe(&readiness);
-    while !ready.status.success() && Instant::now() < deadline {
-        if let Some(exit) = server.try_wait().unwrap() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(server.stderr.as_mut().unwrap(), &mut err).unwrap();
-            panic!("vramfit serve exited ({exit}): {err}");
+    let (_, live_path) = http_probe(vramfit, vramfit.liveness_probe.as_ref(), "liveness");
+    let (_, ready_path) = http_probe(vramfit, vramfit.readiness_probe.as_ref(), "readiness");
+    // An HTTP GET that passes on 200 only, as the kubelet's httpGet (and `vramfit probe`).
+    let get = |path: &str| vramfit::probe::check(metrics, path, Duration::from_secs(5));
+    let wait = |what: &str, server: &mut std::process::Child, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ok() {
+            if let Some(exit) = server.try_wait().unwrap() {
+                let mut err = String::new();
+                std::io::Read::read_to_string(server.stderr.as_mut().unwrap(), &mut err).unwrap();
+                panic!("vramfit serve exited ({exit}): {err}");
+            }
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(100));
-        ready = run_probe(&readiness);
-    }
-    let live = run_probe(&liveness);
-    let mut wrong = readiness.clone();
-    let at = wrong.iter().position(|a| a == "/readyz").unwrap();
-    wrong[at] = "/nowhere".into();
-    let not_found = run_probe(&wrong);
+    };
+    wait("liveness passes", &mut server, &|| get(&live_path).is_ok());
+    let before = get(&ready_path);
+    release.store(true, std::sync::atomic::Ordering::SeqCst);
+    wait(
+        "readiness passes once the lists are in",
+        &mut server,
+        &|| get(&ready_path).is_ok(),
+    );
+    let exposition = get("/metrics");
+    let verb = get("/scheduler/filter");
+    let main = vramfit::probe::check(listen.parse().unwrap(), &ready_path, Duration::from_secs(5));
     server.kill().unwrap();
     server.wait().unwrap();
+    let before = before.unwrap_err().to_string();
     assert!(
-        ready.status.success(),
-        "readiness: {}",
-        String::from_utf8_lossy(&ready.stderr)
+        before.ends_with("status 503"),
+        "not ready before the pod list: {before}"
+    );
+    let exposition = exposition.unwrap();
+    assert!(
+        exposition.contains(r#"vramfit_device_vram_total_mib{node="gpu-1",device="0""#),
+        "the watched node's devices are exported: {exposition}"
     );
     assert!(
-        live.status.success(),
-        "liveness: {}",
-        String::from_utf8_lossy(&live.stderr)
+        verb.unwrap_err().to_string().ends_with("status 404"),
+        "no extender verb on the metrics port"
     );
-    assert_eq!(not_found.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&not_found.stderr).contains("status 404"));
+    main.expect("the extender listener answers /readyz too");
     // Nothing listens any more: the probe fails rather than hangs.
-    assert_eq!(run_probe(&liveness).status.code(), Some(1));
+    assert!(get(&live_path).is_err());
 }
 
 #[test]
@@ -1011,7 +1171,7 @@ fn probe_answers_on_status_200_only() {
 }
 
 #[test]
-fn scheduler_pod_mounts_the_token_only_into_kube_scheduler() {
+fn scheduler_pod_mounts_the_token_only_into_the_containers_that_call_the_api() {
     let base = Base::load();
     let (_, spec) = scheduler_pod(&base);
     assert_eq!(spec.automount_service_account_token, Some(false));
@@ -1037,8 +1197,9 @@ fn scheduler_pod_mounts_the_token_only_into_kube_scheduler() {
             .flatten()
             .filter(|m| token_volumes.contains(&m.name.as_str()))
             .collect();
-        if c.name == "kube-scheduler" {
-            assert_eq!(mounts.len(), 1);
+        // kube-scheduler, and vramfit in live mode (watches, Bindings).
+        if c.name == "kube-scheduler" || c.name == "vramfit" {
+            assert_eq!(mounts.len(), 1, "{}", c.name);
             assert_eq!(
                 mounts[0].mount_path,
                 "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -1052,6 +1213,17 @@ fn scheduler_pod_mounts_the_token_only_into_kube_scheduler() {
         .service_accounts
         .iter()
         .any(|s| name(&s.metadata) == sa));
+    // The extender's role is bound to the ServiceAccount the vramfit container runs as.
+    let binding = base
+        .cluster_role_bindings
+        .iter()
+        .find(|b| b.role_ref.name == "vramfit-extender")
+        .expect("the vramfit-extender ClusterRole is bound");
+    assert!(binding
+        .subjects
+        .iter()
+        .flatten()
+        .any(|s| s.kind == "ServiceAccount" && s.name == sa));
     let sidecar = sidecar(&base);
     assert!(
         spec.termination_grace_period_seconds.unwrap_or(30) as u64
@@ -1327,6 +1499,10 @@ fn the_api_calls_the_code_makes_are_granted() {
                 uri.path().to_string(),
                 uri.query().unwrap_or("").to_string(),
             ));
+            if uri.query().unwrap_or("").contains("watch=true") {
+                // Held open, as a quiet watch is.
+                tokio::time::sleep(Duration::from_secs(600)).await;
+            }
             let kind = if uri.path().ends_with("/pods") {
                 "PodList"
             } else if uri.path().ends_with("/nodes") {
@@ -1372,10 +1548,56 @@ fn the_api_calls_the_code_makes_are_granted() {
                 .unwrap();
         })
     });
-    // What the extender will read in live mode (`place --kubeconfig` reads it today).
-    let extender = calls(&|| {
+    // `place` without a snapshot: lists only.
+    let place = calls(&|| {
         runtime.block_on(async {
             vramfit::live::read_cluster(client()).await.unwrap();
+        });
+    });
+    // The extender in live mode: the watchers until both have listed and are watching, and one
+    // Binding.
+    let extender = calls(&|| {
+        runtime.block_on(async {
+            let catalog = vramfit::core::Catalog::default();
+            let state = Arc::new(ClusterState::new(
+                vramfit::core::Config::default(),
+                catalog,
+                Box::new(RecordOnly),
+            ));
+            vramfit::watch::spawn_live(client(), state.clone(), Duration::from_secs(120));
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let watching = seen
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(_, _, q)| q.contains("watch=true"))
+                    .count();
+                if watching >= 2 && state.is_ready() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the watchers list, then watch");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            use vramfit::cluster::{BindTarget, Binder};
+            let target = BindTarget {
+                namespace: "default".into(),
+                name: "p".into(),
+                uid: "u".into(),
+                node: "gpu-1".into(),
+            };
+            let placement = vramfit::core::Placement {
+                pod: "default/p".into(),
+                node: "gpu-1".into(),
+                zone: None,
+                model: None,
+                shares: Vec::new(),
+                exclusive: true,
+            };
+            vramfit::watch::KubeBinder::new(client(), Duration::from_secs(3))
+                .bind(&target, &placement)
+                .await
+                .unwrap();
         });
     });
     let base = Base::load();
@@ -1387,9 +1609,42 @@ fn the_api_calls_the_code_makes_are_granted() {
         assert!(allowed("vramfit-agent", call), "agent: {call:?}");
     }
     assert_eq!(agent, BTreeSet::from([("patch".into(), "nodes".into())]));
-    for call in &extender {
+    for call in place.iter().chain(&extender) {
         assert!(allowed("vramfit-scheduler", call), "extender: {call:?}");
     }
+    let calls = |rows: &[(&str, &str)]| -> BTreeSet<(String, String)> {
+        rows.iter()
+            .map(|(v, r)| (v.to_string(), r.to_string()))
+            .collect()
+    };
+    assert_eq!(place, calls(&[("list", "nodes"), ("list", "pods")]));
+    let live = calls(&[
+        ("list", "nodes"),
+        ("watch", "nodes"),
+        ("list", "pods"),
+        ("watch", "pods"),
+        ("create", "pods/binding"),
+    ]);
+    assert_eq!(extender, live);
+    // The extender's ClusterRole grants exactly what live mode calls.
+    let role = base
+        .cluster_roles
+        .iter()
+        .find(|r| name(&r.metadata) == "vramfit-extender")
+        .unwrap();
+    let mut role_grants = BTreeSet::new();
+    expand(
+        role.rules.as_deref().unwrap_or_default(),
+        "vramfit-scheduler",
+        "cluster",
+        &mut role_grants,
+    );
+    let expected: BTreeSet<Grant> = live
+        .iter()
+        .map(|(verb, resource)| Grant::new("vramfit-scheduler", "cluster", "", resource, verb, ""))
+        .collect();
+    assert_eq!(role_grants, expected);
+    drop(runtime);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1742,6 +1997,29 @@ fn exported_metrics() -> BTreeSet<String> {
             reason: "insufficient".into(),
         })
         .inc();
+    metrics
+        .bind_conflicts
+        .get_or_create(&ReasonLabels {
+            reason: "no-longer-fits".into(),
+        })
+        .inc();
+    // The scrape-time gauges, from a cluster with one GPU node and a watch event seen.
+    let cluster = ClusterState::new(
+        vramfit::core::Config::default(),
+        vramfit::core::Catalog::default(),
+        Box::new(RecordOnly),
+    );
+    let node: vramfit::k8s::Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "gpu-1", "labels": {
+            "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB", "nvidia.com/gpu.memory": "81920"}},
+        "status": {"allocatable": {"nvidia.com/gpu": "2"}}
+    }))
+    .unwrap();
+    cluster.apply_node(&node, SystemTime::now());
+    cluster.health.touch(WatchedResource::Nodes);
+    cluster.health.touch(WatchedResource::Pods);
+    metrics.refresh_inventory(&cluster.read(), cluster.config.headroom_percent);
+    metrics.refresh_watch(&cluster);
     let mut names = BTreeSet::new();
     for line in metrics.render().lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
@@ -1750,7 +2028,21 @@ fn exported_metrics() -> BTreeSet<String> {
             names.insert(line.split(['{', ' ']).next().unwrap().to_string());
         }
     }
-    assert!(names.contains("vramfit_requests_total"), "{names:?}");
+    for family in [
+        "vramfit_requests_total",
+        "vramfit_bind_conflicts_total",
+        "vramfit_device_vram_total_mib",
+        "vramfit_device_vram_used_mib",
+        "vramfit_device_vram_reserved_mib",
+        "vramfit_device_class_free_vram_mib",
+        "vramfit_device_class_free_devices",
+        "vramfit_device_class_stranded_devices",
+        "vramfit_watch_last_event_age_seconds",
+        "vramfit_watch_errors",
+        "vramfit_reservations_in_flight",
+    ] {
+        assert!(names.contains(family), "{family} in {names:?}");
+    }
     names
 }
 
@@ -1813,14 +2105,15 @@ fn dashboard_and_alerts_use_only_exported_metrics() {
     let operations = read("docs/operations.md");
     for n in metric_names(&operations) {
         assert!(
-            exported.contains(&n) || PENDING_METRICS.contains(&n.as_str()),
-            "docs/operations.md names {n}"
+            exported.contains(&n),
+            "docs/operations.md names {n}, which is not exported"
         );
     }
     for doc in [
         "docs/install.md",
         "docs/troubleshooting.md",
         "docs/migration.md",
+        "docs/configuration.md",
     ] {
         for n in metric_names(&read(doc)) {
             assert!(exported.contains(&n), "{doc} names {n}");
@@ -1846,7 +2139,7 @@ fn dashboard_and_alerts_use_only_exported_metrics() {
     }
     assert!(alerts >= 3);
 
-    // The KEDA example is a ScaledObject on the pending per-class metrics.
+    // The KEDA example is a ScaledObject on the per-class free capacity.
     let keda = blocks
         .iter()
         .find(|(_, body)| body.contains("kind: ScaledObject"))
@@ -1860,7 +2153,8 @@ fn dashboard_and_alerts_use_only_exported_metrics() {
     let trigger = &scaled["spec"]["triggers"][0];
     assert_eq!(trigger["type"], "prometheus");
     let query = metric_names(trigger["metadata"]["query"].as_str().unwrap());
-    assert!(query.iter().any(|n| PENDING_METRICS.contains(&n.as_str())));
+    assert!(query.iter().any(|n| KEDA_METRICS.contains(&n.as_str())));
+    assert!(query.iter().all(|n| exported.contains(n)), "{query:?}");
 
     // The admission policy in the docs is made of real fields.
     for (_, body) in &blocks {

@@ -60,7 +60,7 @@ impl Default for ServerConfig {
             shutdown_grace_seconds: 10,
             metrics_listen: None,
             reservation_ttl_seconds: 120,
-            bind_timeout_millis: 3000,
+            bind_timeout_millis: 2500,
         }
     }
 }

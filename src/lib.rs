@@ -1,8 +1,10 @@
 //! vramfit: a GPU-VRAM-aware Kubernetes scheduler extender.
 //!
 //! [`core`] is the pure placement engine; [`k8s`] reads Kubernetes objects into its facts;
-//! [`cluster`] holds the live state the server answers from; [`server`] speaks the extender
-//! protocol; [`cli`] is the command line.
+//! [`cluster`] holds the state the server answers from, fed by [`watch`] in live mode;
+//! [`server`] speaks the extender protocol; [`place`], [`kube_checks`], [`whatif`] and
+//! [`picture`] make the dry run; [`replay`] replays GPU-sharing traces; [`agent`] is the node
+//! agent. See docs/architecture.md.
 
 pub mod agent;
 pub mod cluster;

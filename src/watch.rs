@@ -98,93 +98,116 @@ fn lean<T: Serialize, U: DeserializeOwned>(object: &T) -> Result<U, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Watches Nodes until the stream ends (it does not: the watcher retries with backoff).
-pub async fn watch_nodes(client: Client, state: Arc<ClusterState>) {
-    let stream = watcher(Api::<ApiNode>::all(client)).default_backoff();
-    futures::pin_mut!(stream);
-    let mut seen: Option<HashSet<String>> = None;
-    while let Some(event) = stream.next().await {
-        let health = &state.health;
-        match event {
-            Err(error) => {
-                health.error(WatchedResource::Nodes);
-                tracing::warn!(%error, "node watch failed; retrying with backoff, answering from the last known state");
-                continue;
-            }
-            Ok(Event::Init) => seen = Some(HashSet::new()),
-            Ok(Event::InitDone) => {
-                if let Some(seen) = seen.take() {
-                    state.retain_nodes(&seen);
-                }
-                health.synced(WatchedResource::Nodes);
-                if health.is_synced() && !state.is_ready() {
-                    tracing::info!("initial lists of nodes and pods are in; ready");
-                    state.set_ready(true);
-                }
-            }
-            Ok(Event::InitApply(object)) | Ok(Event::Apply(object)) => {
-                match lean::<_, Node>(&object) {
-                    Ok(node) => {
-                        if let Some(seen) = seen.as_mut() {
-                            seen.insert(node.metadata.name.clone());
-                        }
-                        state.apply_node(&node, SystemTime::now());
-                    }
-                    Err(error) => tracing::warn!(%error, "skipping a malformed Node"),
-                }
-            }
-            Ok(Event::Delete(object)) => {
-                if let Some(name) = object.metadata.name.as_deref() {
-                    state.delete_node(name);
-                }
-            }
-        }
-        health.touch(WatchedResource::Nodes);
+/// A lean object type the live mode watches, and what its events do to the cluster state.
+trait Watched: DeserializeOwned + Sized {
+    /// The k8s-openapi type the API server sends.
+    type Api: kube::Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug
+        + Send
+        + 'static;
+    const RESOURCE: WatchedResource;
+    /// Identity in a relist's "seen" set.
+    fn key(&self) -> String;
+    fn apply(&self, state: &ClusterState);
+    fn delete(&self, state: &ClusterState);
+    /// After a full relist: forget what the list no longer has.
+    fn retain(state: &ClusterState, seen: &HashSet<String>);
+}
+
+impl Watched for Node {
+    type Api = ApiNode;
+    const RESOURCE: WatchedResource = WatchedResource::Nodes;
+    fn key(&self) -> String {
+        self.metadata.name.clone()
+    }
+    fn apply(&self, state: &ClusterState) {
+        state.apply_node(self, SystemTime::now());
+    }
+    fn delete(&self, state: &ClusterState) {
+        state.delete_node(&self.metadata.name);
+    }
+    fn retain(state: &ClusterState, seen: &HashSet<String>) {
+        state.retain_nodes(seen);
     }
 }
 
-/// Watches Pods until the stream ends (it does not: the watcher retries with backoff).
-pub async fn watch_pods(client: Client, state: Arc<ClusterState>) {
-    let stream = watcher(Api::<ApiPod>::all(client)).default_backoff();
+impl Watched for Pod {
+    type Api = ApiPod;
+    const RESOURCE: WatchedResource = WatchedResource::Pods;
+    fn key(&self) -> String {
+        self.facts().ledger_id()
+    }
+    fn apply(&self, state: &ClusterState) {
+        state.apply_pod(self);
+    }
+    fn delete(&self, state: &ClusterState) {
+        state.delete_pod(self);
+    }
+    fn retain(state: &ClusterState, seen: &HashSet<String>) {
+        state.retain_pods(seen);
+    }
+}
+
+/// Watches one resource until the stream ends (it does not: the watcher retries with backoff).
+/// A malformed object is logged and skipped; a failing watch is counted and retried while the
+/// state keeps answering from what it knows.
+async fn watch<T: Watched>(client: Client, state: Arc<ClusterState>) {
+    let resource = T::RESOURCE;
+    let stream = watcher(Api::<T::Api>::all(client)).default_backoff();
     futures::pin_mut!(stream);
     let mut seen: Option<HashSet<String>> = None;
     while let Some(event) = stream.next().await {
         let health = &state.health;
         match event {
             Err(error) => {
-                health.error(WatchedResource::Pods);
-                tracing::warn!(%error, "pod watch failed; retrying with backoff, answering from the last known state");
+                health.error(resource);
+                tracing::warn!(?resource, %error, "watch failed; retrying with backoff, answering from the last known state");
                 continue;
             }
             Ok(Event::Init) => seen = Some(HashSet::new()),
             Ok(Event::InitDone) => {
                 if let Some(seen) = seen.take() {
-                    state.retain_pods(&seen);
+                    T::retain(&state, &seen);
                 }
-                health.synced(WatchedResource::Pods);
+                health.synced(resource);
                 if health.is_synced() && !state.is_ready() {
                     tracing::info!("initial lists of nodes and pods are in; ready");
                     state.set_ready(true);
                 }
             }
             Ok(Event::InitApply(object)) | Ok(Event::Apply(object)) => {
-                match lean::<_, Pod>(&object) {
-                    Ok(pod) => {
+                match lean::<_, T>(&object) {
+                    Ok(item) => {
                         if let Some(seen) = seen.as_mut() {
-                            seen.insert(pod.facts().ledger_id());
+                            seen.insert(item.key());
                         }
-                        state.apply_pod(&pod);
+                        item.apply(&state);
                     }
-                    Err(error) => tracing::warn!(%error, "skipping a malformed Pod"),
+                    Err(error) => tracing::warn!(?resource, %error, "skipping a malformed object"),
                 }
             }
-            Ok(Event::Delete(object)) => match lean::<_, Pod>(&object) {
-                Ok(pod) => state.delete_pod(&pod),
-                Err(error) => tracing::warn!(%error, "skipping a malformed deleted Pod"),
+            Ok(Event::Delete(object)) => match lean::<_, T>(&object) {
+                Ok(item) => item.delete(&state),
+                Err(error) => {
+                    tracing::warn!(?resource, %error, "skipping a malformed deleted object")
+                }
             },
         }
-        health.touch(WatchedResource::Pods);
+        health.touch(resource);
     }
+}
+
+/// Watches Nodes (see [`watch`]).
+pub async fn watch_nodes(client: Client, state: Arc<ClusterState>) {
+    watch::<Node>(client, state).await
+}
+
+/// Watches Pods (see [`watch`]).
+pub async fn watch_pods(client: Client, state: Arc<ClusterState>) {
+    watch::<Pod>(client, state).await
 }
 
 fn watcher<K>(api: Api<K>) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>>

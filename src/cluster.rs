@@ -118,6 +118,9 @@ struct Reservation {
     at: Instant,
     /// The binder reported success; a repeat bind need not ask it again.
     committed: bool,
+    /// An earlier attempt failed ambiguously: the binding may exist, so a later refusal does
+    /// not release the devices (the pod watch or the TTL settles it).
+    ambiguous: bool,
 }
 
 #[derive(Default)]
@@ -360,6 +363,7 @@ impl ClusterState {
                 let reservation = Reservation {
                     at: Instant::now(),
                     committed: false,
+                    ambiguous: false,
                 };
                 self.reservations().insert(demand.id.clone(), reservation);
                 placement
@@ -373,16 +377,15 @@ impl ClusterState {
                 Ok(placement)
             }
             Err(failure) => {
-                if failure.definite {
-                    let mut inventory = self.write();
-                    let in_flight = self
-                        .reservations()
-                        .get(&demand.id)
-                        .is_some_and(|r| !r.committed);
-                    if in_flight {
-                        self.reservations().remove(&demand.id);
+                let mut inventory = self.write();
+                let mut reservations = self.reservations();
+                match reservations.get_mut(&demand.id) {
+                    Some(r) if failure.definite && !r.committed && !r.ambiguous => {
+                        reservations.remove(&demand.id);
                         inventory.release(&demand.id);
                     }
+                    Some(r) if !failure.definite => r.ambiguous = true,
+                    _ => {}
                 }
                 Err(BindError::Api(failure.message))
             }

@@ -175,7 +175,7 @@ fn describe(
             let device = node.and_then(|n| n.devices.iter().find(|d| d.index == share.index));
             DeviceOut {
                 index: share.index,
-                product: device.map(|d| d.product.clone()).unwrap_or_default(),
+                product: device.map(|d| d.product.to_string()).unwrap_or_default(),
                 vram_mib: share.vram_mib,
                 shared: !decision.exclusive,
             }

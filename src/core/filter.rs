@@ -265,7 +265,7 @@ pub fn fit_node(node: &NodeInfo, demand: &PodDemand) -> Result<Fit, Reason> {
 }
 
 fn product_not_allowed(node: &NodeInfo, demand: &PodDemand) -> Reason {
-    let mut present: Vec<&str> = node.devices.iter().map(|d| d.product.as_str()).collect();
+    let mut present: Vec<&str> = node.devices.iter().map(|d| d.product.as_ref()).collect();
     present.dedup();
     Reason::ProductNotAllowed {
         allowed: demand.products.join(","),

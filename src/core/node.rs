@@ -2,6 +2,7 @@
 //! a fresh `vramfit.io/gpu-status` report, then GPU Feature Discovery labels, then Ascend labels,
 //! then the configured default. Occupancy is applied on top by the [`Inventory`](super::Inventory).
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -107,10 +108,12 @@ pub enum CapacitySource {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Device {
     pub index: u32,
-    pub uuid: Option<String>,
-    pub product: String,
+    /// Names are shared (`Arc`) between a node's devices and kept small, so the fields a filter
+    /// reads for each device sit close together.
+    pub uuid: Option<Arc<str>>,
+    pub product: Arc<str>,
     /// Short model name used for allow-lists and metrics (`A100`, `T4`, `910B3`).
-    pub class: String,
+    pub class: Arc<str>,
     pub total_mib: u64,
     /// Measured use (from a fresh report), by anything on the device.
     pub measured_used_mib: u64,
@@ -241,7 +244,7 @@ pub fn build_node(facts: &NodeFacts, config: &Config, now: SystemTime) -> NodeIn
     match config.default_device_vram_mib {
         Some(mib) => {
             node.devices = (0..count)
-                .map(|i| mk_device(i, None, "unknown", vendor, mib, 0, true))
+                .map(|i| mk_device(i, None, &Names::new("unknown", vendor), mib, 0, true))
                 .collect();
             node.source = CapacitySource::ConfigDefault;
         }
@@ -316,15 +319,24 @@ fn devices_from_report(
         notes.push(format!("{ANNOTATION_GPU_STATUS} ignored: no devices"));
         return None;
     }
+    let mut names: Option<(&str, Names)> = None;
     let mut devices: Devices = report
         .devices
         .iter()
         .map(|d| {
+            // Devices of one node mostly share a product: build its names once.
+            let shared = match &names {
+                Some((product, shared)) if *product == d.product => shared.clone(),
+                _ => {
+                    let fresh = Names::new(&d.product, vendor);
+                    names = Some((&d.product, fresh.clone()));
+                    fresh
+                }
+            };
             mk_device(
                 d.index,
                 Some(d.uuid.clone()).filter(|u| !u.is_empty()),
-                &d.product,
-                vendor,
+                &shared,
                 d.total_mib,
                 d.used_mib.min(d.total_mib),
                 d.healthy,
@@ -355,9 +367,10 @@ fn devices_from_gfd(
         .and_then(|c| c.trim().parse::<u32>().ok())
         .filter(|c| *c > 0)
         .unwrap_or(allocatable);
+    let names = Names::new(product, Vendor::Nvidia);
     Some(
         (0..count)
-            .map(|i| mk_device(i, None, product, Vendor::Nvidia, total_mib, 0, true))
+            .map(|i| mk_device(i, None, &names, total_mib, 0, true))
             .collect(),
     )
 }
@@ -370,10 +383,10 @@ fn devices_from_ascend(
 ) -> Option<Devices> {
     let chip = ascend_chip(facts, resource)?;
     let hbm = config.ascend_hbm(&chip)?;
-    let product = format!("Ascend{chip}");
+    let names = Names::new(&format!("Ascend{chip}"), Vendor::Ascend);
     Some(
         (0..count)
-            .map(|i| mk_device(i, None, &product, Vendor::Ascend, hbm, 0, true))
+            .map(|i| mk_device(i, None, &names, hbm, 0, true))
             .collect(),
     )
 }
@@ -454,21 +467,36 @@ pub fn product_class(product: &str, vendor: Vendor) -> String {
     }
 }
 
+/// A device's names, built once per product and shared by the node's devices.
+#[derive(Clone)]
+struct Names {
+    product: Arc<str>,
+    class: Arc<str>,
+}
+
+impl Names {
+    fn new(product: &str, vendor: Vendor) -> Self {
+        let product = sanitize_product(product);
+        Names {
+            class: product_class(&product, vendor).into(),
+            product: product.into(),
+        }
+    }
+}
+
 fn mk_device(
     index: u32,
     uuid: Option<String>,
-    product: &str,
-    vendor: Vendor,
+    names: &Names,
     total_mib: u64,
     measured_used_mib: u64,
     healthy: bool,
 ) -> Device {
-    let product = sanitize_product(product);
     Device {
         index,
-        uuid,
-        class: product_class(&product, vendor),
-        product,
+        uuid: uuid.map(Arc::from),
+        product: names.product.clone(),
+        class: names.class.clone(),
         total_mib,
         measured_used_mib,
         healthy,

@@ -44,10 +44,10 @@ impl VramfitPolicy {
         let mut names = Vec::with_capacity(cluster.nodes().len());
         for (i, node) in cluster.nodes().iter().enumerate() {
             let name = format!("{i:05}-{}", node.name());
-            let product = if node.num_gpus() > 0 {
-                cluster.model_name(usize::from(node.model_id())).to_string()
+            let product: std::sync::Arc<str> = if node.num_gpus() > 0 {
+                cluster.model_name(usize::from(node.model_id())).into()
             } else {
-                String::new()
+                "".into()
             };
             let devices: Devices = node
                 .gpu_free()

@@ -202,7 +202,7 @@ impl Metrics {
                 let labels = DeviceLabels {
                     node: node.name.clone(),
                     device: d.index.to_string(),
-                    class: d.class.clone(),
+                    class: d.class.to_string(),
                 };
                 let set = |family: &Family<DeviceLabels, Gauge>, value: u64| {
                     family
@@ -213,7 +213,7 @@ impl Metrics {
                 set(&self.device_used, d.measured_used_mib);
                 set(&self.device_reserved, d.reserved_mib);
                 let class = ClassLabels {
-                    class: d.class.clone(),
+                    class: d.class.to_string(),
                 };
                 if d.healthy {
                     self.class_free_vram

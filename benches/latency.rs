@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vramfit::cluster::ClusterState;
 use vramfit::core::{filter, pod_demand, prioritize, Catalog, Config};
-use vramfit::server::metrics::Metrics;
-use vramfit::server::{router, App, ServerConfig};
+use vramfit::extender::http::{router, App, ServerConfig};
+use vramfit::extender::metrics::Metrics;
+use vramfit::extender::state::ExtenderState;
 
 fn percentiles(mut samples: Vec<Duration>) -> String {
     samples.sort();
@@ -54,10 +54,10 @@ fn core_latency(nodes: usize, iterations: usize) -> String {
 }
 
 async fn http_latency(nodes: usize, iterations: usize) -> String {
-    let state = ClusterState::new(
+    let state = ExtenderState::new(
         Config::default(),
         Catalog::default(),
-        Box::new(vramfit::cluster::RecordOnly),
+        Box::new(vramfit::extender::binder::RecordOnly),
     );
     {
         let cluster = common::cluster(nodes, 7);

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use serde_json::json;
-use vramfit::cluster::{BindTarget, ClusterState, RecordOnly};
 use vramfit::core::{Catalog, Config};
-use vramfit::k8s::{Node, Pod};
+use vramfit::extender::binder::{BindTarget, RecordOnly};
+use vramfit::extender::state::ExtenderState;
+use vramfit::kubernetes::objects::{Node, Pod};
 
 fn rss_mib() -> f64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -48,7 +49,7 @@ fn main() {
         return; // `cargo test --benches` only checks that this builds
     }
     let before = rss_mib();
-    let state = Arc::new(ClusterState::new(
+    let state = Arc::new(ExtenderState::new(
         Config::default(),
         Catalog::default(),
         Box::new(RecordOnly),
@@ -77,7 +78,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let fresh = Arc::new(ClusterState::new(
+    let fresh = Arc::new(ExtenderState::new(
         Config::default(),
         Catalog::default(),
         Box::new(RecordOnly),

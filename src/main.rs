@@ -9,11 +9,12 @@ use std::time::SystemTime;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use vramfit::cluster::ClusterState;
-use vramfit::place::{render_table, DryRun};
-use vramfit::server::{metrics::Metrics, serve_with_ops, App};
-use vramfit::settings::{load_catalog, Settings};
-use vramfit::snapshot::{load_file, load_workloads};
+use vramfit::dryrun::place::{render_table, DryRun};
+use vramfit::extender::http::{serve_with_ops, App};
+use vramfit::extender::metrics::Metrics;
+use vramfit::extender::settings::{load_catalog, Settings};
+use vramfit::extender::state::ExtenderState;
+use vramfit::kubernetes::snapshot::{load_file, load_workloads};
 
 #[derive(Parser)]
 #[command(
@@ -249,7 +250,7 @@ fn main() -> ExitCode {
             timeout_seconds,
         } => {
             let timeout = std::time::Duration::from_secs(timeout_seconds.max(1));
-            vramfit::probe::check(addr, &path, timeout)
+            vramfit::extender::probe::check(addr, &path, timeout)
                 .map(|_| ExitCode::SUCCESS)
                 .map_err(anyhow::Error::from)
         }
@@ -267,7 +268,7 @@ fn main() -> ExitCode {
             init_logging(cli.log_format, "warn");
             let settings = Settings::load(config.as_deref());
             settings.map_err(anyhow::Error::from).and_then(|settings| {
-                vramfit::replay_cli::run(vramfit::replay_cli::ReplayArgs {
+                vramfit::replay::cli::run(vramfit::replay::cli::ReplayArgs {
                     nodes,
                     pods,
                     seeds,
@@ -318,17 +319,17 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             Some(path) => {
                 let objects = load_file(path)?;
                 tracing::info!(nodes = objects.nodes.len(), pods = objects.pods.len(), snapshot = %path.display(), "loaded snapshot");
-                Arc::new(ClusterState::from_snapshot(&objects, settings.placement, catalog, SystemTime::now()))
+                Arc::new(ExtenderState::from_snapshot(&objects, settings.placement, catalog, SystemTime::now()))
             }
             None => {
-                let client = vramfit::live::client(kubeconfig.as_deref(), context.as_deref()).await?;
-                let binder = vramfit::watch::KubeBinder::new(
+                let client = vramfit::kubernetes::client::client(kubeconfig.as_deref(), context.as_deref()).await?;
+                let binder = vramfit::extender::binder::KubeBinder::new(
                     client.clone(),
                     std::time::Duration::from_millis(settings.server.bind_timeout_millis),
                 );
-                let state = Arc::new(ClusterState::new(settings.placement, catalog, Box::new(binder)));
+                let state = Arc::new(ExtenderState::new(settings.placement, catalog, Box::new(binder)));
                 let ttl = std::time::Duration::from_secs(settings.server.reservation_ttl_seconds);
-                vramfit::watch::spawn_live(client, state.clone(), ttl);
+                vramfit::extender::watch::spawn_live(client, state.clone(), ttl);
                 tracing::info!("watching nodes and pods; ready once both initial lists are in");
                 state
             }
@@ -360,12 +361,13 @@ fn run_agent(
             Ok(reader) => reader,
             Err(none) => {
                 tracing::warn!("{none}; idling until terminated");
-                vramfit::server::shutdown_signal().await;
+                vramfit::shutdown::shutdown_signal().await;
                 return Ok(ExitCode::SUCCESS);
             }
         };
         tracing::info!(runtime = reader.runtime(), node = %node_name, "reading devices");
-        let client = vramfit::live::client(kubeconfig.as_deref(), context.as_deref()).await?;
+        let client =
+            vramfit::kubernetes::client::client(kubeconfig.as_deref(), context.as_deref()).await?;
         let writer = NodeAnnotationWriter::new(client, node_name);
         let mut options = AgentOptions {
             poll: std::time::Duration::from_secs(poll_seconds),
@@ -376,7 +378,7 @@ fn run_agent(
             reader.into(),
             &writer,
             options,
-            vramfit::server::shutdown_signal(),
+            vramfit::shutdown::shutdown_signal(),
         )
         .await;
         tracing::info!(?stats, "stopped");
@@ -404,10 +406,12 @@ fn run_place(args: PlaceArgs) -> anyhow::Result<ExitCode> {
         None => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async {
-                let client =
-                    vramfit::live::client(args.kubeconfig.as_deref(), args.context.as_deref())
-                        .await?;
-                vramfit::live::read_cluster(client).await
+                let client = vramfit::kubernetes::client::client(
+                    args.kubeconfig.as_deref(),
+                    args.context.as_deref(),
+                )
+                .await?;
+                vramfit::kubernetes::client::read_cluster(client).await
             })?
         }
     };
@@ -420,7 +424,7 @@ fn run_place(args: PlaceArgs) -> anyhow::Result<ExitCode> {
     }
     let mut added = Vec::new();
     for spec in &args.add_nodes {
-        let nodes = vramfit::whatif::nodes_from_spec(spec, added.len())?;
+        let nodes = vramfit::dryrun::whatif::nodes_from_spec(spec, added.len())?;
         added.extend(nodes.iter().map(|n| n.metadata.name.clone()));
         cluster.nodes.extend(nodes);
     }
@@ -429,8 +433,11 @@ fn run_place(args: PlaceArgs) -> anyhow::Result<ExitCode> {
     let mut report = dry_run.place_all(&workload.pods, &settings.placement, &catalog);
     report.added_nodes = added;
     if let Some(path) = &args.svg {
-        std::fs::write(path, vramfit::picture::render(&before, &dry_run.inventory))
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(
+            path,
+            vramfit::dryrun::picture::render(&before, &dry_run.inventory),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
     }
     match args.output {
         Output::Table => print!("{}", render_table(&report)),

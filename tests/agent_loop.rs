@@ -5,11 +5,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use vramfit::agent::run::{run, AgentOptions, AnnotationWriter, NodeAnnotationWriter};
 use vramfit::agent::{
     Backoff, DeviceReader, DeviceReading, Health, MigMode, ReadError, WritePolicy,
 };
-use vramfit::cluster::BoxFuture;
 use vramfit::core::node::GpuStatus;
 
 /// Reads an A100 whose used memory grows by 10 GiB per read; every third read fails.

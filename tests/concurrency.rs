@@ -4,13 +4,14 @@
 use std::sync::Arc;
 
 use serde_json::json;
-use vramfit::cluster::{BindTarget, ClusterState, RecordOnly};
 use vramfit::core::{Catalog, Config};
-use vramfit::k8s::{Node, Pod};
+use vramfit::extender::binder::{BindTarget, RecordOnly};
+use vramfit::extender::state::ExtenderState;
+use vramfit::kubernetes::objects::{Node, Pod};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parallel_binds_never_overcommit() {
-    let state = Arc::new(ClusterState::new(
+    let state = Arc::new(ExtenderState::new(
         Config::default(),
         Catalog::default(),
         Box::new(RecordOnly),

@@ -11,11 +11,11 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use vramfit::cluster::ClusterState;
 use vramfit::core::{Catalog, Config};
-use vramfit::server::metrics::Metrics;
-use vramfit::server::{router, App, ServerConfig};
-use vramfit::snapshot::load_file;
+use vramfit::extender::http::{router, App, ServerConfig};
+use vramfit::extender::metrics::Metrics;
+use vramfit::extender::state::ExtenderState;
+use vramfit::kubernetes::snapshot::load_file;
 
 const FIXTURES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -35,7 +35,7 @@ fn app_with(snapshot: Option<&str>) -> axum::Router {
         Some(path) => load_file(Path::new(path)).unwrap(),
         None => Default::default(),
     };
-    let state = ClusterState::from_snapshot(
+    let state = ExtenderState::from_snapshot(
         &objects,
         Config::default(),
         Catalog::default(),

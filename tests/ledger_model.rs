@@ -9,13 +9,13 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use futures::future::BoxFuture;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use vramfit::cluster::{
-    binding_annotations, BindFailure, BindTarget, Binder, BoxFuture, ClusterState,
-};
 use vramfit::core::{Catalog, Config, Placement};
-use vramfit::k8s::{Node, Pod};
+use vramfit::extender::binder::{binding_annotations, BindFailure, BindTarget, Binder};
+use vramfit::extender::state::ExtenderState;
+use vramfit::kubernetes::objects::{Node, Pod};
 
 const NODES: [(&str, &str, u64, u32, bool); 3] = [
     ("a100-0", "NVIDIA-A100-SXM4-80GB", 81920, 2, false),
@@ -144,7 +144,7 @@ fn as_pod(value: &Value) -> Pod {
     serde_json::from_value(value.clone()).unwrap()
 }
 
-fn fresh_state(api: &Arc<Mutex<ApiServer>>, binder: Arc<ScriptedBinder>) -> ClusterState {
+fn fresh_state(api: &Arc<Mutex<ApiServer>>, binder: Arc<ScriptedBinder>) -> ExtenderState {
     struct Shared(Arc<ScriptedBinder>);
     impl Binder for Shared {
         fn bind<'a>(
@@ -155,7 +155,7 @@ fn fresh_state(api: &Arc<Mutex<ApiServer>>, binder: Arc<ScriptedBinder>) -> Clus
             self.0.bind(t, p)
         }
     }
-    let state = ClusterState::new(
+    let state = ExtenderState::new(
         Config::default(),
         Catalog::default(),
         Box::new(Shared(binder)),
@@ -174,7 +174,7 @@ fn fresh_state(api: &Arc<Mutex<ApiServer>>, binder: Arc<ScriptedBinder>) -> Clus
 }
 
 /// (pod, node, devices) of every placement in the ledger.
-fn ledger(state: &ClusterState) -> BTreeSet<(String, String, Vec<u32>)> {
+fn ledger(state: &ExtenderState) -> BTreeSet<(String, String, Vec<u32>)> {
     state
         .read()
         .placements()
@@ -210,7 +210,7 @@ fn api_bound(api: &ApiServer) -> BTreeSet<(String, String, Vec<u32>)> {
         .collect()
 }
 
-fn check_no_overcommit(state: &ClusterState, api: &ApiServer) -> Result<(), TestCaseError> {
+fn check_no_overcommit(state: &ExtenderState, api: &ApiServer) -> Result<(), TestCaseError> {
     for node in state.read().nodes() {
         prop_assert!(node.held_devices() <= node.allocatable_devices);
         for d in &node.devices {

@@ -18,10 +18,10 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 use tower::ServiceExt;
 
-use vramfit::cluster::ClusterState;
 use vramfit::core::{Catalog, Config};
-use vramfit::server::metrics::Metrics;
-use vramfit::server::{router, App, ServerConfig};
+use vramfit::extender::http::{router, App, ServerConfig};
+use vramfit::extender::metrics::Metrics;
+use vramfit::extender::state::ExtenderState;
 
 #[derive(Clone)]
 struct Fake {
@@ -207,8 +207,9 @@ async fn live_mode_lists_watches_binds_and_recovers() {
         format!("http://127.0.0.1:{port}").parse().unwrap(),
     ))
     .unwrap();
-    let binder = vramfit::watch::KubeBinder::new(client.clone(), Duration::from_millis(300));
-    let state = Arc::new(ClusterState::new(
+    let binder =
+        vramfit::extender::binder::KubeBinder::new(client.clone(), Duration::from_millis(300));
+    let state = Arc::new(ExtenderState::new(
         Config::default(),
         Catalog::default(),
         Box::new(binder),
@@ -234,14 +235,17 @@ async fn live_mode_lists_watches_binds_and_recovers() {
         StatusCode::SERVICE_UNAVAILABLE,
         "not ready before the lists"
     );
-    vramfit::watch::spawn_live(client, state.clone(), Duration::from_secs(120));
+    vramfit::extender::watch::spawn_live(client, state.clone(), Duration::from_secs(120));
     eventually("ready after both lists (the first pod watch broke)", || {
         state.is_ready()
     })
     .await;
     assert_eq!(readyz(app.clone()).await, StatusCode::OK);
     eventually("the broken pod watch is counted", || {
-        state.health.errors(vramfit::cluster::WatchedResource::Pods) >= 1
+        state
+            .health
+            .errors(vramfit::extender::state::WatchedResource::Pods)
+            >= 1
     })
     .await;
     {

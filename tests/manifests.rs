@@ -28,11 +28,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tower::ServiceExt;
 
-use vramfit::cluster::{ClusterState, RecordOnly, WatchedResource};
 use vramfit::core::Reason;
-use vramfit::server::metrics::{Metrics, ReasonLabels};
-use vramfit::server::{ops_router, router, App};
-use vramfit::settings::{load_catalog, Settings};
+use vramfit::extender::binder::RecordOnly;
+use vramfit::extender::http::{ops_router, router, App};
+use vramfit::extender::metrics::{Metrics, ReasonLabels};
+use vramfit::extender::settings::{load_catalog, Settings};
+use vramfit::extender::state::{ExtenderState, WatchedResource};
 
 // ---------------------------------------------------------------------------------------------
 // The tables the RBAC must match. Each row is one (ServiceAccount, scope, API group, resource,
@@ -41,8 +42,8 @@ use vramfit::settings::{load_catalog, Settings};
 /// Mirrors the API calls of the code (checked against recorded requests below):
 /// * agent (`src/agent/run.rs`): PATCH its Node (a JSON merge patch of one annotation); get to
 ///   read it back.
-/// * extender (`vramfit-extender`; live mode, `src/watch.rs`): the watchers list and watch nodes
-///   and pods, `KubeBinder` creates pods/binding (`src/live.rs`, for `place`, only lists). No
+/// * extender (`vramfit-extender`; live mode, `src/extender/watch.rs`): the watchers list and watch nodes
+///   and pods, `KubeBinder` creates pods/binding (`src/extender/binder.rs`; `src/kubernetes/client.rs`, for `place`, only lists). No
 ///   get: nothing reads one object by name.
 /// * the second kube-scheduler: its leader-election Lease, get and update (create comes with
 ///   system:kube-scheduler).
@@ -771,7 +772,7 @@ fn app_of(sidecar: &Sidecar) -> (App, Settings) {
     let files = scratch_files(sidecar, "app");
     let settings = Settings::load(Some(&files["config"])).unwrap();
     let catalog = load_catalog(Some(&files["catalog"])).unwrap();
-    let cluster = ClusterState::new(settings.placement.clone(), catalog, Box::new(RecordOnly));
+    let cluster = ExtenderState::new(settings.placement.clone(), catalog, Box::new(RecordOnly));
     cluster.set_ready(true);
     let app = App {
         cluster: Arc::new(cluster),
@@ -1092,7 +1093,7 @@ fn the_sidecar_command_serves_live_and_its_probes_pass() {
     let (_, live_path) = http_probe(vramfit, vramfit.liveness_probe.as_ref(), "liveness");
     let (_, ready_path) = http_probe(vramfit, vramfit.readiness_probe.as_ref(), "readiness");
     // An HTTP GET that passes on 200 only, as the kubelet's httpGet (and `vramfit probe`).
-    let get = |path: &str| vramfit::probe::check(metrics, path, Duration::from_secs(5));
+    let get = |path: &str| vramfit::extender::probe::check(metrics, path, Duration::from_secs(5));
     let wait = |what: &str, server: &mut std::process::Child, ok: &dyn Fn() -> bool| {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !ok() {
@@ -1115,7 +1116,11 @@ fn the_sidecar_command_serves_live_and_its_probes_pass() {
     );
     let exposition = get("/metrics");
     let verb = get("/scheduler/filter");
-    let main = vramfit::probe::check(listen.parse().unwrap(), &ready_path, Duration::from_secs(5));
+    let main = vramfit::extender::probe::check(
+        listen.parse().unwrap(),
+        &ready_path,
+        Duration::from_secs(5),
+    );
     server.kill().unwrap();
     server.wait().unwrap();
     let before = before.unwrap_err().to_string();
@@ -1153,19 +1158,22 @@ fn probe_answers_on_status_200_only() {
     }
     let t = Duration::from_secs(5);
     let addr = answer("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
-    assert_eq!(vramfit::probe::check(addr, "/healthz", t).unwrap(), "ok");
+    assert_eq!(
+        vramfit::extender::probe::check(addr, "/healthz", t).unwrap(),
+        "ok"
+    );
     let addr = answer("HTTP/1.1 503 Service Unavailable\r\n\r\nnot ready");
-    let e = vramfit::probe::check(addr, "/readyz", t).unwrap_err();
+    let e = vramfit::extender::probe::check(addr, "/readyz", t).unwrap_err();
     assert!(e.to_string().ends_with("/readyz: status 503"), "{e}");
     let addr = answer("SSH-2.0-OpenSSH\r\n");
     assert!(matches!(
-        vramfit::probe::check(addr, "/healthz", t),
-        Err(vramfit::probe::ProbeError::NotHttp { .. })
+        vramfit::extender::probe::check(addr, "/healthz", t),
+        Err(vramfit::extender::probe::ProbeError::NotHttp { .. })
     ));
     for bad in ["healthz", "/a b"] {
         assert!(matches!(
-            vramfit::probe::check(addr, bad, t),
-            Err(vramfit::probe::ProbeError::BadPath(_))
+            vramfit::extender::probe::check(addr, bad, t),
+            Err(vramfit::extender::probe::ProbeError::BadPath(_))
         ));
     }
 }
@@ -1551,7 +1559,9 @@ fn the_api_calls_the_code_makes_are_granted() {
     // `place` without a snapshot: lists only.
     let place = calls(&|| {
         runtime.block_on(async {
-            vramfit::live::read_cluster(client()).await.unwrap();
+            vramfit::kubernetes::client::read_cluster(client())
+                .await
+                .unwrap();
         });
     });
     // The extender in live mode: the watchers until both have listed and are watching, and one
@@ -1559,12 +1569,12 @@ fn the_api_calls_the_code_makes_are_granted() {
     let extender = calls(&|| {
         runtime.block_on(async {
             let catalog = vramfit::core::Catalog::default();
-            let state = Arc::new(ClusterState::new(
+            let state = Arc::new(ExtenderState::new(
                 vramfit::core::Config::default(),
                 catalog,
                 Box::new(RecordOnly),
             ));
-            vramfit::watch::spawn_live(client(), state.clone(), Duration::from_secs(120));
+            vramfit::extender::watch::spawn_live(client(), state.clone(), Duration::from_secs(120));
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 let watching = seen
@@ -1579,7 +1589,7 @@ fn the_api_calls_the_code_makes_are_granted() {
                 assert!(Instant::now() < deadline, "the watchers list, then watch");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            use vramfit::cluster::{BindTarget, Binder};
+            use vramfit::extender::binder::{BindTarget, Binder};
             let target = BindTarget {
                 namespace: "default".into(),
                 name: "p".into(),
@@ -1594,7 +1604,7 @@ fn the_api_calls_the_code_makes_are_granted() {
                 shares: Vec::new(),
                 exclusive: true,
             };
-            vramfit::watch::KubeBinder::new(client(), Duration::from_secs(3))
+            vramfit::extender::binder::KubeBinder::new(client(), Duration::from_secs(3))
                 .bind(&target, &placement)
                 .await
                 .unwrap();
@@ -2004,12 +2014,12 @@ fn exported_metrics() -> BTreeSet<String> {
         })
         .inc();
     // The scrape-time gauges, from a cluster with one GPU node and a watch event seen.
-    let cluster = ClusterState::new(
+    let cluster = ExtenderState::new(
         vramfit::core::Config::default(),
         vramfit::core::Catalog::default(),
         Box::new(RecordOnly),
     );
-    let node: vramfit::k8s::Node = serde_json::from_value(serde_json::json!({
+    let node: vramfit::kubernetes::objects::Node = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "gpu-1", "labels": {
             "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB", "nvidia.com/gpu.memory": "81920"}},
         "status": {"allocatable": {"nvidia.com/gpu": "2"}}

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde_json::Value;
 use vramfit::core::node::DEVICE_RESOURCES;
-use vramfit::settings::Settings;
+use vramfit::extender::settings::Settings;
 
 fn yaml(path: &str) -> Value {
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap();

@@ -14,7 +14,7 @@
 //! let mut state = WriteState::new(WritePolicy::default());
 //! loop {
 //!     let status = gpu_status(&reader.read()?, SystemTime::now());
-//!     if let Decision::Write(_) = state.decide(&status, Instant::now()) {
+//!     if let WriteDecision::Write(_) = state.decide(&status, Instant::now()) {
 //!         match patch_annotation(ANNOTATION_GPU_STATUS, &annotation_value(&status)?) {
 //!             Ok(()) => state.succeeded(&status, Instant::now()),
 //!             Err(_) => { state.failed(Instant::now()); }
@@ -34,7 +34,7 @@ pub use devices::{DeviceReader, DeviceReading, Health, MigMode, ReadError};
 pub use npu_smi::{CommandOutput, CommandRunner, NpuSmiReader, SystemRunner};
 pub use nvml::{NvmlApi, NvmlReader, RealNvml};
 pub use report::{
-    annotation_value, gpu_status, Backoff, Decision, WritePolicy, WriteReason, WriteState,
+    annotation_value, gpu_status, Backoff, WriteDecision, WritePolicy, WriteReason, WriteState,
 };
 
 /// No accelerator runtime answered on this node; says why each did not.

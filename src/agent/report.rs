@@ -144,7 +144,7 @@ pub enum WriteReason {
 
 /// What to do with a fresh report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub enum WriteDecision {
     Write(WriteReason),
     /// Nothing worth writing; the next heartbeat is due at `heartbeat_at`.
     Skip {
@@ -189,21 +189,21 @@ impl WriteState {
     }
 
     /// Whether `status`, read at `now`, should be written.
-    pub fn decide(&self, status: &GpuStatus, now: Instant) -> Decision {
+    pub fn decide(&self, status: &GpuStatus, now: Instant) -> WriteDecision {
         if let Some(until) = self.retry_at.filter(|t| now < *t) {
-            return Decision::BackOff { until };
+            return WriteDecision::BackOff { until };
         }
         let Some((written, at)) = &self.last else {
-            return Decision::Write(WriteReason::First);
+            return WriteDecision::Write(WriteReason::First);
         };
         if let Some(reason) = change(&self.policy, written, &status.devices) {
-            return Decision::Write(reason);
+            return WriteDecision::Write(reason);
         }
         let heartbeat_at = *at + self.policy.heartbeat;
         if now >= heartbeat_at {
-            Decision::Write(WriteReason::Heartbeat)
+            WriteDecision::Write(WriteReason::Heartbeat)
         } else {
-            Decision::Skip { heartbeat_at }
+            WriteDecision::Skip { heartbeat_at }
         }
     }
 
@@ -384,18 +384,21 @@ mod tests {
         let t0 = Instant::now();
         let mut w = WriteState::new(WritePolicy::default());
         let s = status(&[(1000, true), (0, true)]);
-        assert_eq!(w.decide(&s, t0), Decision::Write(WriteReason::First));
+        assert_eq!(w.decide(&s, t0), WriteDecision::Write(WriteReason::First));
         w.succeeded(&s, t0);
         let due = t0 + Duration::from_secs(30);
         assert_eq!(
             w.decide(&s, t0 + Duration::from_secs(29)),
-            Decision::Skip { heartbeat_at: due }
+            WriteDecision::Skip { heartbeat_at: due }
         );
-        assert_eq!(w.decide(&s, due), Decision::Write(WriteReason::Heartbeat));
+        assert_eq!(
+            w.decide(&s, due),
+            WriteDecision::Write(WriteReason::Heartbeat)
+        );
         w.succeeded(&s, due);
         assert_eq!(
             w.decide(&s, due + Duration::from_secs(1)),
-            Decision::Skip {
+            WriteDecision::Skip {
                 heartbeat_at: due + Duration::from_secs(30)
             }
         );
@@ -409,12 +412,12 @@ mod tests {
         w.succeeded(&status(&[(1000, true), (0, true)]), t0);
         // 512 MiB exactly is not more than the threshold.
         let small = status(&[(1512, true), (0, true)]);
-        assert!(matches!(w.decide(&small, t1), Decision::Skip { .. }));
+        assert!(matches!(w.decide(&small, t1), WriteDecision::Skip { .. }));
         // Drift adds up against the last written value, in either direction.
         let more = status(&[(1000, true), (513, true)]);
         assert_eq!(
             w.decide(&more, t1),
-            Decision::Write(WriteReason::UsedMemoryMoved {
+            WriteDecision::Write(WriteReason::UsedMemoryMoved {
                 index: 1,
                 from_mib: 0,
                 to_mib: 513
@@ -423,7 +426,7 @@ mod tests {
         let freed = status(&[(487, true), (0, true)]);
         assert_eq!(
             w.decide(&freed, t1),
-            Decision::Write(WriteReason::UsedMemoryMoved {
+            WriteDecision::Write(WriteReason::UsedMemoryMoved {
                 index: 0,
                 from_mib: 1000,
                 to_mib: 487
@@ -442,10 +445,13 @@ mod tests {
         let mut w = WriteState::new(policy);
         let small = |used| gpu_status(&[reading(0, "Tesla T4", 15360, used)], at(0));
         w.succeeded(&small(0), t0);
-        assert!(matches!(w.decide(&small(1536), t0), Decision::Skip { .. }));
+        assert!(matches!(
+            w.decide(&small(1536), t0),
+            WriteDecision::Skip { .. }
+        ));
         assert!(matches!(
             w.decide(&small(1537), t0),
-            Decision::Write(WriteReason::UsedMemoryMoved { .. })
+            WriteDecision::Write(WriteReason::UsedMemoryMoved { .. })
         ));
     }
 
@@ -456,23 +462,23 @@ mod tests {
         w.succeeded(&status(&[(0, true), (0, true)]), t0);
         assert_eq!(
             w.decide(&status(&[(0, true), (0, false)]), t0),
-            Decision::Write(WriteReason::HealthChanged { index: 1 })
+            WriteDecision::Write(WriteReason::HealthChanged { index: 1 })
         );
         assert_eq!(
             w.decide(&status(&[(0, true)]), t0),
-            Decision::Write(WriteReason::DevicesChanged)
+            WriteDecision::Write(WriteReason::DevicesChanged)
         );
         // Same count, another device in slot 1: identity changed.
         let mut swapped = status(&[(0, true), (0, true)]);
         swapped.devices[1].uuid = "GPU-other".into();
         assert_eq!(
             w.decide(&swapped, t0),
-            Decision::Write(WriteReason::DevicesChanged)
+            WriteDecision::Write(WriteReason::DevicesChanged)
         );
         // The set wins over health and memory when both change.
         assert_eq!(
             w.decide(&status(&[(9000, false)]), t0),
-            Decision::Write(WriteReason::DevicesChanged)
+            WriteDecision::Write(WriteReason::DevicesChanged)
         );
     }
 
@@ -485,24 +491,24 @@ mod tests {
         assert_eq!(w.failed(t0), s(1));
         assert_eq!(
             w.decide(&report, t0),
-            Decision::BackOff { until: t0 + s(1) }
+            WriteDecision::BackOff { until: t0 + s(1) }
         );
         assert_eq!(
             w.decide(&report, t0 + s(1)),
-            Decision::Write(WriteReason::First)
+            WriteDecision::Write(WriteReason::First)
         );
         assert_eq!(w.failed(t0 + s(1)), s(2));
         assert_eq!(w.failed(t0 + s(3)), s(4));
         assert_eq!(w.failures(), 3);
         assert_eq!(
             w.decide(&report, t0 + s(5)),
-            Decision::BackOff { until: t0 + s(7) }
+            WriteDecision::BackOff { until: t0 + s(7) }
         );
         w.succeeded(&report, t0 + s(7));
         assert_eq!(w.failures(), 0);
         assert_eq!(
             w.decide(&report, t0 + s(8)),
-            Decision::Skip {
+            WriteDecision::Skip {
                 heartbeat_at: t0 + s(37)
             }
         );
@@ -518,16 +524,16 @@ mod tests {
         w.succeeded(&report, t0);
         assert_eq!(
             w.decide(&report, t0 + s(30)),
-            Decision::Write(WriteReason::Heartbeat)
+            WriteDecision::Write(WriteReason::Heartbeat)
         );
         w.failed(t0 + s(30));
         assert_eq!(
             w.decide(&report, t0 + s(30)),
-            Decision::BackOff { until: t0 + s(31) }
+            WriteDecision::BackOff { until: t0 + s(31) }
         );
         assert_eq!(
             w.decide(&report, t0 + s(31)),
-            Decision::Write(WriteReason::Heartbeat)
+            WriteDecision::Write(WriteReason::Heartbeat)
         );
     }
 }

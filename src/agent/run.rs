@@ -11,9 +11,9 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 use super::devices::DeviceReader;
-use super::report::{annotation_value, gpu_status, Decision, WritePolicy, WriteState};
-use crate::cluster::BoxFuture;
+use super::report::{annotation_value, gpu_status, WriteDecision, WritePolicy, WriteState};
 use crate::core::node::ANNOTATION_GPU_STATUS;
+use futures::future::BoxFuture;
 
 /// Writes the annotation value somewhere (the Node through the API server; a fake in tests).
 pub trait AnnotationWriter: Send + Sync {
@@ -100,7 +100,7 @@ pub async fn run(
             }
             Ok(readings) => {
                 let status = gpu_status(&readings, SystemTime::now());
-                if let Decision::Write(reason) = state.decide(&status, Instant::now()) {
+                if let WriteDecision::Write(reason) = state.decide(&status, Instant::now()) {
                     let value = match annotation_value(&status) {
                         Ok(value) => value,
                         Err(error) => {

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::k8s::Node;
-use crate::snapshot::{parse_documents, LoadError};
+use crate::kubernetes::objects::Node;
+use crate::kubernetes::snapshot::{parse_documents, LoadError};
 
 /// Device classes `--add-nodes` knows: name, GFD product (or Ascend chip), VRAM MiB.
 pub const CLASSES: &[(&str, &str, u64)] = &[

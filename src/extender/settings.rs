@@ -6,8 +6,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::core::{Catalog, Config};
-use crate::server::ServerConfig;
-use crate::snapshot::{parse_documents, LoadError};
+use crate::extender::http::ServerConfig;
+use crate::kubernetes::snapshot::{parse_documents, LoadError};
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
-use crate::k8s::Pod;
+use crate::kubernetes::objects::Pod;
 
 fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
 where

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::core::quantity::{parse_quantity, QuantityError};
-use crate::k8s::{Node, Pod, SelectorRequirement, Taint, Toleration};
+use crate::kubernetes::objects::{Node, Pod, SelectorRequirement, Taint, Toleration};
 
 /// Resources kube-scheduler is configured to ignore (`ignoredByScheduler: true` in
 /// scheduler-config/): VRAM vocabularies no node advertises.
@@ -54,32 +54,33 @@ fn base_units(resource: &str, text: &str) -> Result<u64, QuantityError> {
 /// other init container needs its own amount plus the sidecars before it; the pod needs the max).
 /// A container's limit stands in for a missing request.
 pub fn pod_requests(pod: &Pod) -> Result<Requests, String> {
-    let read = |c: &crate::k8s::Container| -> Result<BTreeMap<String, u64>, String> {
-        let mut out = BTreeMap::new();
-        let names = c
-            .resources
-            .requests
-            .0
-            .keys()
-            .chain(c.resources.limits.0.keys());
-        for name in names {
-            if out.contains_key(name) {
-                continue;
-            }
-            let text = c
+    let read =
+        |c: &crate::kubernetes::objects::Container| -> Result<BTreeMap<String, u64>, String> {
+            let mut out = BTreeMap::new();
+            let names = c
                 .resources
                 .requests
                 .0
-                .get(name)
-                .or_else(|| c.resources.limits.0.get(name));
-            if let Some(text) = text {
-                let amount =
-                    base_units(name, text).map_err(|e| format!("invalid {name} {text:?}: {e}"))?;
-                out.insert(name.clone(), amount);
+                .keys()
+                .chain(c.resources.limits.0.keys());
+            for name in names {
+                if out.contains_key(name) {
+                    continue;
+                }
+                let text = c
+                    .resources
+                    .requests
+                    .0
+                    .get(name)
+                    .or_else(|| c.resources.limits.0.get(name));
+                if let Some(text) = text {
+                    let amount = base_units(name, text)
+                        .map_err(|e| format!("invalid {name} {text:?}: {e}"))?;
+                    out.insert(name.clone(), amount);
+                }
             }
-        }
-        Ok(out)
-    };
+            Ok(out)
+        };
     let mut running: BTreeMap<String, u64> = BTreeMap::new();
     for c in &pod.spec.containers {
         for (name, amount) in read(c)? {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::k8s::{Node, Pod};
+use crate::kubernetes::objects::{Node, Pod};
 
 /// Why a file could not be loaded. Always names the file, and the line where known.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +103,7 @@ fn expand(value: &Value, kind: &str) -> Result<Vec<Pod>, String> {
             pod.metadata.name = format!("{name}-{i}");
             pod.metadata.namespace = namespace.to_string();
             pod.metadata.uid = format!("{namespace}/{name}-{i}");
-            pod.metadata.owner_references = vec![crate::k8s::OwnerReference {
+            pod.metadata.owner_references = vec![crate::kubernetes::objects::OwnerReference {
                 kind: kind.to_string(),
                 name: name.to_string(),
                 controller: true,

@@ -2,9 +2,6 @@
 //! `GET /healthz`, `/readyz`, `/metrics`, `/version`. Handlers translate the wire format to the
 //! core and back; they hold no placement logic of their own.
 
-pub mod metrics;
-pub mod wire;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,14 +16,16 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::cluster::{BindTarget, ClusterState};
-use crate::core::{build_node, pod_demand, NodeInfo};
-use crate::k8s::Node;
-use metrics::{Metrics, ReasonLabels};
-use wire::{
+use super::metrics::{Metrics, ReasonLabels};
+use super::wire::{
     ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult, HostPriority,
     Name, NodeListOut, PairMap, RawNodeList,
 };
+use crate::core::{build_node, pod_demand, NodeInfo};
+use crate::extender::binder::BindTarget;
+use crate::extender::state::ExtenderState;
+use crate::kubernetes::objects::Node;
+use crate::shutdown::shutdown_signal;
 
 /// Settings of the HTTP layer (the `server:` section of the config file).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -68,7 +67,7 @@ impl Default for ServerConfig {
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct App {
-    pub cluster: Arc<ClusterState>,
+    pub cluster: Arc<ExtenderState>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -446,23 +445,4 @@ pub async fn serve_with_ops(
         _ => return Err(ServeError::TlsHalfConfigured),
     };
     result.map_err(|source| ServeError::Listen { addr, source })
-}
-
-/// Completes on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }

@@ -3,9 +3,7 @@
 //! real. Snapshot mode records binds in memory; live Kubernetes mode plugs in its own binder and
 //! feeds the inventory from watchers, without touching the core.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -16,77 +14,12 @@ use crate::core::{
     build_node, fit_node, pod_demand, record_bound, Catalog, Config, Demand, Inventory, Placement,
 };
 use crate::core::{PodDemand, PodFacts};
-use crate::k8s::{Node, Pod};
-use crate::snapshot::Objects;
+use crate::extender::binder::{BindTarget, Binder, RecordOnly};
+use crate::kubernetes::objects::{Node, Pod};
+use crate::kubernetes::snapshot::Objects;
 
 /// How many filtered pods' demands are remembered for the bind that follows.
 const DEMAND_CACHE_SIZE: usize = 16_384;
-
-/// A boxed future, for object-safe async traits.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Identifies the pod of a bind call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BindTarget {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-    pub node: String,
-}
-
-/// Why a binder could not make a placement real.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BindFailure {
-    pub message: String,
-    /// The API server answered that the binding was not made (a 4xx). When false (a timeout,
-    /// a dropped connection, a 5xx) the binding may have happened: the reservation is kept
-    /// until the pod watch or the reservation TTL settles it.
-    pub definite: bool,
-}
-
-/// Makes a committed placement real (creates the Binding), or says why not.
-pub trait Binder: Send + Sync {
-    fn bind<'a>(
-        &'a self,
-        target: &'a BindTarget,
-        placement: &'a Placement,
-    ) -> BoxFuture<'a, Result<(), BindFailure>>;
-}
-
-/// The annotations a Binding carries so the API server writes the assignment onto the pod with
-/// the node: `vramfit.io/assigned-devices` (`0,1`) and, when the pod needs VRAM, `vramfit.io/vram`
-/// per device in MiB. A restarted extender rebuilds the ledger from them.
-pub fn binding_annotations(placement: &Placement) -> BTreeMap<String, String> {
-    let mut annotations = BTreeMap::new();
-    let devices: Vec<String> = placement
-        .shares
-        .iter()
-        .map(|s| s.index.to_string())
-        .collect();
-    annotations.insert(ANNOTATION_ASSIGNED_DEVICES.to_string(), devices.join(","));
-    if let Some(vram) = placement
-        .shares
-        .first()
-        .map(|s| s.vram_mib)
-        .filter(|v| *v > 0)
-    {
-        annotations.insert(ANNOTATION_VRAM.to_string(), format!("{vram}Mi"));
-    }
-    annotations
-}
-
-/// Snapshot mode: the placement lives in memory only.
-pub struct RecordOnly;
-
-impl Binder for RecordOnly {
-    fn bind<'a>(
-        &'a self,
-        _: &'a BindTarget,
-        _: &'a Placement,
-    ) -> BoxFuture<'a, Result<(), BindFailure>> {
-        Box::pin(async { Ok(()) })
-    }
-}
 
 /// Why a bind failed; the text goes into the bind reply's `Error`.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -199,7 +132,7 @@ impl WatchHealth {
 }
 
 /// Everything the server reads and writes.
-pub struct ClusterState {
+pub struct ExtenderState {
     pub config: Config,
     pub catalog: Catalog,
     inventory: RwLock<Inventory>,
@@ -212,10 +145,10 @@ pub struct ClusterState {
     pub health: WatchHealth,
 }
 
-impl ClusterState {
+impl ExtenderState {
     /// An empty state with the given binder, not yet ready.
     pub fn new(config: Config, catalog: Catalog, binder: Box<dyn Binder>) -> Self {
-        ClusterState {
+        ExtenderState {
             config,
             catalog,
             inventory: RwLock::new(Inventory::new()),
@@ -234,7 +167,7 @@ impl ClusterState {
         catalog: Catalog,
         now: SystemTime,
     ) -> Self {
-        let state = ClusterState::new(config, catalog, Box::new(RecordOnly));
+        let state = ExtenderState::new(config, catalog, Box::new(RecordOnly));
         {
             let mut inventory = state.write();
             load_snapshot(&mut inventory, objects, &state.config, &state.catalog, now);

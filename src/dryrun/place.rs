@@ -9,13 +9,13 @@ use serde::Serialize;
 
 use std::collections::HashMap;
 
-use crate::cluster::load_snapshot;
 use crate::core::quantity::format_mib;
 use crate::core::schedule::Decision;
 use crate::core::{place_where, pod_demand, Catalog, Config, Inventory};
-use crate::k8s::{Node, Pod};
-use crate::kube_checks::{pod_requests, reject_reason, NodeUsage};
-use crate::snapshot::Objects;
+use crate::dryrun::kube_checks::{pod_requests, reject_reason, NodeUsage};
+use crate::extender::state::load_snapshot;
+use crate::kubernetes::objects::{Node, Pod};
+use crate::kubernetes::snapshot::Objects;
 
 /// One device a placed pod got.
 #[derive(Debug, Clone, PartialEq, Serialize)]

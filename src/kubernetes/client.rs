@@ -11,7 +11,7 @@ use kube::{Client, Config};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::snapshot::Objects;
+use crate::kubernetes::snapshot::Objects;
 
 /// Why the cluster could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -8,9 +8,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::cluster::{ClusterState, WatchedResource};
 use crate::core::schedule::stranded_devices;
 use crate::core::Inventory;
+use crate::extender::state::{ExtenderState, WatchedResource};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerbLabels {
@@ -233,7 +233,7 @@ impl Metrics {
     }
 
     /// Sets the watch and reservation gauges from the cluster state.
-    pub fn refresh_watch(&self, cluster: &ClusterState) {
+    pub fn refresh_watch(&self, cluster: &ExtenderState) {
         self.reservations.set(cluster.reserved_pods() as i64);
         for (resource, name) in [
             (WatchedResource::Nodes, "nodes"),

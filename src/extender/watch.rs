@@ -1,7 +1,7 @@
 //! Live Kubernetes mode: watchers on Nodes and Pods (kube-runtime, with backoff) keep the
 //! cluster state current, a sweeper expires unconfirmed reservations, and [`KubeBinder`] creates
 //! Bindings that carry the device assignment. Objects are converted to the lean types of
-//! [`crate::k8s`] at once, so only what placement needs is kept.
+//! [`crate::kubernetes::objects`] at once, so only what placement needs is kept.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -9,88 +9,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node as ApiNode, Pod as ApiPod};
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Client;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::{json, Value};
 
-use crate::cluster::{
-    binding_annotations, BindFailure, BindTarget, Binder, BoxFuture, ClusterState, WatchedResource,
-};
-use crate::core::Placement;
-use crate::k8s::{Node, Pod};
-
-/// Creates Bindings through the API server (RBAC: `create` on `pods/binding`).
-pub struct KubeBinder {
-    client: Client,
-    timeout: Duration,
-}
-
-impl KubeBinder {
-    /// A binder that gives the API server `timeout` per binding (keep it well under
-    /// kube-scheduler's `httpTimeout`).
-    pub fn new(client: Client, timeout: Duration) -> Self {
-        KubeBinder { client, timeout }
-    }
-}
-
-/// The Binding object for a placement.
-pub fn binding_object(target: &BindTarget, placement: &Placement) -> Value {
-    let mut metadata = json!({
-        "name": target.name,
-        "namespace": target.namespace,
-        "annotations": binding_annotations(placement),
-    });
-    if !target.uid.is_empty() {
-        metadata["uid"] = json!(target.uid);
-    }
-    json!({
-        "apiVersion": "v1",
-        "kind": "Binding",
-        "metadata": metadata,
-        "target": {"apiVersion": "v1", "kind": "Node", "name": target.node},
-    })
-}
-
-impl Binder for KubeBinder {
-    fn bind<'a>(
-        &'a self,
-        target: &'a BindTarget,
-        placement: &'a Placement,
-    ) -> BoxFuture<'a, Result<(), BindFailure>> {
-        Box::pin(async move {
-            let api: Api<ApiPod> = Api::namespaced(self.client.clone(), &target.namespace);
-            let body = binding_object(target, placement);
-            let params = PostParams::default();
-            let call =
-                api.create_subresource::<Value, Value>("binding", &target.name, &params, &body);
-            match tokio::time::timeout(self.timeout, call).await {
-                Err(_) => Err(BindFailure {
-                    message: format!("the API server did not answer within {:?}", self.timeout),
-                    definite: false,
-                }),
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(kube::Error::Api(status))) => {
-                    let same_node = format!("already assigned to node \"{}\"", target.node);
-                    if status.code == 409 && status.message.contains(&same_node) {
-                        return Ok(());
-                    }
-                    Err(BindFailure {
-                        message: format!("{} ({})", status.message, status.code),
-                        definite: (400..500).contains(&status.code),
-                    })
-                }
-                Ok(Err(other)) => Err(BindFailure {
-                    message: other.to_string(),
-                    definite: false,
-                }),
-            }
-        })
-    }
-}
+use crate::extender::state::{ExtenderState, WatchedResource};
+use crate::kubernetes::objects::{Node, Pod};
 
 fn lean<T: Serialize, U: DeserializeOwned>(object: &T) -> Result<U, String> {
     serde_json::to_value(object)
@@ -111,10 +38,10 @@ trait Watched: DeserializeOwned + Sized {
     const RESOURCE: WatchedResource;
     /// Identity in a relist's "seen" set.
     fn key(&self) -> String;
-    fn apply(&self, state: &ClusterState);
-    fn delete(&self, state: &ClusterState);
+    fn apply(&self, state: &ExtenderState);
+    fn delete(&self, state: &ExtenderState);
     /// After a full relist: forget what the list no longer has.
-    fn retain(state: &ClusterState, seen: &HashSet<String>);
+    fn retain(state: &ExtenderState, seen: &HashSet<String>);
 }
 
 impl Watched for Node {
@@ -123,13 +50,13 @@ impl Watched for Node {
     fn key(&self) -> String {
         self.metadata.name.clone()
     }
-    fn apply(&self, state: &ClusterState) {
+    fn apply(&self, state: &ExtenderState) {
         state.apply_node(self, SystemTime::now());
     }
-    fn delete(&self, state: &ClusterState) {
+    fn delete(&self, state: &ExtenderState) {
         state.delete_node(&self.metadata.name);
     }
-    fn retain(state: &ClusterState, seen: &HashSet<String>) {
+    fn retain(state: &ExtenderState, seen: &HashSet<String>) {
         state.retain_nodes(seen);
     }
 }
@@ -140,13 +67,13 @@ impl Watched for Pod {
     fn key(&self) -> String {
         self.facts().ledger_id()
     }
-    fn apply(&self, state: &ClusterState) {
+    fn apply(&self, state: &ExtenderState) {
         state.apply_pod(self);
     }
-    fn delete(&self, state: &ClusterState) {
+    fn delete(&self, state: &ExtenderState) {
         state.delete_pod(self);
     }
-    fn retain(state: &ClusterState, seen: &HashSet<String>) {
+    fn retain(state: &ExtenderState, seen: &HashSet<String>) {
         state.retain_pods(seen);
     }
 }
@@ -154,7 +81,7 @@ impl Watched for Pod {
 /// Watches one resource until the stream ends (it does not: the watcher retries with backoff).
 /// A malformed object is logged and skipped; a failing watch is counted and retried while the
 /// state keeps answering from what it knows.
-async fn watch<T: Watched>(client: Client, state: Arc<ClusterState>) {
+async fn watch<T: Watched>(client: Client, state: Arc<ExtenderState>) {
     let resource = T::RESOURCE;
     let stream = watcher(Api::<T::Api>::all(client)).default_backoff();
     futures::pin_mut!(stream);
@@ -201,12 +128,12 @@ async fn watch<T: Watched>(client: Client, state: Arc<ClusterState>) {
 }
 
 /// Watches Nodes (see [`watch`]).
-pub async fn watch_nodes(client: Client, state: Arc<ClusterState>) {
+pub async fn watch_nodes(client: Client, state: Arc<ExtenderState>) {
     watch::<Node>(client, state).await
 }
 
 /// Watches Pods (see [`watch`]).
-pub async fn watch_pods(client: Client, state: Arc<ClusterState>) {
+pub async fn watch_pods(client: Client, state: Arc<ExtenderState>) {
     watch::<Pod>(client, state).await
 }
 
@@ -218,7 +145,7 @@ where
 }
 
 /// Releases reservations no pod event confirmed within `ttl`, every `every`.
-pub async fn sweep_reservations(state: Arc<ClusterState>, ttl: Duration, every: Duration) {
+pub async fn sweep_reservations(state: Arc<ExtenderState>, ttl: Duration, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         let expired = state.expire_reservations(Instant::now(), ttl);
@@ -233,7 +160,7 @@ pub async fn sweep_reservations(state: Arc<ClusterState>, ttl: Duration, every: 
 }
 
 /// Starts the watchers and the sweeper; the state turns ready once both initial lists are in.
-pub fn spawn_live(client: Client, state: Arc<ClusterState>, reservation_ttl: Duration) {
+pub fn spawn_live(client: Client, state: Arc<ExtenderState>, reservation_ttl: Duration) {
     tokio::spawn(watch_nodes(client.clone(), state.clone()));
     tokio::spawn(watch_pods(client, state.clone()));
     tokio::spawn(sweep_reservations(

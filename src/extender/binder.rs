@@ -1,0 +1,147 @@
+//! Making a placement real: the [`Binder`] trait, [`KubeBinder`] (a Binding through the API
+//! server, carrying the device assignment) and [`RecordOnly`] (snapshot mode, memory only).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Pod as ApiPod;
+use kube::api::{Api, PostParams};
+use kube::Client;
+use serde_json::{json, Value};
+
+use crate::core::demand::ANNOTATION_VRAM;
+use crate::core::schedule::ANNOTATION_ASSIGNED_DEVICES;
+use crate::core::Placement;
+
+/// Identifies the pod of a bind call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindTarget {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub node: String,
+}
+
+/// Why a binder could not make a placement real.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindFailure {
+    pub message: String,
+    /// The API server answered that the binding was not made (a 4xx). When false (a timeout,
+    /// a dropped connection, a 5xx) the binding may have happened: the reservation is kept
+    /// until the pod watch or the reservation TTL settles it.
+    pub definite: bool,
+}
+
+/// Makes a committed placement real (creates the Binding), or says why not.
+pub trait Binder: Send + Sync {
+    fn bind<'a>(
+        &'a self,
+        target: &'a BindTarget,
+        placement: &'a Placement,
+    ) -> BoxFuture<'a, Result<(), BindFailure>>;
+}
+
+/// The annotations a Binding carries so the API server writes the assignment onto the pod with
+/// the node: `vramfit.io/assigned-devices` (`0,1`) and, when the pod needs VRAM, `vramfit.io/vram`
+/// per device in MiB. A restarted extender rebuilds the ledger from them.
+pub fn binding_annotations(placement: &Placement) -> BTreeMap<String, String> {
+    let mut annotations = BTreeMap::new();
+    let devices: Vec<String> = placement
+        .shares
+        .iter()
+        .map(|s| s.index.to_string())
+        .collect();
+    annotations.insert(ANNOTATION_ASSIGNED_DEVICES.to_string(), devices.join(","));
+    if let Some(vram) = placement
+        .shares
+        .first()
+        .map(|s| s.vram_mib)
+        .filter(|v| *v > 0)
+    {
+        annotations.insert(ANNOTATION_VRAM.to_string(), format!("{vram}Mi"));
+    }
+    annotations
+}
+
+/// Snapshot mode: the placement lives in memory only.
+pub struct RecordOnly;
+
+impl Binder for RecordOnly {
+    fn bind<'a>(
+        &'a self,
+        _: &'a BindTarget,
+        _: &'a Placement,
+    ) -> BoxFuture<'a, Result<(), BindFailure>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Creates Bindings through the API server (RBAC: `create` on `pods/binding`).
+pub struct KubeBinder {
+    client: Client,
+    timeout: Duration,
+}
+
+impl KubeBinder {
+    /// A binder that gives the API server `timeout` per binding (keep it well under
+    /// kube-scheduler's `httpTimeout`).
+    pub fn new(client: Client, timeout: Duration) -> Self {
+        KubeBinder { client, timeout }
+    }
+}
+
+/// The Binding object for a placement.
+pub fn binding_object(target: &BindTarget, placement: &Placement) -> Value {
+    let mut metadata = json!({
+        "name": target.name,
+        "namespace": target.namespace,
+        "annotations": binding_annotations(placement),
+    });
+    if !target.uid.is_empty() {
+        metadata["uid"] = json!(target.uid);
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": metadata,
+        "target": {"apiVersion": "v1", "kind": "Node", "name": target.node},
+    })
+}
+
+impl Binder for KubeBinder {
+    fn bind<'a>(
+        &'a self,
+        target: &'a BindTarget,
+        placement: &'a Placement,
+    ) -> BoxFuture<'a, Result<(), BindFailure>> {
+        Box::pin(async move {
+            let api: Api<ApiPod> = Api::namespaced(self.client.clone(), &target.namespace);
+            let body = binding_object(target, placement);
+            let params = PostParams::default();
+            let call =
+                api.create_subresource::<Value, Value>("binding", &target.name, &params, &body);
+            match tokio::time::timeout(self.timeout, call).await {
+                Err(_) => Err(BindFailure {
+                    message: format!("the API server did not answer within {:?}", self.timeout),
+                    definite: false,
+                }),
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(kube::Error::Api(status))) => {
+                    let same_node = format!("already assigned to node \"{}\"", target.node);
+                    if status.code == 409 && status.message.contains(&same_node) {
+                        return Ok(());
+                    }
+                    Err(BindFailure {
+                        message: format!("{} ({})", status.message, status.code),
+                        definite: (400..500).contains(&status.code),
+                    })
+                }
+                Ok(Err(other)) => Err(BindFailure {
+                    message: other.to_string(),
+                    definite: false,
+                }),
+            }
+        })
+    }
+}

@@ -163,8 +163,8 @@ fn unplaced_pods_exit_2_with_grouped_reasons() {
     assert_eq!(
         pod["message"],
         "0/11 nodes are available: 1 Insufficient nvidia.com/gpu, \
-         2 vramfit: needs 100Gi per device (+15% headroom); largest device here has 80Gi, \
-         8 vramfit: needs 100Gi per device (+15% headroom); largest device here has 15Gi."
+         2 vramfit: needs 100Gi per device (plus 15 percent headroom); largest device here has 80Gi, \
+         8 vramfit: needs 100Gi per device (plus 15 percent headroom); largest device here has 15Gi."
     );
 }
 

@@ -45,14 +45,14 @@ fn filter_reasons_table() {
             "40Gi is too big for a T4",
             mk_t4("t4", "a"),
             mk_pod("p").gpus(1).vram("40Gi"),
-            Err("vramfit: needs 40Gi per device (+15% headroom); largest device here has 15Gi"),
+            Err("vramfit: needs 40Gi per device (plus 15 percent headroom); largest device here has 15Gi"),
             true,
         ),
         (
             "14Gi exceeds a T4 once 15% headroom is kept",
             mk_t4("t4", "a"),
             mk_pod("p").gpus(1).vram("14Gi"),
-            Err("vramfit: needs 14Gi per device (+15% headroom); largest device here has 15Gi"),
+            Err("vramfit: needs 14Gi per device (plus 15 percent headroom); largest device here has 15Gi"),
             true,
         ),
         (
@@ -108,7 +108,7 @@ fn filter_reasons_table() {
             "48Gi does not fit a 910B4 (32 GiB HBM)",
             mk_ascend_node("npu", "a", "910B4", 2),
             mk_pod("p").resource("huawei.com/Ascend910", "1").vram("48Gi"),
-            Err("vramfit: needs 48Gi per device (+15% headroom); largest device here has 32Gi"),
+            Err("vramfit: needs 48Gi per device (plus 15 percent headroom); largest device here has 32Gi"),
             true,
         ),
         (
@@ -164,7 +164,7 @@ fn filter_reasons_table() {
             "HAMi gpumem vocabulary (MiB)",
             mk_t4("t4", "a"),
             mk_pod("p").gpus(1).resource("nvidia.com/gpumem", "20000"),
-            Err("vramfit: needs 19.5Gi per device (+15% headroom); largest device here has 15Gi"),
+            Err("vramfit: needs 19.5Gi per device (plus 15 percent headroom); largest device here has 15Gi"),
             true,
         ),
         (
@@ -422,7 +422,7 @@ fn live_report_wins_over_labels_until_it_goes_stale() {
     let err = reason_on(busy, mk_pod("p").gpus(1).vram("20Gi")).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "vramfit: needs 1 devices with 20Gi free; 0 such here"
+        "vramfit: needs 1 device with 20Gi free; 0 such here"
     );
     let stale = with_report(
         mk_a100("a100", "a", 1),
@@ -438,7 +438,7 @@ fn live_report_wins_over_labels_until_it_goes_stale() {
     let err = reason_on(sick, mk_pod("p").gpus(1).vram("20Gi")).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "vramfit: needs 1 healthy devices; 0 healthy here"
+        "vramfit: needs 1 healthy device; 0 healthy here"
     );
     assert!(err.is_unresolvable(), "no eviction heals a device");
 }

@@ -316,7 +316,7 @@ async fn rejections_are_reasoned_and_sorted_into_the_right_map() {
     assert_eq!(reply["NodeNames"], json!(["gpu-node-a100-a"]));
     assert_eq!(
         reply["FailedAndUnresolvableNodes"],
-        json!({"gpu-node-t4-b": "vramfit: needs 40Gi per device (+15% headroom); largest device here has 15Gi"})
+        json!({"gpu-node-t4-b": "vramfit: needs 40Gi per device (plus 15 percent headroom); largest device here has 15Gi"})
     );
     assert_eq!(
         reply["FailedNodes"],

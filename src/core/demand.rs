@@ -30,6 +30,10 @@ pub const RESOURCE_ALIYUN_GPUMEM: &str = "aliyun.com/gpu-mem";
 pub const MAX_VRAM_MIB: u64 = 1024 * 1024;
 /// Most devices one pod may ask for.
 pub const MAX_DEVICES: u32 = 64;
+/// Most entries a `vramfit.io/products` allow-list may have (after removing duplicates).
+pub const MAX_PRODUCTS: usize = 32;
+/// Longest entry of a products allow-list, in bytes.
+pub const MAX_PRODUCT_LEN: usize = 128;
 
 /// Where a pod's VRAM need came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -90,7 +94,7 @@ pub struct DemandError {
 fn invalid(key: &str, value: &str, reason: impl ToString) -> DemandError {
     DemandError {
         key: key.to_string(),
-        value: value.to_string(),
+        value: clip(value),
         reason: reason.to_string(),
     }
 }
@@ -245,20 +249,18 @@ pub fn pod_demand(
 
     let products: Vec<String> = match pod.annotations.get(ANNOTATION_PRODUCTS) {
         Some(list) => {
-            let items: Vec<String> = list
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect();
+            let items = normalize_products(list.split(','))
+                .map_err(|reason| invalid(ANNOTATION_PRODUCTS, list, reason))?;
             if items.is_empty() {
                 return Err(invalid(ANNOTATION_PRODUCTS, list, "names no product"));
             }
             items
         }
-        None => catalog_entry
-            .map(|e| e.products.clone())
-            .unwrap_or_default(),
+        None => match catalog_entry {
+            Some(e) => normalize_products(e.products.iter().map(String::as_str))
+                .map_err(|reason| invalid("catalog products", &e.products.join(","), reason))?,
+            None => Vec::new(),
+        },
     };
 
     let headroom_percent = match pod.annotations.get(ANNOTATION_HEADROOM) {
@@ -284,6 +286,41 @@ pub fn pod_demand(
         model,
         scheduler_name: pod.scheduler_name.clone(),
     })
+}
+
+/// Trims an allow-list's entries and drops empty ones and case-insensitive duplicates, once
+/// per pod, so the filter compares each entry as written; too many or too long entries are an
+/// error (the filter's cost grows with devices × entries).
+fn normalize_products<'a>(entries: impl Iterator<Item = &'a str>) -> Result<Vec<String>, String> {
+    let mut items: Vec<String> = Vec::new();
+    for entry in entries.map(str::trim).filter(|s| !s.is_empty()) {
+        if entry.len() > MAX_PRODUCT_LEN {
+            return Err(format!(
+                "an entry is longer than {MAX_PRODUCT_LEN} characters"
+            ));
+        }
+        if items.iter().any(|seen| seen.eq_ignore_ascii_case(entry)) {
+            continue;
+        }
+        if items.len() == MAX_PRODUCTS {
+            return Err(format!("more than {MAX_PRODUCTS} products"));
+        }
+        items.push(entry.to_string());
+    }
+    Ok(items)
+}
+
+/// A value quoted in an error, cut to a readable length.
+fn clip(value: &str) -> String {
+    const KEEP: usize = 80;
+    if value.len() <= KEEP {
+        return value.to_string();
+    }
+    let mut end = KEEP;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &value[..end])
 }
 
 fn parse_percent(raw: &str) -> Option<u8> {

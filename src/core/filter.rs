@@ -8,7 +8,7 @@ use smallvec::SmallVec;
 
 use super::demand::PodDemand;
 use super::inventory::DeviceShare;
-use super::node::{product_matches, NodeInfo, NodeProblem};
+use super::node::{product_matches, NodeInfo, NodeProblem, MAX_DEVICES_PER_NODE};
 use super::quantity::format_mib;
 
 /// Why a node was rejected. `Display` gives the reason kube-scheduler shows in events.
@@ -25,6 +25,8 @@ pub enum Reason {
     NotSharing,
     /// No source tells the size of this node's devices.
     VramUnknown,
+    /// The node's data is unusable (e.g. it claims more devices than any node has).
+    InvalidNode { message: String },
     /// No device on this node is of an allowed product.
     ProductNotAllowed { allowed: String, present: String },
     /// Fewer devices than the pod needs, even when all are free.
@@ -56,6 +58,7 @@ impl Reason {
             Reason::NoDevices { .. } => "no-devices",
             Reason::NotSharing => "not-sharing",
             Reason::VramUnknown => "vram-unknown",
+            Reason::InvalidNode { .. } => "invalid-node",
             Reason::ProductNotAllowed { .. } => "product-not-allowed",
             Reason::TooFewDevices { .. } => "too-few-devices",
             Reason::DeviceTooSmall { .. } => "device-too-small",
@@ -65,8 +68,22 @@ impl Reason {
     }
 }
 
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+/// `1 device`, `2 devices`, `1 free device`.
+fn devices(n: u32, adjective: &str) -> String {
+    let adjective = if adjective.is_empty() {
+        String::new()
+    } else {
+        format!("{adjective} ")
+    };
+    if n == 1 {
+        format!("1 {adjective}device")
+    } else {
+        format!("{n} {adjective}devices")
+    }
+}
+
+impl Reason {
+    fn write_text(&self, f: &mut impl fmt::Write) -> fmt::Result {
         match self {
             Reason::InvalidPod { message } => write!(f, "vramfit: {message}"),
             Reason::UnknownNode => write!(f, "vramfit: node unknown to vramfit"),
@@ -76,33 +93,49 @@ impl fmt::Display for Reason {
                 f,
                 "vramfit: device VRAM unknown (no fresh vramfit.io/gpu-status, no GFD or Ascend labels)"
             ),
+            Reason::InvalidNode { message } => write!(f, "vramfit: node data invalid: {message}"),
             Reason::ProductNotAllowed { allowed, present } => {
                 write!(f, "vramfit: product {present} not allowed (wants {allowed})")
             }
             Reason::TooFewDevices { need, have } => {
-                write!(f, "vramfit: needs {need} devices; node has {have}")
+                write!(f, "vramfit: needs {}; node has {have}", devices(*need, ""))
             }
             Reason::DeviceTooSmall { need_mib, headroom, largest_mib } => write!(
                 f,
-                "vramfit: needs {} per device (+{headroom}% headroom); largest device here has {}",
+                "vramfit: needs {} per device (plus {headroom} percent headroom); largest device here has {}",
                 format_mib(*need_mib),
                 format_mib(*largest_mib)
             ),
             Reason::Unhealthy { need, healthy } => {
-                write!(f, "vramfit: needs {need} healthy devices; {healthy} healthy here")
+                write!(f, "vramfit: needs {}; {healthy} healthy here", devices(*need, "healthy"))
             }
             Reason::Insufficient { need, need_mib, free } => {
                 if *need_mib == 0 {
-                    write!(f, "vramfit: needs {need} free devices; {free} free here")
+                    write!(f, "vramfit: needs {}; {free} free here", devices(*need, "free"))
                 } else {
                     write!(
                         f,
-                        "vramfit: needs {need} devices with {} free; {free} such here",
+                        "vramfit: needs {} with {} free; {free} such here",
+                        devices(*need, ""),
                         format_mib(*need_mib)
                     )
                 }
             }
         }
+    }
+}
+
+/// The reason as kube-scheduler shows it. kube-scheduler passes the text to a printf-style
+/// event recorder, so a `%` (from a pod's or node's own values) is written as `pct`: the
+/// text never contains `%`.
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = String::new();
+        self.write_text(&mut text)?;
+        if text.contains('%') {
+            text = text.replace('%', "pct");
+        }
+        f.write_str(&text)
     }
 }
 
@@ -161,8 +194,16 @@ pub fn fit_node(node: &NodeInfo, demand: &PodDemand) -> Result<Fit, Reason> {
     if sharing && !node.sharing {
         return Err(Reason::NotSharing);
     }
-    if node.problem == Some(NodeProblem::VramUnknown) {
-        return Err(Reason::VramUnknown);
+    match &node.problem {
+        Some(NodeProblem::VramUnknown) => return Err(Reason::VramUnknown),
+        Some(NodeProblem::TooManyDevices { count, source }) => {
+            return Err(Reason::InvalidNode {
+                message: format!(
+                    "{source} claims {count} devices, more than {MAX_DEVICES_PER_NODE}"
+                ),
+            })
+        }
+        None => {}
     }
     let vendor = node.vendor.unwrap_or(super::node::Vendor::Nvidia);
     let headroom = demand.headroom_percent;
@@ -172,16 +213,27 @@ pub fn fit_node(node: &NodeInfo, demand: &PodDemand) -> Result<Fit, Reason> {
         (0u32, 0u32, 0u32, 0u32, 0u32);
     let mut best: Option<Candidate> = None;
     let mut many: Vec<Candidate> = Vec::new();
+    // A node's devices share their product names (one `Arc`): match the allow-list once per
+    // product, not once per device.
+    let mut last_product: Option<(&std::sync::Arc<str>, bool)> = None;
     for d in &node.devices {
         let busy = d.is_busy();
         busy_before += u32::from(busy);
-        if !demand.products.is_empty()
-            && !demand
-                .products
-                .iter()
-                .any(|p| product_matches(p, d, vendor))
-        {
-            continue;
+        if !demand.products.is_empty() {
+            let allowed_here = match last_product {
+                Some((product, verdict)) if std::sync::Arc::ptr_eq(product, &d.product) => verdict,
+                _ => {
+                    let verdict = demand
+                        .products
+                        .iter()
+                        .any(|p| product_matches(p, d, vendor));
+                    last_product = Some((&d.product, verdict));
+                    verdict
+                }
+            };
+            if !allowed_here {
+                continue;
+            }
         }
         allowed += 1;
         if d.usable_mib(headroom) < vram {

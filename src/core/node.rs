@@ -28,6 +28,14 @@ pub const LABEL_NPU_CHIP: &str = "node.kubernetes.io/npu.chip.name";
 pub const LABEL_ASCEND_SERVERTYPE: &str = "servertype";
 pub const LABEL_ASCEND_ACCELERATOR: &str = "accelerator";
 
+/// Most accelerator devices one node may have. Real nodes have at most 16; a larger count
+/// (from allocatable, the GFD count label or a report) is a mislabelled or hostile object, and
+/// the node is treated as invalid instead of allocating one entry per claimed device.
+pub const MAX_DEVICES_PER_NODE: u64 = 64;
+
+/// Longest label value Kubernetes allows; a longer zone label is ignored.
+pub const MAX_LABEL_VALUE_LEN: usize = 63;
+
 /// The NVIDIA device-plugin resource.
 pub const RESOURCE_NVIDIA_GPU: &str = "nvidia.com/gpu";
 
@@ -157,6 +165,8 @@ pub type Devices = SmallVec<[Device; 8]>;
 pub enum NodeProblem {
     /// Accelerators are allocatable but no source tells their VRAM.
     VramUnknown,
+    /// The node claims more devices than [`MAX_DEVICES_PER_NODE`]; `source` names where.
+    TooManyDevices { count: u64, source: String },
 }
 
 /// A node as the core sees it.
@@ -197,6 +207,7 @@ pub fn build_node(facts: &NodeFacts, config: &Config, now: SystemTime) -> NodeIn
         .labels
         .get(LABEL_ZONE)
         .or_else(|| facts.labels.get(LABEL_ZONE_LEGACY))
+        .filter(|z| z.len() <= MAX_LABEL_VALUE_LEN)
         .cloned();
     let sharing = config.sharing_all_nodes
         || facts.labels.get(LABEL_SHARING).map(String::as_str) == Some("vram");
@@ -222,6 +233,14 @@ pub fn build_node(facts: &NodeFacts, config: &Config, now: SystemTime) -> NodeIn
     };
     node.resource = Some(resource);
     node.vendor = Some(vendor);
+    if count > MAX_DEVICES_PER_NODE {
+        node.problem = Some(NodeProblem::TooManyDevices {
+            count,
+            source: format!("allocatable {resource}"),
+        });
+        return node;
+    }
+    let count = count as u32;
     node.allocatable_devices = count;
 
     if let Some(devices) = devices_from_report(facts, config, now, vendor, &mut node.notes) {
@@ -230,7 +249,13 @@ pub fn build_node(facts: &NodeFacts, config: &Config, now: SystemTime) -> NodeIn
         return node;
     }
     let labelled = match vendor {
-        Vendor::Nvidia => devices_from_gfd(facts, count, &mut node.notes),
+        Vendor::Nvidia => match devices_from_gfd(facts, count, &mut node.notes) {
+            Err(problem) => {
+                node.problem = Some(problem);
+                return node;
+            }
+            Ok(devices) => devices,
+        },
         Vendor::Ascend => devices_from_ascend(facts, resource, count, config),
     };
     if let Some(devices) = labelled {
@@ -256,15 +281,18 @@ pub fn build_node(facts: &NodeFacts, config: &Config, now: SystemTime) -> NodeIn
 fn accelerator_allocatable(
     facts: &NodeFacts,
     notes: &mut Vec<String>,
-) -> Option<(&'static str, u32)> {
+) -> Option<(&'static str, u64)> {
     for resource in DEVICE_RESOURCES {
         let Some(value) = facts.allocatable.get(*resource) else {
             continue;
         };
         match parse_count(value) {
             Ok(0) => continue,
-            Ok(n) => return Some((resource, n.min(u64::from(u32::MAX)) as u32)),
-            Err(e) => notes.push(format!("allocatable {resource}={value:?} ignored: {e}")),
+            Ok(n) => return Some((resource, n)),
+            Err(e) => notes.push(format!(
+                "allocatable {resource}={:?} ignored: {e}",
+                clip(value)
+            )),
         }
     }
     None
@@ -319,6 +347,13 @@ fn devices_from_report(
         notes.push(format!("{ANNOTATION_GPU_STATUS} ignored: no devices"));
         return None;
     }
+    if report.devices.len() as u64 > MAX_DEVICES_PER_NODE {
+        notes.push(format!(
+            "{ANNOTATION_GPU_STATUS} ignored: {} devices, more than {MAX_DEVICES_PER_NODE}",
+            report.devices.len()
+        ));
+        return None;
+    }
     let mut names: Option<(&str, Names)> = None;
     let mut devices: Devices = report
         .devices
@@ -335,7 +370,7 @@ fn devices_from_report(
             };
             mk_device(
                 d.index,
-                Some(d.uuid.clone()).filter(|u| !u.is_empty()),
+                Some(d.uuid.clone()).filter(|u| !u.is_empty() && u.len() <= 128),
                 &shared,
                 d.total_mib,
                 d.used_mib.min(d.total_mib),
@@ -348,31 +383,44 @@ fn devices_from_report(
     Some(devices)
 }
 
+/// Devices from GFD labels: `Ok(None)` when the labels are absent or unreadable, `Err` when
+/// the count label claims more than [`MAX_DEVICES_PER_NODE`].
 fn devices_from_gfd(
     facts: &NodeFacts,
     allocatable: u32,
     notes: &mut Vec<String>,
-) -> Option<Devices> {
-    let product = facts.labels.get(LABEL_GFD_PRODUCT)?;
-    let memory = facts.labels.get(LABEL_GFD_MEMORY)?;
+) -> Result<Option<Devices>, NodeProblem> {
+    let (Some(product), Some(memory)) = (
+        facts.labels.get(LABEL_GFD_PRODUCT),
+        facts.labels.get(LABEL_GFD_MEMORY),
+    ) else {
+        return Ok(None);
+    };
     let Ok(total_mib) = memory.trim().parse::<u64>() else {
         notes.push(format!(
-            "{LABEL_GFD_MEMORY}={memory:?} ignored: not a MiB integer"
+            "{LABEL_GFD_MEMORY}={:?} ignored: not a MiB integer",
+            clip(memory)
         ));
-        return None;
+        return Ok(None);
     };
     let count = facts
         .labels
         .get(LABEL_GFD_COUNT)
-        .and_then(|c| c.trim().parse::<u32>().ok())
+        .and_then(|c| c.trim().parse::<u64>().ok())
         .filter(|c| *c > 0)
-        .unwrap_or(allocatable);
+        .unwrap_or(u64::from(allocatable));
+    if count > MAX_DEVICES_PER_NODE {
+        return Err(NodeProblem::TooManyDevices {
+            count,
+            source: format!("label {LABEL_GFD_COUNT}"),
+        });
+    }
     let names = Names::new(product, Vendor::Nvidia);
-    Some(
-        (0..count)
+    Ok(Some(
+        (0..count as u32)
             .map(|i| mk_device(i, None, &names, total_mib, 0, true))
             .collect(),
-    )
+    ))
 }
 
 fn devices_from_ascend(
@@ -433,13 +481,34 @@ pub fn normalize_ascend_chip(raw: &str) -> String {
     bare.to_string()
 }
 
-/// Sanitises a product name the way GFD does (spaces to `-`, odd characters dropped).
+/// Longest product name kept; longer labels or reports are cut (real names are under 64).
+pub const MAX_PRODUCT_NAME_LEN: usize = 128;
+
+/// Sanitises a product name the way GFD does (spaces to `-`, odd characters dropped), cut to
+/// [`MAX_PRODUCT_NAME_LEN`] characters.
 pub fn sanitize_product(raw: &str) -> String {
     let kept: String = raw
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ' '))
+        .take(MAX_PRODUCT_NAME_LEN * 2)
         .collect();
-    kept.split_whitespace().collect::<Vec<_>>().join("-")
+    let mut name = kept.split_whitespace().collect::<Vec<_>>().join("-");
+    // Only ASCII is kept, so any byte index is a character boundary.
+    name.truncate(MAX_PRODUCT_NAME_LEN);
+    name
+}
+
+/// A label or annotation value quoted in a note, cut to a readable length.
+fn clip(value: &str) -> String {
+    const KEEP: usize = 80;
+    if value.len() <= KEEP {
+        return value.to_string();
+    }
+    let mut end = KEEP;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &value[..end])
 }
 
 /// The short class of a product: `NVIDIA-A100-SXM4-80GB` → `A100`, `Tesla-T4` → `T4`,
@@ -511,29 +580,52 @@ fn mk_device(
 /// An entry matches the exact product, the class, the vendor, or a subsequence of the product's
 /// `-`-separated tokens (so `A100-80GB` matches `NVIDIA-A100-SXM4-80GB`, and `A10` does not
 /// match `A100`). Ascend entries also match chips they prefix (`910B` matches `910B3`).
+/// Comparisons ignore ASCII case and allocate nothing: a filter calls this per device and entry.
 pub fn product_matches(entry: &str, device: &Device, vendor: Vendor) -> bool {
-    let entry = entry.trim().to_ascii_uppercase();
+    let entry = entry.trim();
     if entry.is_empty() {
         return false;
     }
-    let product = device.product.to_ascii_uppercase();
-    let class = device.class.to_ascii_uppercase();
+    let product: &str = &device.product;
+    let class: &str = &device.class;
     let vendor_name = match vendor {
         Vendor::Nvidia => "NVIDIA",
         Vendor::Ascend => "ASCEND",
     };
-    if entry == product || entry == class || entry == vendor_name {
+    if entry.eq_ignore_ascii_case(product)
+        || entry.eq_ignore_ascii_case(class)
+        || entry.eq_ignore_ascii_case(vendor_name)
+    {
         return true;
     }
     if vendor == Vendor::Ascend {
         // A family (`910B`, `310P`) names all its chips; shorter prefixes name nothing.
-        let chip = normalize_ascend_chip(&entry);
-        if chip.len() >= 4 && class.starts_with(&chip) {
+        let chip = bare_ascend_chip(entry);
+        if chip.len() >= 4
+            && class.len() >= chip.len()
+            && class.as_bytes()[..chip.len()].eq_ignore_ascii_case(chip.as_bytes())
+        {
             return true;
         }
     }
     let mut product_tokens = product.split('-');
     entry
         .split('-')
-        .all(|wanted| product_tokens.any(|have| have == wanted))
+        .all(|wanted| product_tokens.any(|have| have.eq_ignore_ascii_case(wanted)))
+}
+
+/// `Ascend910B`, `ascend-910B`, `910B` → `910B` (case kept), without allocating.
+fn bare_ascend_chip(entry: &str) -> &str {
+    let bytes = entry.as_bytes();
+    let rest = if bytes.len() >= 6 && bytes[..6].eq_ignore_ascii_case(b"ASCEND") {
+        &entry[6..]
+    } else {
+        entry
+    };
+    let bare = rest.trim_start_matches(['-', '_', ' ']);
+    // 310P3 and friends share the 310P entry, as in [`normalize_ascend_chip`].
+    if bare.len() >= 4 && bare.as_bytes()[..4].eq_ignore_ascii_case(b"310P") {
+        return &bare[..4];
+    }
+    bare
 }

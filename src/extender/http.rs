@@ -126,6 +126,27 @@ fn parse_args(body: &[u8]) -> Result<ExtenderArgs<'_>, BadRequest> {
     Ok(args)
 }
 
+/// Most nodes the inventory may hold before Node objects from filter requests stop being
+/// remembered (non-`nodeCacheCapable` mode); far above any real cluster's node count.
+pub const MAX_NODES_FROM_REQUESTS: usize = 20_000;
+
+/// Whether a node built from a request is of a size worth remembering: a Kubernetes node
+/// name (at most 253 characters) and short notes.
+fn storable(info: &NodeInfo) -> bool {
+    info.name.len() <= 253 && info.notes.iter().map(String::len).sum::<usize>() <= 4096
+}
+
+/// Whether a pod's names are of the sizes Kubernetes allows (name 253, namespace 63, UID 128,
+/// model label 63): only such pods' demands are remembered for a later bind, so a request
+/// cannot leave megabytes behind.
+fn names_of_kubernetes_size(pod: &crate::core::PodFacts) -> bool {
+    pod.name.len() <= 253
+        && pod.namespace.len() <= 63
+        && pod.uid.len() <= 128
+        && pod.labels.values().all(|v| v.len() <= 63)
+        && pod.controller.as_ref().is_none_or(|c| c.len() <= 253)
+}
+
 /// The nodes of a request, resolved to the core's view: from the inventory by name
 /// (`NodeNames`), or built from the Node objects sent (`Nodes`) with the ledger's occupancy.
 enum Candidates<'a> {
@@ -152,15 +173,25 @@ fn candidates<'a>(
         parsed.push(build_node(&node.facts(), &app.cluster.config, now));
     }
     // The Node objects kube-scheduler sends are the freshest view: keep them, so a later bind
-    // (which carries only the node's name) re-checks against the same capacity.
+    // (which carries only the node's name) re-checks against the same capacity. What a request
+    // can leave behind is bounded: known nodes are updated in place, and a new one is kept only
+    // while the inventory holds fewer than `MAX_NODES_FROM_REQUESTS` nodes and its names are of
+    // Kubernetes size; otherwise it is answered from the request alone (with the ledger's
+    // occupancy) and forgotten.
     let mut inventory = app.cluster.write();
     let mut out = Vec::with_capacity(parsed.len());
-    for info in parsed {
+    for mut info in parsed {
         let name = info.name.clone();
-        inventory.upsert_node(info);
-        let resolved = inventory.node(&name).cloned();
-        if let Some(resolved) = resolved {
-            out.push((name, resolved));
+        let keep = inventory.node(&name).is_some()
+            || (inventory.node_count() < MAX_NODES_FROM_REQUESTS && storable(&info));
+        if keep {
+            inventory.upsert_node(info);
+            if let Some(resolved) = inventory.node(&name) {
+                out.push((name, resolved.clone()));
+            }
+        } else {
+            inventory.apply_ledger(&mut info);
+            out.push((name, info));
         }
     }
     Ok(Candidates::Objects(out))
@@ -188,7 +219,9 @@ fn filter_inner(app: &App, body: &[u8]) -> Result<(&'static str, Vec<u8>), BadRe
     } = parse_args(body)?;
     let pod = pod.map(|p| p.facts()).unwrap_or_default();
     let demand = pod_demand(&pod, &app.cluster.config, &app.cluster.catalog);
-    app.cluster.remember(&pod.ledger_id(), demand.clone());
+    if names_of_kubernetes_size(&pod) {
+        app.cluster.remember(&pod.ledger_id(), demand.clone());
+    }
     let candidates = candidates(app, node_names.as_deref(), nodes.as_ref())?;
     let inventory = app.cluster.read();
     let outcome = match &candidates {

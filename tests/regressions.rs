@@ -1,0 +1,368 @@
+//! One test per finding of the hardening review (issue 9), each named after what it guards.
+//! They drive the public API the way a user or an attacker would: HTTP requests to the router,
+//! snapshot files, the `place` command.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use vramfit::core::filter::Reason;
+use vramfit::core::{build_node, fit_node, pod_demand, Catalog, Config, NodeFacts, PodFacts};
+use vramfit::extender::http::{router, App, ServerConfig, MAX_NODES_FROM_REQUESTS};
+use vramfit::extender::metrics::Metrics;
+use vramfit::extender::state::ExtenderState;
+use vramfit::kubernetes::snapshot::Objects;
+
+fn state() -> Arc<ExtenderState> {
+    Arc::new(ExtenderState::from_snapshot(
+        &Objects::default(),
+        Config::default(),
+        Catalog::default(),
+        SystemTime::now(),
+    ))
+}
+
+fn app(cluster: Arc<ExtenderState>) -> axum::Router {
+    let app = App {
+        cluster,
+        metrics: Arc::new(Metrics::default()),
+    };
+    router(
+        app,
+        &ServerConfig {
+            body_limit_bytes: 16 * 1024 * 1024,
+            ..ServerConfig::default()
+        },
+    )
+}
+
+async fn post(app: &axum::Router, path: &str, body: String) -> (StatusCode, Value) {
+    let request = Request::post(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, value)
+}
+
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn t4_node(name: &str, allocatable: &str) -> NodeFacts {
+    NodeFacts {
+        name: name.into(),
+        labels: map(&[
+            ("nvidia.com/gpu.product", "Tesla-T4"),
+            ("nvidia.com/gpu.memory", "15360"),
+        ]),
+        annotations: BTreeMap::new(),
+        allocatable: map(&[("nvidia.com/gpu", allocatable)]),
+        unschedulable: false,
+    }
+}
+
+fn gpu_pod(devices: &str, annotations: &[(&str, &str)]) -> PodFacts {
+    PodFacts {
+        namespace: "default".into(),
+        name: "p".into(),
+        annotations: map(annotations),
+        containers: vec![vramfit::core::ContainerResources {
+            requests: map(&[("nvidia.com/gpu", devices)]),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+// ---- item 1: one label kills the server -------------------------------------------------
+
+#[tokio::test]
+async fn a_node_claiming_four_billion_devices_is_rejected_with_a_reason_not_allocated() {
+    let cluster = state();
+    let app = app(cluster.clone());
+    // The reproducer of the review, verbatim.
+    let body = r#"{"Pod":{"metadata":{"name":"p"}},"Nodes":{"items":[{"metadata":{"name":"evil","labels":{"nvidia.com/gpu.product":"Tesla-T4","nvidia.com/gpu.memory":"15360"}},"status":{"allocatable":{"nvidia.com/gpu":"4294967295"}}}]}}"#;
+    let (status, reply) = post(&app, "/filter", body.into()).await;
+    // The pod asks for no accelerator, so the node passes; the point is that it is read at all.
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert!(cluster
+        .read()
+        .node("evil")
+        .is_none_or(|n| n.devices.is_empty()));
+    // A GPU pod gets the node rejected with a reason.
+    let gpu = body.replace(
+        r#""metadata":{"name":"p"}}"#,
+        r#""metadata":{"name":"p"},"spec":{"containers":[{"name":"c","resources":{"limits":{"nvidia.com/gpu":"1"}}}]}}"#,
+    );
+    let (status, reply) = post(&app, "/filter", gpu).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let reason = reply["FailedAndUnresolvableNodes"]["evil"]
+        .as_str()
+        .unwrap();
+    assert!(
+        reason.contains("claims 4294967295 devices, more than 64"),
+        "{reason}"
+    );
+    // Still serving.
+    let (status, _) = post(&app, "/filter", body.into()).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[test]
+fn every_source_of_a_device_count_is_capped_per_node() {
+    let config = Config::default();
+    let now = SystemTime::now();
+    let pod = pod_demand(&gpu_pod("1", &[]), &config, &Catalog::default()).unwrap();
+    // Allocatable.
+    let node = build_node(&t4_node("a", "65"), &config, now);
+    assert!(node.devices.is_empty());
+    assert!(matches!(
+        fit_node(&node, &pod),
+        Err(Reason::InvalidNode { .. })
+    ));
+    // The GFD count label.
+    let mut labelled = t4_node("b", "8");
+    labelled
+        .labels
+        .insert("nvidia.com/gpu.count".into(), "2000000".into());
+    let node = build_node(&labelled, &config, now);
+    assert!(node.devices.is_empty());
+    let reason = fit_node(&node, &pod).unwrap_err();
+    assert!(
+        reason.to_string().contains("nvidia.com/gpu.count"),
+        "{reason}"
+    );
+    // The configured default (no labels at all).
+    let config_default = Config {
+        default_device_vram_mib: Some(16384),
+        ..Config::default()
+    };
+    let mut bare = t4_node("c", "1000000");
+    bare.labels.clear();
+    assert!(build_node(&bare, &config_default, now).devices.is_empty());
+    // Ascend counts.
+    let ascend = NodeFacts {
+        name: "d".into(),
+        labels: map(&[("node.kubernetes.io/npu.chip.name", "910B3")]),
+        allocatable: map(&[("huawei.com/Ascend910", "100000")]),
+        ..Default::default()
+    };
+    assert!(build_node(&ascend, &config, now).devices.is_empty());
+    // 64 is still a node.
+    assert_eq!(
+        build_node(&t4_node("e", "64"), &config, now).devices.len(),
+        64
+    );
+}
+
+// ---- item 2: `%` in reasons ---------------------------------------------------------------
+
+/// Every reason, with values that contain `%` wherever a value comes from a pod or a node.
+fn every_reason() -> Vec<Reason> {
+    let all = vec![
+        Reason::InvalidPod {
+            message: "invalid vramfit.io/headroom \"15%%\": expected a percent".into(),
+        },
+        Reason::UnknownNode,
+        Reason::NoDevices {
+            resource: "nvidia.com/gpu".into(),
+        },
+        Reason::NotSharing,
+        Reason::VramUnknown,
+        Reason::InvalidNode {
+            message: "allocatable claims 100% devices".into(),
+        },
+        Reason::ProductNotAllowed {
+            allowed: "A100%".into(),
+            present: "T4%s".into(),
+        },
+        Reason::TooFewDevices { need: 1, have: 0 },
+        Reason::DeviceTooSmall {
+            need_mib: 200 * 1024,
+            headroom: 15,
+            largest_mib: 80 * 1024,
+        },
+        Reason::Unhealthy {
+            need: 1,
+            healthy: 0,
+        },
+        Reason::Insufficient {
+            need: 1,
+            need_mib: 1024,
+            free: 0,
+        },
+        Reason::Insufficient {
+            need: 1,
+            need_mib: 0,
+            free: 0,
+        },
+    ];
+    // Adding a variant without listing it here fails to compile.
+    for reason in &all {
+        match reason {
+            Reason::InvalidPod { .. }
+            | Reason::UnknownNode
+            | Reason::NoDevices { .. }
+            | Reason::NotSharing
+            | Reason::VramUnknown
+            | Reason::InvalidNode { .. }
+            | Reason::ProductNotAllowed { .. }
+            | Reason::TooFewDevices { .. }
+            | Reason::DeviceTooSmall { .. }
+            | Reason::Unhealthy { .. }
+            | Reason::Insufficient { .. } => {}
+        }
+    }
+    all
+}
+
+#[test]
+fn no_reason_text_contains_a_percent_sign_for_printf_style_events() {
+    for reason in every_reason() {
+        let text = reason.to_string();
+        assert!(!text.contains('%'), "{:?} gives {text:?}", reason.code());
+    }
+}
+
+#[test]
+fn a_headroom_annotation_with_a_percent_sign_gives_a_reason_without_one() {
+    let config = Config::default();
+    let node = build_node(&t4_node("t4", "1"), &config, SystemTime::now());
+    for headroom in ["150%", "15%s", "%d"] {
+        let demand = pod_demand(
+            &gpu_pod("1", &[("vramfit.io/headroom", headroom)]),
+            &config,
+            &Catalog::default(),
+        );
+        let reason = vramfit::core::schedule::verdict(Some(&node), &demand).unwrap_err();
+        assert!(!reason.to_string().contains('%'), "{reason}");
+    }
+    let demand = pod_demand(
+        &gpu_pod("1", &[("vramfit.io/vram", "200Gi")]),
+        &config,
+        &Catalog::default(),
+    );
+    let reason = vramfit::core::schedule::verdict(Some(&node), &demand).unwrap_err();
+    assert_eq!(
+        reason.to_string(),
+        "vramfit: needs 200Gi per device (plus 15 percent headroom); largest device here has 15Gi"
+    );
+}
+
+// ---- item 10 (wording): "needs 1 devices" -------------------------------------------------
+
+#[test]
+fn reasons_say_one_device_in_the_singular() {
+    for reason in every_reason() {
+        let text = reason.to_string();
+        assert!(!text.contains(" 1 devices"), "{text}");
+        assert!(!text.contains(" 1 free devices"), "{text}");
+        assert!(!text.contains(" 1 healthy devices"), "{text}");
+    }
+    let two = Reason::TooFewDevices { need: 2, have: 1 }.to_string();
+    assert_eq!(two, "vramfit: needs 2 devices; node has 1");
+}
+
+// ---- item 5: Node objects from filter requests stored forever ------------------------------
+
+fn node_json(name: &str) -> Value {
+    json!({"metadata": {"name": name, "labels": {"nvidia.com/gpu.product": "Tesla-T4", "nvidia.com/gpu.memory": "15360"}},
+           "status": {"allocatable": {"nvidia.com/gpu": "1"}}})
+}
+
+#[tokio::test]
+async fn nodes_from_filter_requests_stop_being_remembered_at_the_bound() {
+    let cluster = state();
+    let app = app(cluster.clone());
+    let pod = json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {"containers": [{"name": "c", "resources": {"requests": {"nvidia.com/gpu": "1"}}}]}});
+    let total = MAX_NODES_FROM_REQUESTS + 500;
+    let mut sent = 0;
+    while sent < total {
+        let batch: Vec<Value> = (sent..(sent + 5000).min(total))
+            .map(|i| node_json(&format!("made-up-{i}")))
+            .collect();
+        let count = batch.len();
+        let body = json!({"Pod": pod, "Nodes": {"items": batch}}).to_string();
+        let (status, reply) = post(&app, "/filter", body).await;
+        assert_eq!(status, StatusCode::OK);
+        // Every node is still answered, remembered or not.
+        assert_eq!(reply["Nodes"]["items"].as_array().unwrap().len(), count);
+        sent += count;
+    }
+    assert_eq!(cluster.read().node_count(), MAX_NODES_FROM_REQUESTS);
+}
+
+#[tokio::test]
+async fn a_node_with_a_name_longer_than_kubernetes_allows_is_answered_not_remembered() {
+    let cluster = state();
+    let app = app(cluster.clone());
+    let long = "n".repeat(100_000);
+    let body = json!({"Pod": {"metadata": {"name": "p"}}, "Nodes": {"items": [node_json(&long)]}})
+        .to_string();
+    let (status, _) = post(&app, "/filter", body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(cluster.read().node_count(), 0);
+}
+
+// ---- item 6: products allow-lists ---------------------------------------------------------
+
+#[test]
+fn a_products_allow_list_is_bounded_and_deduplicated_once_per_pod() {
+    let config = Config::default();
+    let catalog = Catalog::default();
+    let long: Vec<String> = (0..1000).map(|i| format!("GPU{i}")).collect();
+    let err = pod_demand(
+        &gpu_pod("1", &[("vramfit.io/products", &long.join(","))]),
+        &config,
+        &catalog,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("more than 32 products"), "{err}");
+    // The quoted value is cut, so the reason stays readable.
+    assert!(err.to_string().len() < 300, "{}", err.to_string().len());
+
+    let demand = pod_demand(
+        &gpu_pod("1", &[("vramfit.io/products", " t4 , T4,t4,A100 ")]),
+        &config,
+        &catalog,
+    )
+    .unwrap();
+    assert_eq!(demand.products, vec!["t4".to_string(), "A100".to_string()]);
+    // Matching ignores case.
+    let node = build_node(&t4_node("t4", "1"), &config, SystemTime::now());
+    assert!(fit_node(&node, &demand).is_ok());
+    let err = pod_demand(
+        &gpu_pod("1", &[("vramfit.io/products", &"X".repeat(129))]),
+        &config,
+        &catalog,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("longer than 128"), "{err}");
+}
+
+#[test]
+fn a_hundred_thousand_character_product_label_is_cut_to_a_name() {
+    let mut facts = t4_node("t4", "1");
+    facts
+        .labels
+        .insert("nvidia.com/gpu.product".into(), "A".repeat(100_000));
+    let node = build_node(&facts, &Config::default(), SystemTime::now());
+    assert_eq!(
+        node.devices[0].product.len(),
+        vramfit::core::node::MAX_PRODUCT_NAME_LEN
+    );
+}

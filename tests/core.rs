@@ -460,7 +460,11 @@ fn unknown_vram_is_never_guessed_silently() {
         &Catalog::default(),
     )
     .unwrap();
-    assert!(fit_node(&info, &demand).is_ok());
+    let fit = fit_node(&info, &demand).expect("the configured default VRAM is used");
+    assert_eq!(
+        (fit.devices.as_slice(), fit.vram_mib, fit.chosen_total_mib),
+        (&[0][..], 10240, 16384)
+    );
     // An Ascend node whose servertype cannot tell 910B3 from 910B4 is not guessed either.
     let mut npu = mk_ascend_node("npu", "a", "910B3", 1);
     npu.labels.remove("node.kubernetes.io/npu.chip.name");

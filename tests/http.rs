@@ -1,19 +1,18 @@
 //! The extender's HTTP layer against the captured kube-scheduler requests, field by field, and
 //! against hostile bodies (which get 4xx or a reasoned rejection, never a 500 or a panic).
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
+use common::router::{extender_with, get, post};
 use vramfit::core::{Catalog, Config};
-use vramfit::extender::http::{router, App, ServerConfig};
-use vramfit::extender::metrics::Metrics;
+use vramfit::extender::http::ServerConfig;
 use vramfit::extender::state::ExtenderState;
 use vramfit::kubernetes::snapshot::load_file;
 
@@ -41,16 +40,12 @@ fn app_with(snapshot: Option<&str>) -> axum::Router {
         Catalog::default(),
         SystemTime::now(),
     );
-    let app = App {
-        cluster: Arc::new(state),
-        metrics: Arc::new(Metrics::default()),
-    };
     let server = ServerConfig {
         path_prefix: "/scheduler".into(),
         body_limit_bytes: 4 * 1024 * 1024,
         ..ServerConfig::default()
     };
-    router(app, &server)
+    extender_with(Arc::new(state), &server)
 }
 
 fn capture_app() -> axum::Router {
@@ -58,30 +53,6 @@ fn capture_app() -> axum::Router {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/capture-cluster.json"
     )))
-}
-
-async fn post(app: &axum::Router, path: &str, body: impl Into<Body>) -> (StatusCode, Value) {
-    let request = Request::post(path)
-        .header("content-type", "application/json")
-        .body(body.into())
-        .unwrap();
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-    (status, value)
-}
-
-async fn get(app: &axum::Router, path: &str) -> (StatusCode, String) {
-    let response = app
-        .clone()
-        .oneshot(Request::get(path).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&bytes).into())
 }
 
 fn keys(value: &Value) -> Vec<&str> {
@@ -347,50 +318,69 @@ async fn hostile_bodies_get_4xx_or_reasoned_rejections() {
 
     let deep = "[".repeat(100_000) + &"]".repeat(100_000);
     let many_names: Vec<String> = (0..100_000).map(|i| format!("node-{i}")).collect();
-    let cases: Vec<(&str, String, StatusCode)> = vec![
-        ("not json", "hello".into(), StatusCode::BAD_REQUEST),
-        ("empty", String::new(), StatusCode::BAD_REQUEST),
+    // (case, body, status, the JSON error of a 400)
+    let cases: Vec<(&str, String, StatusCode, &str)> = vec![
+        (
+            "not json",
+            "hello".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid ExtenderArgs: expected value at line 1 column 1",
+        ),
+        (
+            "empty",
+            String::new(),
+            StatusCode::BAD_REQUEST,
+            "invalid ExtenderArgs: EOF while parsing a value at line 1 column 0",
+        ),
         (
             "wrong type for Pod",
             r#"{"Pod": 5, "NodeNames": []}"#.into(),
             StatusCode::BAD_REQUEST,
+            "invalid ExtenderArgs: invalid type: integer `5`, expected struct Pod at line 1 column 9",
         ),
         (
             "wrong type for NodeNames",
             r#"{"Pod": {}, "NodeNames": "a"}"#.into(),
             StatusCode::BAD_REQUEST,
+            "invalid ExtenderArgs: invalid type: string \"a\", expected a sequence at line 1 column 28",
         ),
         (
             "missing Pod",
             r#"{"NodeNames": ["gpu-node-a100-a"]}"#.into(),
             StatusCode::BAD_REQUEST,
+            "invalid ExtenderArgs: missing Pod",
         ),
         (
             "deep nesting",
             format!(r#"{{"Pod": {deep}}}"#),
             StatusCode::BAD_REQUEST,
+            "invalid ExtenderArgs: invalid type: sequence, expected a string at line 1 column 10",
         ),
-        ("a bare array", "[]".into(), StatusCode::BAD_REQUEST),
+        (
+            "a bare array",
+            "[]".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid ExtenderArgs: missing Pod",
+        ),
         (
             "bad node object",
             r#"{"Pod": {}, "Nodes": {"items": [7]}}"#.into(),
             StatusCode::BAD_REQUEST,
+            "invalid Node in Nodes.items: invalid type: integer `7`, expected struct Node at line 1 column 1",
         ),
         (
             "too large",
             "x".repeat(5 * 1024 * 1024),
             StatusCode::PAYLOAD_TOO_LARGE,
+            "",
         ),
     ];
     for verb in ["filter", "prioritize"] {
-        for (name, body, expected) in &cases {
+        for (name, body, expected, error) in &cases {
             let (status, reply) = post(&app, &format!("/scheduler/{verb}"), body.clone()).await;
             assert_eq!(status, *expected, "{verb}: {name}");
             if *expected == StatusCode::BAD_REQUEST {
-                assert!(
-                    reply["error"].as_str().is_some(),
-                    "{verb}: {name}: JSON error message"
-                );
+                assert_eq!(reply, json!({ "error": error }), "{verb}: {name}");
             }
         }
     }
@@ -535,4 +525,244 @@ async fn inventory_gauges_and_bind_conflicts_are_exported() {
         metrics.contains("vramfit_device_class_stranded_devices{class=\"T4\"} 0"),
         "{metrics}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Golden comparisons with the captured replies kube-scheduler accepted. kube-scheduler decodes
+// with Go's encoding/json: keys match case-insensitively and a null field is the zero value, so
+// replies are compared after that decoding (object keys lowercased, nulls dropped; map keys such
+// as node names kept).
+
+/// `value` as Go's decoder sees the fields of an extender reply.
+fn as_go_decodes(value: &Value) -> Value {
+    match value {
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| {
+                    // The maps of node name → reason keep their keys.
+                    let inner = if k.eq_ignore_ascii_case("FailedNodes")
+                        || k.eq_ignore_ascii_case("FailedAndUnresolvableNodes")
+                    {
+                        v.clone()
+                    } else {
+                        as_go_decodes(v)
+                    };
+                    (k.to_ascii_lowercase(), inner)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(as_go_decodes).collect()),
+        other => other.clone(),
+    }
+}
+
+/// The JSON types of `value`'s fields, recursively (arrays by their first element).
+fn shape(value: &Value) -> Value {
+    match value {
+        Value::Object(fields) => {
+            Value::Object(fields.iter().map(|(k, v)| (k.clone(), shape(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.first().map(shape).into_iter().collect()),
+        Value::String(_) => json!("string"),
+        Value::Number(_) => json!("number"),
+        Value::Bool(_) => json!("bool"),
+        Value::Null => Value::Null,
+    }
+}
+
+#[tokio::test]
+async fn filter_replies_match_the_captured_accepted_replies() {
+    let app = capture_app();
+    // Every node passes for this pod (it declares no VRAM), as in the capture: the reply is the
+    // captured one exactly.
+    let (_, reply) = post(
+        &app,
+        "/scheduler/filter",
+        fixture("filter-request-nodenames.json"),
+    )
+    .await;
+    assert_eq!(
+        as_go_decodes(&reply),
+        as_go_decodes(&fixture_json("filter-response-nodenames.json"))
+    );
+    // The experiments' replies (all rejected; lowercase keys) were accepted with the same
+    // fields and types as ours.
+    let (_, reply) = post(
+        &app,
+        "/scheduler/filter",
+        fixture("filter-request-nodenames-reject-all.json"),
+    )
+    .await;
+    let ours = as_go_decodes(&reply);
+    let kind = |v: &Value| match v {
+        Value::Object(_) => "object",
+        Value::Array(_) => "array",
+        Value::String(_) => "string",
+        Value::Number(_) => "number",
+        Value::Bool(_) => "bool",
+        Value::Null => "null",
+    };
+    for accepted in [
+        "filter-response-nodenames-reject-all.json",
+        "filter-response-nodenames-lowercase-keys-accepted.json",
+    ] {
+        let accepted = as_go_decodes(&fixture_json(accepted));
+        for (key, value) in accepted.as_object().unwrap() {
+            assert_eq!(kind(&ours[key]), kind(value), "{key}");
+        }
+        assert_eq!(
+            ours.as_object().unwrap().len(),
+            accepted.as_object().unwrap().len(),
+            "no field more or less"
+        );
+    }
+    // With full Node objects the captured reply is the NodeList the request carried.
+    let (_, reply) = post(
+        &app_with(None),
+        "/scheduler/filter",
+        fixture("filter-request-full-nodes.json"),
+    )
+    .await;
+    assert_eq!(
+        as_go_decodes(&reply),
+        as_go_decodes(&fixture_json("filter-response-full-nodes.json"))
+    );
+}
+
+#[tokio::test]
+async fn prioritize_and_bind_replies_match_the_captured_accepted_replies() {
+    let app = capture_app();
+    for (request, accepted) in [
+        ("prioritize-request.json", "prioritize-response.json"),
+        (
+            "prioritize-request-nodenames.json",
+            "prioritize-response-nodenames.json",
+        ),
+        (
+            "prioritize-request-after-lowercase-filter.json",
+            "prioritize-response-lowercase-keys-accepted.json",
+        ),
+    ] {
+        let (_, reply) = post(&app, "/scheduler/prioritize", fixture(request)).await;
+        let (ours, theirs) = (
+            as_go_decodes(&reply),
+            as_go_decodes(&fixture_json(accepted)),
+        );
+        // The same hosts in the same order, the same fields; only the scores are vramfit's.
+        let hosts = |list: &Value| -> Vec<Value> {
+            list.as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["host"].clone())
+                .collect()
+        };
+        assert_eq!(hosts(&ours), hosts(&theirs), "{request}");
+        assert_eq!(shape(&ours), shape(&theirs), "{request}");
+    }
+    // Bind: `{"Error": ""}` is what the capture's `{"error": ""}` decodes to.
+    post(
+        &app,
+        "/scheduler/filter",
+        fixture("filter-request-nodenames.json"),
+    )
+    .await;
+    let mut bind = fixture_json("bind-request-nodenames-run.json");
+    let filter = fixture_json("filter-request-nodenames.json");
+    bind["PodUID"] = filter["Pod"]["metadata"]["uid"].clone();
+    bind["PodName"] = filter["Pod"]["metadata"]["name"].clone();
+    bind["PodNamespace"] = filter["Pod"]["metadata"]["namespace"].clone();
+    let (_, reply) = post(&app, "/scheduler/bind", bind.to_string()).await;
+    assert_eq!(
+        as_go_decodes(&reply),
+        as_go_decodes(&fixture_json("bind-response.json"))
+    );
+}
+
+/// The captured HTTP envelope, byte for byte over a socket: method, path, HTTP/1.1, Go's
+/// headers (`Accept-Encoding: gzip` included) and the compact body of the captured request.
+#[tokio::test]
+async fn the_captured_http_requests_are_served_over_a_socket() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, capture_app()).await });
+    let envelope = fixture_json("http-envelope.json");
+    for (call, body_file) in [
+        (
+            "filter (nodeCacheCapable=false)",
+            "filter-request-full-nodes.json",
+        ),
+        (
+            "prioritize (nodeCacheCapable=false)",
+            "prioritize-request.json",
+        ),
+        ("bind (nodeCacheCapable=false)", "bind-request.json"),
+        (
+            "filter (nodeCacheCapable=true)",
+            "filter-request-nodenames.json",
+        ),
+        (
+            "prioritize (nodeCacheCapable=true)",
+            "prioritize-request-nodenames.json",
+        ),
+        (
+            "bind (nodeCacheCapable=true)",
+            "bind-request-nodenames-run.json",
+        ),
+    ] {
+        let captured = &envelope[call];
+        let body = fixture_json(body_file).to_string();
+        assert_eq!(
+            body.len() as u64,
+            captured["body_bytes"].as_u64().unwrap(),
+            "{call}: the fixture is the captured body"
+        );
+        let mut head = format!(
+            "{} {} {}\r\n",
+            captured["method"].as_str().unwrap(),
+            captured["path"].as_str().unwrap(),
+            captured["http_version"].as_str().unwrap()
+        );
+        for (name, value) in captured["headers"].as_object().unwrap() {
+            head += &format!("{name}: {}\r\n", value.as_str().unwrap());
+        }
+        head += "Connection: close\r\n\r\n";
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(body.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8(answer).unwrap();
+        let (head, reply) = answer.split_once("\r\n\r\n").unwrap();
+        let mut lines = head.lines();
+        assert_eq!(lines.next(), Some("HTTP/1.1 200 OK"), "{call}: {answer}");
+        let headers: Vec<String> = lines.map(str::to_ascii_lowercase).collect();
+        assert!(
+            headers.contains(&"content-type: application/json".to_string()),
+            "{call}: {headers:?}"
+        );
+        assert!(
+            !headers.iter().any(|h| h.starts_with("content-encoding")),
+            "{call}: a plain body (Go's client would also take gzip)"
+        );
+        let reply: Value = serde_json::from_str(reply).unwrap();
+        let expected_keys: &[&str] = match call.split(' ').next().unwrap() {
+            "filter" => &[
+                "Error",
+                "FailedAndUnresolvableNodes",
+                "FailedNodes",
+                "NodeNames",
+                "Nodes",
+            ],
+            "bind" => &["Error"],
+            _ => &[],
+        };
+        if expected_keys.is_empty() {
+            assert!(reply.is_array(), "{call}: {reply}");
+        } else {
+            assert_eq!(keys(&reply), expected_keys, "{call}");
+        }
+    }
 }

@@ -1,57 +1,10 @@
 //! `place` against a live cluster: a fake API server on loopback serves the example cluster's
 //! Nodes (in two pages) and Pods; `place --kubeconfig --context` reads it and never writes.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+mod common;
 
-use axum::extract::{Query, State};
-use axum::http::{Method, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{json, Value};
-
-#[derive(Clone)]
-struct Fake {
-    nodes: Arc<Vec<Value>>,
-    pods: Arc<Vec<Value>>,
-    writes: Arc<AtomicUsize>,
-    pod_selectors: Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-async fn nodes(
-    State(fake): State<Fake>,
-    Query(q): Query<std::collections::HashMap<String, String>>,
-) -> Json<Value> {
-    // Page 1 holds the first node and a continue token; page 2 the rest.
-    let (items, token) = match q.get("continue").map(String::as_str) {
-        Some("page-2") => (fake.nodes[1..].to_vec(), ""),
-        _ => (fake.nodes[..1].to_vec(), "page-2"),
-    };
-    Json(
-        json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": "7", "continue": token}, "items": items}),
-    )
-}
-
-async fn pods(
-    State(fake): State<Fake>,
-    Query(q): Query<std::collections::HashMap<String, String>>,
-) -> Json<Value> {
-    fake.pod_selectors
-        .lock()
-        .unwrap()
-        .push(q.get("fieldSelector").cloned().unwrap_or_default());
-    Json(
-        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "7"}, "items": *fake.pods}),
-    )
-}
-
-async fn anything_else(State(fake): State<Fake>, method: Method) -> impl IntoResponse {
-    if method != Method::GET {
-        fake.writes.fetch_add(1, Ordering::SeqCst);
-    }
-    StatusCode::METHOD_NOT_ALLOWED
-}
+use common::api::FakeApi;
+use serde_json::Value;
 
 fn example_objects() -> (Vec<Value>, Vec<Value>) {
     let text = std::fs::read_to_string(concat!(
@@ -74,31 +27,20 @@ fn example_objects() -> (Vec<Value>, Vec<Value>) {
 #[test]
 fn place_reads_a_live_cluster_read_only() {
     let (node_items, pod_items) = example_objects();
-    let fake = Fake {
-        nodes: Arc::new(node_items),
-        pods: Arc::new(pod_items),
-        writes: Arc::new(AtomicUsize::new(0)),
-        pod_selectors: Arc::default(),
-    };
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let app = Router::new()
-        .route("/api/v1/nodes", get(nodes))
-        .route("/api/v1/pods", get(pods))
-        .fallback(anything_else)
-        .with_state(fake.clone());
-    runtime.spawn(async move { axum::serve(listener, app).await });
-
+    // Nodes in pages of one (the command follows the continue tokens).
+    let api = FakeApi::builder()
+        .nodes(node_items)
+        .pods(pod_items)
+        .node_pages_of(1)
+        .start();
+    let server = api.url();
     let dir = std::env::temp_dir().join(format!("vramfit-live-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(
         &kubeconfig,
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"http://127.0.0.1:{port}\"}}\n\
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"{server}\"}}\n\
              - name: nowhere\n  cluster: {{server: \"http://127.0.0.1:9\"}}\nusers:\n- name: u\n  user: {{token: t}}\n\
              contexts:\n- name: fake\n  context: {{cluster: fake, user: u}}\n- name: broken\n  context: {{cluster: nowhere, user: u}}\n\
              current-context: broken\n"
@@ -128,19 +70,21 @@ fn place_reads_a_live_cluster_read_only() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["nodes"], 11, "both pages of nodes were read");
+    assert_eq!(report["nodes"], 11, "every page of nodes was read");
     assert_eq!(report["pods"].as_array().unwrap().len(), 10);
+    let requests = api.requests();
+    let writes: Vec<_> = requests.iter().filter(|r| r.method != "GET").collect();
     assert_eq!(
-        fake.writes.load(Ordering::SeqCst),
-        0,
+        writes,
+        Vec::<&common::api::Recorded>::new(),
         "a dry run never writes"
     );
+    let pod_list = requests
+        .iter()
+        .find(|r| r.path == "/api/v1/pods")
+        .expect("the pods are listed");
     assert_eq!(
-        fake.pod_selectors
-            .lock()
-            .unwrap()
-            .first()
-            .map(String::as_str),
+        pod_list.param("fieldSelector").as_deref(),
         Some("status.phase!=Succeeded,status.phase!=Failed")
     );
 

@@ -258,13 +258,14 @@ proptest! {
             let placed = vramfit::core::place(&mut inv, &demand, &config).node.is_some();
             // Pods that ask nothing of accelerators are placed but hold nothing.
             let holds = demand.as_ref().is_ok_and(|d| !d.is_accelerator_free());
-            prop_assert_eq!(inv.placement(&facts.ledger_id()).is_some(), placed && holds);
-            if placed && holds {
-                ids.push(facts.ledger_id());
+            let placement = inv.placement(&facts.ledger_id()).cloned();
+            prop_assert_eq!(placement.is_some(), placed && holds);
+            if let Some(placement) = placement {
+                ids.push((facts.ledger_id(), placement));
             }
         }
-        for id in ids {
-            prop_assert!(inv.release(&id).is_some());
+        for (id, placement) in ids {
+            prop_assert_eq!(inv.release(&id), Some(placement));
         }
         prop_assert_eq!(sorted(&inv), empty);
     }

@@ -122,7 +122,7 @@ async fn live_mode_lists_watches_binds_and_recovers() {
     .await;
     assert_eq!(
         reply["Error"],
-        "vramfit: no longer fits gpu-a: vramfit: needs 1 devices with 40Gi free; 0 such here",
+        "vramfit: no longer fits gpu-a: vramfit: needs 1 device with 40Gi free; 0 such here",
     );
     assert!(state.read().placement("uid-other").is_none());
 

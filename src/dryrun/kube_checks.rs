@@ -37,17 +37,20 @@ impl NodeUsage {
     }
 }
 
+/// A quantity in base units, exactly, rounded up as the API server rounds: cpu in millicores
+/// (`MilliValue()`), everything else in units (`Value()`).
 fn base_units(resource: &str, text: &str) -> Result<u64, QuantityError> {
-    let value = parse_quantity(text)?;
-    let scaled = if resource == "cpu" {
-        value * 1000.0
+    let quantity = parse_quantity(text)?;
+    let amount = if resource == "cpu" {
+        quantity.ceil_scaled(1000, 1)?
     } else {
-        value
+        quantity.ceil_scaled(1, 1)?
     };
-    if scaled > u64::MAX as f64 / 4.0 {
+    // Sums of many pods' requests stay far from overflow.
+    if amount > u64::MAX / 4 {
         return Err(QuantityError::TooLarge);
     }
-    Ok(scaled.ceil() as u64)
+    Ok(amount)
 }
 
 /// The pod's effective requests with kube-scheduler's rule (containers and sidecars add up; each

@@ -13,13 +13,6 @@ const ROOT_EXCEPTIONS: &[(&str, &str, &str)] = &[(
     "npu-smi opens /dev/davinci* that no device plugin allocated to the agent",
 )];
 
-fn cpu_millis(q: &str) -> u64 {
-    match q.strip_suffix('m') {
-        Some(m) => m.parse().unwrap(),
-        None => (q.parse::<f64>().unwrap() * 1000.0) as u64,
-    }
-}
-
 #[test]
 fn every_container_runs_as_non_root_with_requests_and_limits() {
     let base = Base::load();
@@ -83,8 +76,9 @@ fn every_container_runs_as_non_root_with_requests_and_limits() {
                 assert!(requests.contains_key(r), "{what}: requests.{r}");
                 assert!(limits.contains_key(r), "{what}: limits.{r}");
             }
+            let millis = |q: &str| vramfit::core::quantity::parse_millis(q).unwrap();
             assert!(
-                cpu_millis(&requests["cpu"].0) <= cpu_millis(&limits["cpu"].0),
+                millis(&requests["cpu"].0) <= millis(&limits["cpu"].0),
                 "{what}"
             );
             let mib = |q: &str| vramfit::core::quantity::parse_mib(q).unwrap();

@@ -366,3 +366,159 @@ fn a_hundred_thousand_character_product_label_is_cut_to_a_name() {
         vramfit::core::node::MAX_PRODUCT_NAME_LEN
     );
 }
+
+// ---- item 7: drain, header-read timeout, idle timeout, connection limit ---------------------
+
+mod serving {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use vramfit::extender::http::serve_on;
+
+    struct Server {
+        addr: SocketAddr,
+        stop: Option<oneshot::Sender<()>>,
+        done: tokio::task::JoinHandle<()>,
+    }
+
+    fn start(server: ServerConfig) -> Server {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = App {
+            cluster: state(),
+            metrics: Arc::new(Metrics::default()),
+        };
+        let done = tokio::spawn(async move {
+            serve_on(app, &server, listener, None, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Server {
+            addr,
+            stop: Some(stop),
+            done,
+        }
+    }
+
+    const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n";
+
+    /// Reads one HTTP/1.1 response to `/healthz` (`ok`, 2 bytes of body); its head.
+    async fn read_response(stream: &mut TcpStream) -> Option<String> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                if got.len() >= end + 4 + 2 {
+                    return Some(String::from_utf8_lossy(&got[..end]).into_owned());
+                }
+            }
+            match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    /// Whether the server closes the connection (after an error answer, if any) within 10 s.
+    async fn closed_by_server(stream: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 1024];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_answers_requests_already_sent_on_keep_alive_connections() {
+        let mut server = start(ServerConfig::default());
+        let mut connections = Vec::new();
+        for _ in 0..48 {
+            let mut stream = TcpStream::connect(server.addr).await.unwrap();
+            stream.write_all(HEALTHZ).await.unwrap();
+            assert!(read_response(&mut stream).await.is_some());
+            connections.push(stream);
+        }
+        // Every connection is idle and kept alive. Send a second request on each, and stop the
+        // server before it can have read them.
+        for stream in &mut connections {
+            stream.write_all(HEALTHZ).await.unwrap();
+        }
+        server.stop.take().unwrap().send(()).unwrap();
+        for (i, stream) in connections.iter_mut().enumerate() {
+            let head = read_response(stream)
+                .await
+                .unwrap_or_else(|| panic!("request {i} got no answer"));
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        }
+        tokio::time::timeout(Duration::from_secs(15), server.done)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+        let server = start(ServerConfig {
+            header_read_timeout_seconds: 1,
+            ..ServerConfig::default()
+        });
+        let mut slow = TcpStream::connect(server.addr).await.unwrap();
+        slow.write_all(b"POST /filter HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+        assert!(closed_by_server(&mut slow).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_silent_mid_body_is_closed_by_the_idle_timeout() {
+        let server = start(ServerConfig {
+            idle_timeout_seconds: 1,
+            ..ServerConfig::default()
+        });
+        let mut stalled = TcpStream::connect(server.addr).await.unwrap();
+        stalled
+            .write_all(b"POST /filter HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"Pod\"")
+            .await
+            .unwrap();
+        assert!(closed_by_server(&mut stalled).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_over_the_limit_are_closed_and_slots_come_back() {
+        let server = start(ServerConfig {
+            max_connections: 2,
+            ..ServerConfig::default()
+        });
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut stream = TcpStream::connect(server.addr).await.unwrap();
+            stream.write_all(HEALTHZ).await.unwrap();
+            assert!(read_response(&mut stream).await.is_some());
+            held.push(stream);
+        }
+        let mut over = TcpStream::connect(server.addr).await.unwrap();
+        assert!(closed_by_server(&mut over).await);
+        drop(held.pop());
+        // The slot is free once the server has seen the close.
+        let mut answered = false;
+        for _ in 0..100 {
+            let mut again = TcpStream::connect(server.addr).await.unwrap();
+            if again.write_all(HEALTHZ).await.is_ok() && read_response(&mut again).await.is_some()
+            {
+                answered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(answered, "a connection is served again after one closed");
+    }
+}

@@ -25,6 +25,7 @@ use crate::core::{build_node, pod_demand, NodeInfo};
 use crate::extender::binder::BindTarget;
 use crate::extender::state::ExtenderState;
 use crate::kubernetes::objects::Node;
+use crate::extender::listener::{self, Drain, Limits};
 use crate::shutdown::shutdown_signal;
 
 /// Settings of the HTTP layer (the `server:` section of the config file).
@@ -47,6 +48,14 @@ pub struct ServerConfig {
     pub reservation_ttl_seconds: u64,
     /// Live mode: how long a Binding may take at the API server (keep it under `httpTimeout`).
     pub bind_timeout_millis: u64,
+    /// Open connections at most per listener; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers (and finish a TLS handshake), counted
+    /// from when its connection opens or its previous response was sent; so an HTTP/1
+    /// keep-alive connection with no new request for this long is closed too.
+    pub header_read_timeout_seconds: u64,
+    /// A connection that reads and writes nothing for this long is closed (HTTP/2 included).
+    pub idle_timeout_seconds: u64,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +69,9 @@ impl Default for ServerConfig {
             metrics_listen: None,
             reservation_ttl_seconds: 120,
             bind_timeout_millis: 2500,
+            max_connections: 512,
+            header_read_timeout_seconds: 10,
+            idle_timeout_seconds: 120,
         }
     }
 }
@@ -83,9 +95,11 @@ pub fn router(app: App, server: &ServerConfig) -> Router {
         .route(&format!("{prefix}/filter"), post(filter))
         .route(&format!("{prefix}/prioritize"), post(prioritize))
         .route(&format!("{prefix}/bind"), post(bind))
-        .merge(ops_routes())
         .layer(DefaultBodyLimit::max(server.body_limit_bytes))
         .layer(tower_http::trace::TraceLayer::new_for_http())
+        // Probes and scrapes are not traced: a 503 from /readyz before the state is ready is
+        // an answer, not an error worth a log line.
+        .merge(ops_routes())
         .with_state(app)
 }
 
@@ -425,57 +439,81 @@ pub async fn serve_with_ops(
     addr: SocketAddr,
     ops_addr: Option<SocketAddr>,
 ) -> Result<(), ServeError> {
-    let ops = ops_addr.map(|ops_addr| (ops_addr, ops_router(app.clone())));
-    let router = router(app, server);
-    let handle = axum_server::Handle::new();
-    let grace = Duration::from_secs(server.shutdown_grace_seconds);
-    let shutdown = handle.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
+    let bind = |addr: SocketAddr| {
+        std::net::TcpListener::bind(addr).map_err(|source| ServeError::Listen { addr, source })
+    };
+    let listener = bind(addr)?;
+    let ops = ops_addr.map(bind).transpose()?;
+    serve_on(app, server, listener, ops, shutdown_signal()).await
+}
+
+/// Serves on bound listeners (the extender's, and optionally the operations-only one) until
+/// `shutdown` completes, then drains: the listeners close, every response carries
+/// `Connection: close`, requests already sent are answered, and open connections get up to
+/// `shutdownGraceSeconds` to finish. See [`listener`](super::listener).
+pub async fn serve_on(
+    app: App,
+    server: &ServerConfig,
+    listener: std::net::TcpListener,
+    ops: Option<std::net::TcpListener>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let limits = Limits {
+        max_connections: server.max_connections.max(1),
+        header_read_timeout: Duration::from_secs(server.header_read_timeout_seconds.max(1)),
+        idle_timeout: Duration::from_secs(server.idle_timeout_seconds.max(1)),
+        grace: Duration::from_secs(server.shutdown_grace_seconds),
+    };
+    let grace = limits.grace;
+    let drain = Drain::on(async move {
+        shutdown.await;
         tracing::info!(
             grace_seconds = grace.as_secs(),
             "shutting down, draining in-flight requests"
         );
-        shutdown.graceful_shutdown(Some(grace));
     });
-    if let Some((ops_addr, ops)) = ops {
-        let ops_handle = handle.clone();
-        let listen_error = |source| ServeError::Listen {
-            addr: ops_addr,
-            source,
-        };
-        let listener = std::net::TcpListener::bind(ops_addr).map_err(listen_error)?;
-        listener.set_nonblocking(true).map_err(listen_error)?;
-        let ops_server = axum_server::from_tcp(listener).map_err(listen_error)?;
-        tracing::info!(%ops_addr, "serving /metrics, /healthz, /readyz, /version");
-        tokio::spawn(async move {
-            if let Err(error) = ops_server
-                .handle(ops_handle)
-                .serve(ops.into_make_service())
-                .await
-            {
-                tracing::error!(%error, "operations listener stopped");
-            }
-        });
-    }
-    let service = router.into_make_service();
-    let result = match (&server.tls_cert_file, &server.tls_key_file) {
+    let tls = match (&server.tls_cert_file, &server.tls_key_file) {
         (Some(cert), Some(key)) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
-            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
                 .map_err(ServeError::Tls)?;
-            tracing::info!(%addr, "serving HTTPS");
-            axum_server::bind_rustls(addr, tls)
-                .handle(handle)
-                .serve(service)
-                .await
+            Some(axum_server::tls_rustls::RustlsAcceptor::new(config))
         }
-        (None, None) => {
-            tracing::info!(%addr, "serving HTTP");
-            axum_server::bind(addr).handle(handle).serve(service).await
-        }
+        (None, None) => None,
         _ => return Err(ServeError::TlsHalfConfigured),
     };
-    result.map_err(|source| ServeError::Listen { addr, source })
+    let to_tokio = |listener: std::net::TcpListener| {
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener))
+            .map_err(|source| ServeError::Listen { addr, source })
+    };
+    let mut ops_task = None;
+    if let Some(ops) = ops {
+        let ops_listener = to_tokio(ops)?;
+        if let Ok(ops_addr) = ops_listener.local_addr() {
+            tracing::info!(%ops_addr, "serving /metrics, /healthz, /readyz, /version");
+        }
+        ops_task = Some(tokio::spawn(listener::run(
+            ops_listener,
+            ops_router(app.clone()),
+            None,
+            limits,
+            drain.clone(),
+        )));
+    }
+    let main_listener = to_tokio(listener)?;
+    tracing::info!(%addr, tls = tls.is_some(), "serving the extender");
+    listener::run(main_listener, router(app, server), tls, limits, drain).await;
+    if let Some(task) = ops_task {
+        let _ = task.await;
+    }
+    Ok(())
 }

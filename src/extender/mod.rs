@@ -5,6 +5,7 @@
 
 pub mod binder;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod probe;
 pub mod settings;

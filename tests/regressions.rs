@@ -522,3 +522,91 @@ mod serving {
         assert!(answered, "a connection is served again after one closed");
     }
 }
+
+// ---- items 3 and 4: free VRAM means placeable now; scrapes are consistent ------------------
+
+/// `nodes` one-T4 nodes (non-sharing), the first `held` of them running a whole-T4 pod.
+fn t4_cluster(nodes: usize, held: usize) -> Arc<ExtenderState> {
+    let mut objects = Objects::default();
+    for i in 0..nodes {
+        objects.nodes.push(
+            serde_json::from_value(json!({
+                "metadata": {"name": format!("t4-{i}"), "labels": {
+                    "nvidia.com/gpu.product": "Tesla-T4", "nvidia.com/gpu.memory": "15360"}},
+                "status": {"allocatable": {"nvidia.com/gpu": "1"}}
+            }))
+            .unwrap(),
+        );
+    }
+    for i in 0..held {
+        objects.pods.push(
+            serde_json::from_value(json!({
+                "metadata": {"name": format!("whole-{i}"), "namespace": "default", "uid": format!("u{i}"),
+                             "annotations": {"vramfit.io/assigned-devices": "0"}},
+                "spec": {"nodeName": format!("t4-{i}"), "containers": [{"name": "c",
+                         "resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
+                "status": {"phase": "Running"}
+            }))
+            .unwrap(),
+        );
+    }
+    Arc::new(ExtenderState::from_snapshot(
+        &objects,
+        Config::default(),
+        Catalog::default(),
+        SystemTime::now(),
+    ))
+}
+
+fn sample(text: &str, family: &str, class: &str) -> i64 {
+    let prefix = format!("{family}{{class=\"{class}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("{prefix} missing"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn free_vram_counts_nothing_on_devices_held_whole() {
+    let metrics = Metrics::default();
+    let all_held = t4_cluster(11, 11);
+    let text = metrics.scrape(&all_held);
+    assert_eq!(sample(&text, "vramfit_device_class_free_devices", "T4"), 0);
+    assert_eq!(sample(&text, "vramfit_device_class_free_vram_mib", "T4"), 0);
+    // One idle T4 left: its usable VRAM under the default 15 percent headroom.
+    let one_left = t4_cluster(12, 11);
+    let text = metrics.scrape(&one_left);
+    assert_eq!(sample(&text, "vramfit_device_class_free_devices", "T4"), 1);
+    assert_eq!(
+        sample(&text, "vramfit_device_class_free_vram_mib", "T4"),
+        15360 * 85 / 100
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_scrapes_all_report_the_same_values() {
+    let router = app(t4_cluster(200, 50));
+    let mut scrapes = Vec::new();
+    for _ in 0..20 {
+        let router = router.clone();
+        scrapes.push(tokio::spawn(async move {
+            let response = router
+                .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8(bytes.to_vec()).unwrap()
+        }));
+    }
+    for scrape in scrapes {
+        let text = scrape.await.unwrap();
+        assert_eq!(sample(&text, "vramfit_device_class_free_devices", "T4"), 150);
+        assert_eq!(
+            sample(&text, "vramfit_device_class_free_vram_mib", "T4"),
+            150 * (15360 * 85 / 100)
+        );
+    }
+}

@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::metrics::{Metrics, ReasonLabels};
+use super::metrics::{Metrics, ReasonLabels, ScrapeInput};
 use super::wire::{
     ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult, HostPriority,
     Name, NodeListOut, PairMap, RawNodeList,
@@ -395,17 +395,26 @@ async fn readyz(State(app): State<App>) -> Response {
 }
 
 async fn metrics(State(app): State<App>) -> Response {
-    app.metrics
-        .refresh_inventory(&app.cluster.read(), app.cluster.config.headroom_percent);
-    app.metrics.refresh_watch(&app.cluster);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        app.metrics.render(),
-    )
-        .into_response()
+    // Copy what the gauges need under the read lock, then build and encode them on a blocking
+    // thread: a scrape never holds the lock or an async worker for the whole rebuild.
+    let input = ScrapeInput::of(&app.cluster);
+    let headroom = app.cluster.config.headroom_percent;
+    let metrics = app.metrics.clone();
+    match tokio::task::spawn_blocking(move || metrics.render(input, headroom)).await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rendering metrics failed: {error}"),
+        )
+            .into_response(),
+    }
 }
 
 async fn version() -> Response {

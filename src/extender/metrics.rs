@@ -1,5 +1,11 @@
 //! Prometheus metrics of the HTTP layer: latency per verb, requests by outcome, filter
-//! rejections by reason code.
+//! rejections by reason code, and inventory gauges computed per scrape.
+//!
+//! A scrape copies what the gauges need from the inventory under the read lock (a flat list of
+//! devices and exclusive shares: no per-scrape work beyond copying happens under the lock), then
+//! builds the gauges into a registry of its own, so concurrent scrapes never see each other's
+//! half-built values. The HTTP handler runs the build on a blocking thread, off the async
+//! workers that answer filter, prioritize and bind.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -8,7 +14,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::core::schedule::stranded_devices;
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use crate::core::Inventory;
 use crate::extender::state::{ExtenderState, WatchedResource};
 
@@ -40,22 +48,12 @@ pub struct ClassLabels {
     pub class: String,
 }
 
-/// The server's metrics and their registry.
+/// The server's counters, shared by every request; gauges are built per scrape.
 pub struct Metrics {
-    pub registry: Registry,
     pub latency: Family<VerbLabels, Histogram>,
     pub requests: Family<OutcomeLabels, Counter>,
     pub rejections: Family<ReasonLabels, Counter>,
     pub bind_conflicts: Family<ReasonLabels, Counter>,
-    pub device_total: Family<DeviceLabels, Gauge>,
-    pub device_used: Family<DeviceLabels, Gauge>,
-    pub device_reserved: Family<DeviceLabels, Gauge>,
-    pub class_free_vram: Family<ClassLabels, Gauge>,
-    pub class_free_devices: Family<ClassLabels, Gauge>,
-    pub class_stranded: Family<ClassLabels, Gauge>,
-    pub watch_age: Family<ResourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    pub watch_errors: Family<ResourceLabels, Gauge>,
-    pub reservations: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,109 +63,176 @@ pub struct ResourceLabels {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("vramfit");
-        let latency = Family::<VerbLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
-        });
-        let requests = Family::<OutcomeLabels, Counter>::default();
-        let rejections = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "request_duration_seconds",
-            "Time to answer an extender call, by verb",
-            latency.clone(),
-        );
-        registry.register(
-            "requests",
-            "Extender calls by verb and outcome (ok, rejected-all, bad-request, error)",
-            requests.clone(),
-        );
-        registry.register(
-            "filter_rejections",
-            "Nodes rejected by filter, by reason code",
-            rejections.clone(),
-        );
-        let bind_conflicts = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "bind_conflicts",
-            "Binds refused because the pod no longer fits or is bound elsewhere, by reason",
-            bind_conflicts.clone(),
-        );
-        let gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let family = Family::<DeviceLabels, Gauge>::default();
-            registry.register(name, help, family.clone());
-            family
-        };
-        let device_total = gauge(
-            &mut registry,
-            "device_vram_total_mib",
-            "VRAM of each device (MiB)",
-        );
-        let device_used = gauge(
-            &mut registry,
-            "device_vram_used_mib",
-            "VRAM in use on each device as the node agent measured it (MiB; 0 without a fresh report)",
-        );
-        let device_reserved = gauge(
-            &mut registry,
-            "device_vram_reserved_mib",
-            "VRAM reserved on each device by placed pods (ledger, MiB)",
-        );
-        let class_gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let family = Family::<ClassLabels, Gauge>::default();
-            registry.register(name, help, family.clone());
-            family
-        };
-        let class_free_vram = class_gauge(
-            &mut registry,
-            "device_class_free_vram_mib",
-            "VRAM still placeable per device class under the default headroom (MiB, healthy devices)",
-        );
-        let class_free_devices = class_gauge(
-            &mut registry,
-            "device_class_free_devices",
-            "Healthy devices per class that no pod holds or shares",
-        );
-        let class_stranded = class_gauge(
-            &mut registry,
-            "device_class_stranded_devices",
-            "Devices per class held whole by pods whose need would fit a smaller class",
-        );
-        let watch_age =
-            Family::<ResourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-        registry.register(
-            "watch_last_event_age_seconds",
-            "Live mode: seconds since the last watch event per resource (staleness); absent before the first",
-            watch_age.clone(),
-        );
-        let watch_errors = Family::<ResourceLabels, Gauge>::default();
-        registry.register(
-            "watch_errors",
-            "Live mode: watch failures per resource since start (each is retried with backoff)",
-            watch_errors.clone(),
-        );
-        let reservations = Gauge::default();
-        registry.register(
-            "reservations_in_flight",
-            "Binds whose placement no pod event has confirmed yet",
-            reservations.clone(),
-        );
         Metrics {
-            registry,
-            watch_age,
-            watch_errors,
-            reservations,
-            latency,
-            requests,
-            rejections,
-            bind_conflicts,
-            device_total,
-            device_used,
-            device_reserved,
-            class_free_vram,
-            class_free_devices,
-            class_stranded,
+            latency: Family::<VerbLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+            }),
+            requests: Family::default(),
+            rejections: Family::default(),
+            bind_conflicts: Family::default(),
         }
     }
+}
+
+/// One device as a scrape needs it.
+#[derive(Debug, Clone)]
+struct DeviceRow {
+    node: u32,
+    index: u32,
+    class: Arc<str>,
+    total_mib: u64,
+    measured_used_mib: u64,
+    reserved_mib: u64,
+    healthy: bool,
+    exclusive_holders: u32,
+    sharers: u32,
+}
+
+/// One node as a scrape needs it.
+#[derive(Debug, Clone)]
+struct NodeRow {
+    name: String,
+    resource: Option<&'static str>,
+    sharing: bool,
+    /// Whole devices the device plugin can still hand out (allocatable − held).
+    free_slots: u32,
+}
+
+/// What a scrape reads from the state, copied under the read lock.
+#[derive(Debug, Clone, Default)]
+pub struct ScrapeInput {
+    nodes: Vec<NodeRow>,
+    devices: Vec<DeviceRow>,
+    /// Exclusive shares: (row in `devices`, VRAM per device the pod needs).
+    exclusive_shares: Vec<(u32, u64)>,
+    reservations: usize,
+    watch: Vec<(&'static str, Option<f64>, u64)>,
+}
+
+impl ScrapeInput {
+    /// Copies what the inventory gauges need. Only copies: the caller holds the read lock
+    /// for as long as this takes.
+    pub fn capture(inventory: &Inventory) -> Self {
+        let mut input = ScrapeInput {
+            nodes: Vec::with_capacity(inventory.node_count()),
+            devices: Vec::with_capacity(inventory.node_count() * 8),
+            ..ScrapeInput::default()
+        };
+        let mut first_device: HashMap<&str, (u32, u32)> =
+            HashMap::with_capacity(inventory.node_count());
+        for node in inventory.nodes() {
+            let node_row = input.nodes.len() as u32;
+            first_device.insert(
+                &node.name,
+                (input.devices.len() as u32, node.devices.len() as u32),
+            );
+            input.nodes.push(NodeRow {
+                name: node.name.clone(),
+                resource: node.resource,
+                sharing: node.sharing,
+                free_slots: node.allocatable_devices.saturating_sub(node.held_devices()),
+            });
+            input.devices.extend(node.devices.iter().map(|d| DeviceRow {
+                node: node_row,
+                index: d.index,
+                class: d.class.clone(),
+                total_mib: d.total_mib,
+                measured_used_mib: d.measured_used_mib,
+                reserved_mib: d.reserved_mib,
+                healthy: d.healthy,
+                exclusive_holders: d.exclusive_holders,
+                sharers: d.sharers,
+            }));
+        }
+        for (_, placement) in inventory.placements() {
+            if !placement.exclusive {
+                continue;
+            }
+            let Some(&(first, count)) = first_device.get(placement.node.as_str()) else {
+                continue;
+            };
+            for share in &placement.shares {
+                let rows = first..first + count;
+                if let Some(row) =
+                    rows.clone().find(|&r| input.devices[r as usize].index == share.index)
+                {
+                    input.exclusive_shares.push((row, share.vram_mib));
+                }
+            }
+        }
+        input
+    }
+
+    /// [`capture`](Self::capture) plus the watch and reservation figures of `cluster`.
+    pub fn of(cluster: &ExtenderState) -> Self {
+        let mut input = ScrapeInput::capture(&cluster.read());
+        input.reservations = cluster.reserved_pods();
+        input.watch = [
+            (WatchedResource::Nodes, "nodes"),
+            (WatchedResource::Pods, "pods"),
+        ]
+        .into_iter()
+        .map(|(resource, name)| {
+            (
+                name,
+                cluster
+                    .health
+                    .last_event_age(resource)
+                    .map(|age| age.as_secs_f64()),
+                cluster.health.errors(resource),
+            )
+        })
+        .collect();
+        input
+    }
+}
+
+/// VRAM a device can give a pod right now under `headroom_percent`: nothing on a device held
+/// whole; on a VRAM-sharing node, what sharing pods could still get; elsewhere only an idle
+/// device's VRAM, and only while the node has a device left to hand out (`slot_free`).
+fn placeable_mib(device: &DeviceRow, sharing: bool, slot_free: bool, headroom: u8) -> u64 {
+    if !device.healthy || device.exclusive_holders > 0 {
+        return 0;
+    }
+    let usable = device.total_mib * u64::from(100 - headroom.min(100)) / 100;
+    let free = usable.saturating_sub(device.measured_used_mib.max(device.reserved_mib));
+    let idle = device.sharers == 0 && device.reserved_mib == 0;
+    if sharing || (idle && slot_free) {
+        free
+    } else {
+        0
+    }
+}
+
+/// Devices held whole by a pod whose need would fit a smaller device class of the same
+/// resource: rows of `input.devices`.
+fn stranded_rows(input: &ScrapeInput, headroom: u8) -> Vec<bool> {
+    let usable = |d: &DeviceRow| d.total_mib * u64::from(100 - headroom.min(100)) / 100;
+    let mut sizes: HashMap<Option<&'static str>, Vec<u64>> = HashMap::new();
+    for d in &input.devices {
+        sizes
+            .entry(input.nodes[d.node as usize].resource)
+            .or_default()
+            .push(usable(d));
+    }
+    for list in sizes.values_mut() {
+        list.sort_unstable();
+        list.dedup();
+    }
+    let mut stranded = vec![false; input.devices.len()];
+    for &(row, need) in &input.exclusive_shares {
+        let d = &input.devices[row as usize];
+        let own = usable(d);
+        let Some(list) = sizes.get(&input.nodes[d.node as usize].resource) else {
+            continue;
+        };
+        // The smallest usable size that still fits the need: stranded if it is smaller.
+        let at = list.partition_point(|&u| u < need);
+        if list.get(at).is_some_and(|&smallest| smallest < own) {
+            stranded[row as usize] = true;
+        }
+    }
+    stranded
 }
 
 impl Metrics {
@@ -184,78 +249,151 @@ impl Metrics {
             .inc();
     }
 
-    /// Sets the inventory gauges from the current inventory (called at scrape time).
-    pub fn refresh_inventory(&self, inventory: &Inventory, headroom_percent: u8) {
-        for family in [&self.device_total, &self.device_used, &self.device_reserved] {
-            family.clear();
-        }
-        for family in [
-            &self.class_free_vram,
-            &self.class_free_devices,
-            &self.class_stranded,
-        ] {
-            family.clear();
-        }
-        let stranded = stranded_devices(inventory, headroom_percent);
-        for node in inventory.nodes() {
-            for d in &node.devices {
-                let labels = DeviceLabels {
-                    node: node.name.clone(),
-                    device: d.index.to_string(),
-                    class: d.class.to_string(),
-                };
-                let set = |family: &Family<DeviceLabels, Gauge>, value: u64| {
-                    family
-                        .get_or_create(&labels)
-                        .set(value.min(i64::MAX as u64) as i64);
-                };
-                set(&self.device_total, d.total_mib);
-                set(&self.device_used, d.measured_used_mib);
-                set(&self.device_reserved, d.reserved_mib);
-                let class = ClassLabels {
-                    class: d.class.to_string(),
-                };
-                if d.healthy {
-                    self.class_free_vram
-                        .get_or_create(&class)
-                        .inc_by(d.free_mib(headroom_percent).min(i64::MAX as u64) as i64);
-                    let free = self.class_free_devices.get_or_create(&class);
-                    if !d.is_busy() {
-                        free.inc();
-                    }
-                }
-                let held = self.class_stranded.get_or_create(&class);
-                if stranded.contains(&(node.name.clone(), d.index)) {
-                    held.inc();
-                }
-            }
-        }
+    /// A whole scrape in one call: capture under the lock, then render (for tests and tools;
+    /// the server renders on a blocking thread).
+    pub fn scrape(&self, cluster: &ExtenderState) -> String {
+        self.render(ScrapeInput::of(cluster), cluster.config.headroom_percent)
     }
 
-    /// Sets the watch and reservation gauges from the cluster state.
-    pub fn refresh_watch(&self, cluster: &ExtenderState) {
-        self.reservations.set(cluster.reserved_pods() as i64);
-        for (resource, name) in [
-            (WatchedResource::Nodes, "nodes"),
-            (WatchedResource::Pods, "pods"),
-        ] {
-            let labels = ResourceLabels {
-                resource: name.into(),
+    /// Renders the text exposition format: the shared counters plus gauges built from `input`
+    /// alone, in a registry of this scrape's own.
+    pub fn render(&self, input: ScrapeInput, headroom_percent: u8) -> String {
+        let mut registry = Registry::with_prefix("vramfit");
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer an extender call, by verb",
+            self.latency.clone(),
+        );
+        registry.register(
+            "requests",
+            "Extender calls by verb and outcome (ok, rejected-all, bad-request, error)",
+            self.requests.clone(),
+        );
+        registry.register(
+            "filter_rejections",
+            "Nodes rejected by filter, by reason code",
+            self.rejections.clone(),
+        );
+        registry.register(
+            "bind_conflicts",
+            "Binds refused because the pod no longer fits or is bound elsewhere, by reason",
+            self.bind_conflicts.clone(),
+        );
+        let device_gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<DeviceLabels, Gauge>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let device_total = device_gauge(
+            &mut registry,
+            "device_vram_total_mib",
+            "VRAM of each device (MiB)",
+        );
+        let device_used = device_gauge(
+            &mut registry,
+            "device_vram_used_mib",
+            "VRAM in use on each device as the node agent measured it (MiB; 0 without a fresh report)",
+        );
+        let device_reserved = device_gauge(
+            &mut registry,
+            "device_vram_reserved_mib",
+            "VRAM reserved on each device by placed pods (ledger, MiB)",
+        );
+        let class_gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<ClassLabels, Gauge>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let class_free_vram = class_gauge(
+            &mut registry,
+            "device_class_free_vram_mib",
+            "VRAM a pod could be given now per device class under the default headroom (MiB): shared devices' free VRAM, idle devices' VRAM where the node has a device left to hand out; nothing on devices held whole",
+        );
+        let class_free_devices = class_gauge(
+            &mut registry,
+            "device_class_free_devices",
+            "Healthy devices per class that no pod holds or shares",
+        );
+        let class_stranded = class_gauge(
+            &mut registry,
+            "device_class_stranded_devices",
+            "Devices per class held whole by pods whose need would fit a smaller class",
+        );
+        let stranded = stranded_rows(&input, headroom_percent);
+        // Idle devices a non-sharing node can still hand out, counted down per node.
+        let mut slots: Vec<u32> = input.nodes.iter().map(|n| n.free_slots).collect();
+        let gauge_value = |v: u64| v.min(i64::MAX as u64) as i64;
+        for (row, d) in input.devices.iter().enumerate() {
+            let node = &input.nodes[d.node as usize];
+            let labels = DeviceLabels {
+                node: node.name.clone(),
+                device: d.index.to_string(),
+                class: d.class.to_string(),
             };
-            if let Some(age) = cluster.health.last_event_age(resource) {
-                self.watch_age.get_or_create(&labels).set(age.as_secs_f64());
-            }
-            self.watch_errors
+            device_total
                 .get_or_create(&labels)
-                .set(cluster.health.errors(resource) as i64);
+                .set(gauge_value(d.total_mib));
+            device_used
+                .get_or_create(&labels)
+                .set(gauge_value(d.measured_used_mib));
+            device_reserved
+                .get_or_create(&labels)
+                .set(gauge_value(d.reserved_mib));
+            let class = ClassLabels {
+                class: d.class.to_string(),
+            };
+            let idle = d.exclusive_holders == 0 && d.sharers == 0 && d.reserved_mib == 0;
+            let slot = &mut slots[d.node as usize];
+            let slot_free = *slot > 0;
+            let placeable = placeable_mib(d, node.sharing, slot_free, headroom_percent);
+            if !node.sharing && idle && d.healthy && slot_free && placeable > 0 {
+                *slot -= 1;
+            }
+            class_free_vram
+                .get_or_create(&class)
+                .inc_by(gauge_value(placeable));
+            let free = class_free_devices.get_or_create(&class);
+            if d.healthy && idle {
+                free.inc();
+            }
+            let held = class_stranded.get_or_create(&class);
+            if stranded[row] {
+                held.inc();
+            }
         }
-    }
-
-    /// Renders the text exposition format.
-    pub fn render(&self) -> String {
+        let watch_age = Family::<ResourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "watch_last_event_age_seconds",
+            "Live mode: seconds since the last watch event per resource (staleness); absent before the first",
+            watch_age.clone(),
+        );
+        let watch_errors = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "watch_errors",
+            "Live mode: watch failures per resource since start (each is retried with backoff)",
+            watch_errors.clone(),
+        );
+        let reservations = Gauge::<i64>::default();
+        registry.register(
+            "reservations_in_flight",
+            "Binds whose placement no pod event has confirmed yet",
+            reservations.clone(),
+        );
+        reservations.set(input.reservations as i64);
+        for (resource, age, errors) in &input.watch {
+            let labels = ResourceLabels {
+                resource: (*resource).into(),
+            };
+            if let Some(age) = age {
+                watch_age.get_or_create(&labels).set(*age);
+            }
+            watch_errors
+                .get_or_create(&labels)
+                .set(gauge_value(*errors));
+        }
         let mut out = String::new();
         // Encoding into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
 }

@@ -57,10 +57,8 @@ fn exported_metrics() -> BTreeSet<String> {
     cluster.apply_node(&node, SystemTime::now());
     cluster.health.touch(WatchedResource::Nodes);
     cluster.health.touch(WatchedResource::Pods);
-    metrics.refresh_inventory(&cluster.read(), cluster.config.headroom_percent);
-    metrics.refresh_watch(&cluster);
     let mut names = BTreeSet::new();
-    for line in metrics.render().lines() {
+    for line in metrics.scrape(&cluster).lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             names.insert(rest.split_whitespace().next().unwrap().to_string());
         } else if !line.starts_with('#') && !line.is_empty() {

@@ -474,7 +474,9 @@ mod serving {
             ..ServerConfig::default()
         });
         let mut slow = TcpStream::connect(server.addr).await.unwrap();
-        slow.write_all(b"POST /filter HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+        slow.write_all(b"POST /filter HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
         assert!(closed_by_server(&mut slow).await);
     }
 
@@ -512,8 +514,7 @@ mod serving {
         let mut answered = false;
         for _ in 0..100 {
             let mut again = TcpStream::connect(server.addr).await.unwrap();
-            if again.write_all(HEALTHZ).await.is_ok() && read_response(&mut again).await.is_some()
-            {
+            if again.write_all(HEALTHZ).await.is_ok() && read_response(&mut again).await.is_some() {
                 answered = true;
                 break;
             }
@@ -603,7 +604,10 @@ async fn concurrent_scrapes_all_report_the_same_values() {
     }
     for scrape in scrapes {
         let text = scrape.await.unwrap();
-        assert_eq!(sample(&text, "vramfit_device_class_free_devices", "T4"), 150);
+        assert_eq!(
+            sample(&text, "vramfit_device_class_free_devices", "T4"),
+            150
+        );
         assert_eq!(
             sample(&text, "vramfit_device_class_free_vram_mib", "T4"),
             150 * (15360 * 85 / 100)

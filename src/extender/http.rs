@@ -23,9 +23,9 @@ use super::wire::{
 };
 use crate::core::{build_node, pod_demand, NodeInfo};
 use crate::extender::binder::BindTarget;
+use crate::extender::listener::{self, Drain, Limits};
 use crate::extender::state::ExtenderState;
 use crate::kubernetes::objects::Node;
-use crate::extender::listener::{self, Drain, Limits};
 use crate::shutdown::shutdown_signal;
 
 /// Settings of the HTTP layer (the `server:` section of the config file).

@@ -153,8 +153,9 @@ impl ScrapeInput {
             };
             for share in &placement.shares {
                 let rows = first..first + count;
-                if let Some(row) =
-                    rows.clone().find(|&r| input.devices[r as usize].index == share.index)
+                if let Some(row) = rows
+                    .clone()
+                    .find(|&r| input.devices[r as usize].index == share.index)
                 {
                     input.exclusive_shares.push((row, share.vram_mib));
                 }
@@ -361,7 +362,8 @@ impl Metrics {
                 held.inc();
             }
         }
-        let watch_age = Family::<ResourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let watch_age =
+            Family::<ResourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
             "watch_last_event_age_seconds",
             "Live mode: seconds since the last watch event per resource (staleness); absent before the first",

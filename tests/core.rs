@@ -513,7 +513,7 @@ fn bound_pods_occupy_devices_and_finished_pods_do_not() {
     assert_eq!(node.held_devices(), 1);
     let d = place(&mut inventory, &demand(mk_pod("p").gpus(2)), &config);
     assert_eq!(d.node, None, "only one device left");
-    inventory.release("uid-r");
+    inventory.remove("uid-r");
     let d = place(&mut inventory, &demand(mk_pod("p").gpus(2)), &config);
     assert_eq!(d.node.as_deref(), Some("a100"));
 }

@@ -1,20 +1,30 @@
-//! A model-based property test of the live cluster state: random interleavings of binds
-//! (succeeding, refused, timing out before or after the API server bound the pod), pod watch
-//! events (created, bound, finished, deleted), reservation expiry and extender restarts, checked
-//! against a reference API server. Invariants: no device is ever over-committed (in the ledger,
-//! and in what the API server ends up binding), nothing a bind committed is lost, and the ledger
-//! after a restart equals the ledger before it.
+//! A model-based property test of the core's ledger, without tokio or the server: random
+//! interleavings of binds (succeeding, refused, timing out before or after the API server bound
+//! the pod) driven through `reserve` → binder → `confirm` / `release` / `mark_ambiguous`, pod
+//! watch events (created, bound, finished, deleted) through `observe_pod` / `remove`,
+//! reservation expiry with time passed in, and restarts (`rebuild` from the API server's list),
+//! checked against a reference API server. Invariants: no device is ever over-committed (in the
+//! ledger, and in what the API server ends up binding), nothing a bind committed is lost, and the
+//! ledger after a restart equals the ledger before it.
+//!
+//! CI runs 256 cases; set `LEDGER_MODEL_CASES` for a long run (10,000 pass:
+//! `LEDGER_MODEL_CASES=10000 cargo test --release --test ledger_model`).
+//!
+//! A second property checks that filter and bind agree by construction: for accelerator-free,
+//! sharing, whole-device and multi-device pods on every kind of node, `reserve` succeeds exactly
+//! where `filter` passes, on the devices the verdict chose.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::future::BoxFuture;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use vramfit::core::{Catalog, Config, Placement};
-use vramfit::extender::binder::{binding_annotations, BindFailure, BindTarget, Binder};
-use vramfit::extender::state::ExtenderState;
+use vramfit::core::schedule::verdict;
+use vramfit::core::{
+    build_node, filter, pod_demand, Catalog, Config, Demand, Inventory, NodeInfo, Observed,
+    Placement, PodFacts, Reason, ReserveError, Stage,
+};
+use vramfit::extender::binder::binding_annotations;
 use vramfit::kubernetes::objects::{Node, Pod};
 
 const NODES: [(&str, &str, u64, u32, bool); 3] = [
@@ -33,6 +43,13 @@ fn nodes() -> Vec<Node> {
             }
             serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "status": {"allocatable": {"nvidia.com/gpu": count.to_string()}}})).unwrap()
         })
+        .collect()
+}
+
+fn node_infos() -> Vec<NodeInfo> {
+    nodes()
+        .iter()
+        .map(|n| build_node(&n.facts(), &Config::default(), SystemTime::UNIX_EPOCH))
         .collect()
 }
 
@@ -63,11 +80,11 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Outcome::TimeoutNotBound),
     ];
     prop_oneof![
-        3 => (0u8..10, 0u8..3, 0u8..40).prop_map(|(pod, gpus, vram_gib)| Op::Create { pod, gpus, vram_gib }),
-        5 => (0u8..10, 0u8..3, outcome).prop_map(|(pod, node, outcome)| Op::Bind { pod, node, outcome }),
-        3 => (0u8..10).prop_map(|pod| Op::Deliver { pod }),
-        1 => (0u8..10).prop_map(|pod| Op::Finish { pod }),
-        1 => (0u8..10).prop_map(|pod| Op::Delete { pod }),
+        3 => (0u8..5, 0u8..3, 0u8..40).prop_map(|(pod, gpus, vram_gib)| Op::Create { pod, gpus, vram_gib }),
+        5 => (0u8..5, 0u8..3, outcome).prop_map(|(pod, node, outcome)| Op::Bind { pod, node, outcome }),
+        3 => (0u8..5).prop_map(|pod| Op::Deliver { pod }),
+        1 => (0u8..5).prop_map(|pod| Op::Finish { pod }),
+        1 => (0u8..5).prop_map(|pod| Op::Delete { pod }),
         1 => Just(Op::ExpireAfterEventsArrive),
         1 => Just(Op::Restart),
     ]
@@ -79,48 +96,103 @@ struct ApiServer {
     pods: BTreeMap<String, Value>,
 }
 
-struct ScriptedBinder {
-    api: Arc<Mutex<ApiServer>>,
-    next: Mutex<Outcome>,
+/// Why the scripted binder failed: `definite` like a 4xx, otherwise ambiguous like a timeout.
+struct BindFailure {
+    definite: bool,
 }
 
-impl Binder for ScriptedBinder {
-    fn bind<'a>(
-        &'a self,
-        target: &'a BindTarget,
-        placement: &'a Placement,
-    ) -> BoxFuture<'a, Result<(), BindFailure>> {
-        Box::pin(async move {
-            let outcome = *self.next.lock().unwrap();
-            let mut api = self.api.lock().unwrap();
-            let bindable = api
-                .pods
-                .get(&target.uid)
-                .is_some_and(|p| p["spec"]["nodeName"].is_null());
-            if matches!(outcome, Outcome::Bound | Outcome::TimeoutButBound) && bindable {
-                let pod = api.pods.get_mut(&target.uid).unwrap();
-                pod["spec"]["nodeName"] = json!(target.node);
-                for (k, v) in binding_annotations(placement) {
-                    pod["metadata"]["annotations"][k] = json!(v);
-                }
+/// The binder against the reference API server, scripted to answer `outcome`.
+fn scripted_bind(
+    api: &mut ApiServer,
+    uid: &str,
+    node: &str,
+    placement: &Placement,
+    outcome: Outcome,
+) -> Result<(), BindFailure> {
+    let bindable = api
+        .pods
+        .get(uid)
+        .is_some_and(|p| p["spec"]["nodeName"].is_null());
+    if matches!(outcome, Outcome::Bound | Outcome::TimeoutButBound) && bindable {
+        let pod = api.pods.get_mut(uid).unwrap();
+        pod["spec"]["nodeName"] = json!(node);
+        for (k, v) in binding_annotations(placement) {
+            pod["metadata"]["annotations"][k] = json!(v);
+        }
+    }
+    // Like the real binder: "already assigned to the same node" (409) counts as success.
+    let same_node = api
+        .pods
+        .get(uid)
+        .is_some_and(|p| p["spec"]["nodeName"] == json!(node));
+    match outcome {
+        Outcome::Bound if bindable || same_node => Ok(()),
+        Outcome::Bound | Outcome::Refused => Err(BindFailure { definite: true }),
+        Outcome::TimeoutButBound | Outcome::TimeoutNotBound => Err(BindFailure { definite: false }),
+    }
+}
+
+/// The extender as far as the core goes: the ledger plus the demands of pending pods.
+struct Extender {
+    inventory: Inventory,
+    demands: HashMap<String, Demand>,
+}
+
+impl Extender {
+    /// The pod watch delivered `value`.
+    fn observe(&mut self, value: &Value) {
+        let facts = as_facts(value);
+        let id = facts.ledger_id();
+        match self
+            .inventory
+            .observe_pod(&facts, &Config::default(), &Catalog::default())
+        {
+            Observed::Pending(demand) => {
+                self.demands.insert(id, demand);
             }
-            // Like the real binder: "already assigned to the same node" (409) counts as success.
-            let same_node = api
-                .pods
-                .get(&target.uid)
-                .is_some_and(|p| p["spec"]["nodeName"] == json!(target.node));
-            match outcome {
-                Outcome::Bound if bindable || same_node => Ok(()),
-                Outcome::Bound | Outcome::Refused => Err(BindFailure {
-                    message: "refused".into(),
-                    definite: true,
-                }),
-                Outcome::TimeoutButBound | Outcome::TimeoutNotBound => Err(BindFailure {
-                    message: "timeout".into(),
-                    definite: false,
-                }),
+            _ => {
+                self.demands.remove(&id);
             }
-        })
+        }
+    }
+
+    /// A bind: reserve with the core's verdict, call the binder, settle with its answer.
+    /// Returns whether the bind reported success.
+    fn bind(
+        &mut self,
+        api: &mut ApiServer,
+        uid: &str,
+        node: &str,
+        outcome: Outcome,
+        now: Instant,
+    ) -> bool {
+        let Some(demand) = self.demands.get(uid) else {
+            // Demand dropped once seen bound: a repeat to where it is bound still succeeds.
+            return self
+                .inventory
+                .placement(uid)
+                .is_some_and(|p| p.node == node);
+        };
+        let Ok(reservation) = self.inventory.reserve(demand, node, now) else {
+            return false;
+        };
+        if !reservation.needs_binding {
+            return true;
+        }
+        match scripted_bind(api, uid, node, &reservation.placement, outcome) {
+            Ok(()) => {
+                self.inventory.confirm(&reservation.id, now);
+                true
+            }
+            Err(BindFailure { definite: true }) => {
+                self.inventory.release(&reservation.id);
+                false
+            }
+            Err(BindFailure { definite: false }) => {
+                self.inventory.mark_ambiguous(&reservation.id);
+                false
+            }
+        }
     }
 }
 
@@ -140,43 +212,31 @@ fn pod(uid: &str, gpus: u8, vram_gib: u8) -> Value {
     })
 }
 
-fn as_pod(value: &Value) -> Pod {
-    serde_json::from_value(value.clone()).unwrap()
+fn as_facts(value: &Value) -> PodFacts {
+    serde_json::from_value::<Pod>(value.clone())
+        .unwrap()
+        .facts()
 }
 
-fn fresh_state(api: &Arc<Mutex<ApiServer>>, binder: Arc<ScriptedBinder>) -> ExtenderState {
-    struct Shared(Arc<ScriptedBinder>);
-    impl Binder for Shared {
-        fn bind<'a>(
-            &'a self,
-            t: &'a BindTarget,
-            p: &'a Placement,
-        ) -> BoxFuture<'a, Result<(), BindFailure>> {
-            self.0.bind(t, p)
-        }
-    }
-    let state = ExtenderState::new(
-        Config::default(),
-        Catalog::default(),
-        Box::new(Shared(binder)),
-    );
-    for node in nodes() {
-        state.apply_node(&node, SystemTime::now());
-    }
-    // The initial list: every pod the API server has, then the relist clean-up.
-    let api = api.lock().unwrap();
-    for value in api.pods.values() {
-        state.apply_pod(&as_pod(value));
-    }
-    state.retain_pods(&api.pods.keys().cloned().collect());
-    state.set_ready(true);
-    state
+/// A (re)started extender: the ledger rebuilt from the API server's full list.
+fn restart(api: &ApiServer) -> Extender {
+    let pods: Vec<PodFacts> = api.pods.values().map(as_facts).collect();
+    let (inventory, observed) =
+        Inventory::rebuild(node_infos(), &pods, &Config::default(), &Catalog::default());
+    let demands = pods
+        .iter()
+        .zip(observed)
+        .filter_map(|(pod, observed)| match observed {
+            Observed::Pending(demand) => Some((pod.ledger_id(), demand)),
+            _ => None,
+        })
+        .collect();
+    Extender { inventory, demands }
 }
 
 /// (pod, node, devices) of every placement in the ledger.
-fn ledger(state: &ExtenderState) -> BTreeSet<(String, String, Vec<u32>)> {
-    state
-        .read()
+fn ledger(inventory: &Inventory) -> BTreeSet<(String, String, Vec<u32>)> {
+    inventory
         .placements()
         .map(|(id, p)| {
             (
@@ -210,8 +270,8 @@ fn api_bound(api: &ApiServer) -> BTreeSet<(String, String, Vec<u32>)> {
         .collect()
 }
 
-fn check_no_overcommit(state: &ExtenderState, api: &ApiServer) -> Result<(), TestCaseError> {
-    for node in state.read().nodes() {
+fn check_no_overcommit(inventory: &Inventory, api: &ApiServer) -> Result<(), TestCaseError> {
+    for node in inventory.nodes() {
         prop_assert!(node.held_devices() <= node.allocatable_devices);
         for d in &node.devices {
             prop_assert!(
@@ -279,18 +339,13 @@ fn check_no_overcommit(state: &ExtenderState, api: &ApiServer) -> Result<(), Tes
 }
 
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let api = Arc::new(Mutex::new(ApiServer::default()));
-    let binder = Arc::new(ScriptedBinder {
-        api: api.clone(),
-        next: Mutex::new(Outcome::Bound),
-    });
-    let mut state = fresh_state(&api, binder.clone());
+    let mut api = ApiServer::default();
+    let mut extender = restart(&api);
     let mut delivered: HashSet<String> = HashSet::new();
     let ttl = Duration::from_secs(60);
+    let mut now = Instant::now();
     for op in ops {
+        now += Duration::from_secs(1);
         match op {
             Op::Create {
                 pod: i,
@@ -298,12 +353,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 vram_gib,
             } => {
                 let uid = format!("pod-{i}");
-                if api.lock().unwrap().pods.contains_key(&uid) {
+                if api.pods.contains_key(&uid) {
                     continue;
                 }
                 let value = pod(&uid, gpus, vram_gib);
-                api.lock().unwrap().pods.insert(uid.clone(), value.clone());
-                state.apply_pod(&as_pod(&value));
+                api.pods.insert(uid.clone(), value.clone());
+                extender.observe(&value);
             }
             Op::Bind {
                 pod: i,
@@ -311,23 +366,22 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 outcome,
             } => {
                 let uid = format!("pod-{i}");
-                if !api.lock().unwrap().pods.contains_key(&uid) {
+                if !api.pods.contains_key(&uid) {
                     continue;
                 }
-                *binder.next.lock().unwrap() = outcome;
-                let target = BindTarget {
-                    namespace: "ml".into(),
-                    name: uid.clone(),
-                    uid: uid.clone(),
-                    node: NODES[node as usize].0.into(),
-                };
-                let result = runtime.block_on(state.bind(&target));
-                if matches!(outcome, Outcome::Bound) && result.is_ok() {
-                    // A successful bind is in the ledger at once, before any watch event.
-                    let ledger = state.read();
-                    let placement = ledger.placement(&uid);
+                let node = NODES[node as usize].0;
+                let ok = extender.bind(&mut api, &uid, node, outcome, now);
+                if matches!(outcome, Outcome::Bound) && ok {
+                    // A successful bind is in the ledger at once, before any watch event
+                    // (unless the pod holds no device).
+                    let placement = extender.inventory.placement(&uid);
+                    let accelerator_free = api.pods[&uid]["spec"]["containers"][0]["resources"]
+                        ["limits"]
+                        .as_object()
+                        .is_some_and(|l| l.is_empty())
+                        && api.pods[&uid]["metadata"]["annotations"]["vramfit.io/vram"].is_null();
                     prop_assert!(
-                        placement.is_some_and(|p| p.node == target.node),
+                        accelerator_free || placement.is_some_and(|p| p.node == node),
                         "bound pod missing from the ledger"
                     );
                 }
@@ -335,92 +389,292 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Deliver { pod: i } => {
                 let uid = format!("pod-{i}");
-                let value = api.lock().unwrap().pods.get(&uid).cloned();
-                if let Some(value) = value {
-                    state.apply_pod(&as_pod(&value));
+                if let Some(value) = api.pods.get(&uid).cloned() {
+                    extender.observe(&value);
                     delivered.insert(uid);
                 }
             }
             Op::Finish { pod: i } => {
                 let uid = format!("pod-{i}");
-                let value = {
-                    let mut api = api.lock().unwrap();
-                    api.pods.get_mut(&uid).map(|p| {
-                        p["status"]["phase"] = json!("Succeeded");
-                        p.clone()
-                    })
-                };
+                let value = api.pods.get_mut(&uid).map(|p| {
+                    p["status"]["phase"] = json!("Succeeded");
+                    p.clone()
+                });
                 if let Some(value) = value {
-                    state.apply_pod(&as_pod(&value));
+                    extender.observe(&value);
                     delivered.insert(uid);
                 }
             }
             Op::Delete { pod: i } => {
                 let uid = format!("pod-{i}");
-                let removed = api.lock().unwrap().pods.remove(&uid);
-                if let Some(value) = removed {
-                    state.delete_pod(&as_pod(&value));
+                if api.pods.remove(&uid).is_some() {
+                    extender.inventory.remove(&uid);
+                    extender.demands.remove(&uid);
                     delivered.remove(&uid);
                 }
             }
             Op::ExpireAfterEventsArrive => {
                 // A TTL is far longer than watch latency: every pending event arrives first.
                 let all: Vec<(String, Value)> = api
-                    .lock()
-                    .unwrap()
                     .pods
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
                 for (uid, value) in all {
-                    state.apply_pod(&as_pod(&value));
+                    extender.observe(&value);
                     delivered.insert(uid);
                 }
-                state.expire_reservations(Instant::now() + 2 * ttl, ttl);
-                prop_assert_eq!(state.reserved_pods(), 0);
+                now += 2 * ttl;
+                extender.inventory.expire(now, ttl);
+                prop_assert_eq!(extender.inventory.reserved(), 0);
                 prop_assert_eq!(
-                    ledger(&state),
-                    api_bound(&api.lock().unwrap()),
+                    ledger(&extender.inventory),
+                    api_bound(&api),
                     "after events and expiry the ledger is the API's truth"
                 );
             }
             Op::Restart => {
                 // What a bind committed (the API server has it) must survive; reservations of binds
                 // that never happened may not.
-                let committed = api_bound(&api.lock().unwrap());
-                let before: BTreeSet<_> = ledger(&state)
+                let committed = api_bound(&api);
+                let before: BTreeSet<_> = ledger(&extender.inventory)
                     .into_iter()
                     .filter(|e| committed.contains(e))
                     .collect();
-                state = fresh_state(&api, binder.clone());
-                let after = ledger(&state);
+                extender = restart(&api);
+                let after = ledger(&extender.inventory);
                 prop_assert_eq!(
                     &after,
-                    &api_bound(&api.lock().unwrap()),
+                    &api_bound(&api),
                     "a restart rebuilds exactly what the API server bound"
                 );
                 for entry in &before {
                     prop_assert!(after.contains(entry), "restart lost {entry:?}");
                 }
-                delivered = api.lock().unwrap().pods.keys().cloned().collect();
+                delivered = api.pods.keys().cloned().collect();
             }
         }
-        check_no_overcommit(&state, &api.lock().unwrap())?;
+        check_no_overcommit(&extender.inventory, &api)?;
         // Nothing committed is lost: every bound pod whose event arrived is in the ledger, where the API says.
-        let api_now = api_bound(&api.lock().unwrap());
-        let ledger_now = ledger(&state);
-        for entry in api_now.iter().filter(|(id, _, _)| delivered.contains(id)) {
+        let ledger_now = ledger(&extender.inventory);
+        for entry in api_bound(&api)
+            .iter()
+            .filter(|(id, _, _)| delivered.contains(id))
+        {
             prop_assert!(ledger_now.contains(entry), "ledger lost {entry:?}");
         }
     }
     Ok(())
 }
 
+/// Cases per property: 256 in CI, `LEDGER_MODEL_CASES` for a long run.
+fn cases() -> u32 {
+    std::env::var("LEDGER_MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn ledger_matches_the_api_server_through_binds_events_and_restarts(ops in proptest::collection::vec(op(), 1..80)) {
         run(ops)?;
     }
+
+    #[test]
+    fn filter_and_reserve_agree_on_every_pod_kind_and_node(
+        earlier in proptest::collection::vec((0usize..4, 0usize..4, 1u8..40), 0..12),
+        kind in 0usize..4,
+        vram_gib in 1u8..40,
+        node in 0usize..4,
+    ) {
+        let mut inventory = agreement_inventory();
+        let now = Instant::now();
+        // Occupy the nodes with earlier pods, each placed where filter and reserve allow.
+        for (i, (kind, node, vram_gib)) in earlier.into_iter().enumerate() {
+            let demand = kind_demand(&format!("early-{i}"), kind, vram_gib);
+            let _ = inventory.reserve(&demand, AGREEMENT_NODES[node], now);
+        }
+        let demand = kind_demand("pod", kind, vram_gib);
+        check_agreement(&inventory, &demand, AGREEMENT_NODES[node], now)?;
+    }
+}
+
+/// Nodes of every kind: no accelerators, one whole GPU, shared GPUs, and four whole GPUs.
+const AGREEMENT_NODES: [&str; 4] = ["cpu", "one-gpu", "shared-gpus", "four-gpus"];
+
+fn agreement_inventory() -> Inventory {
+    let node = |name: &str, gpus: u32, sharing: bool| -> NodeInfo {
+        let mut labels = json!({"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB", "nvidia.com/gpu.memory": "81920"});
+        if sharing {
+            labels["vramfit.io/sharing"] = json!("vram");
+        }
+        let mut allocatable = json!({"cpu": "64"});
+        if gpus > 0 {
+            allocatable["nvidia.com/gpu"] = json!(gpus.to_string());
+        } else {
+            labels = json!({});
+        }
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "status": {"allocatable": allocatable}})).unwrap();
+        build_node(&node.facts(), &Config::default(), SystemTime::UNIX_EPOCH)
+    };
+    let mut inventory = Inventory::new();
+    inventory.upsert_node(node("cpu", 0, false));
+    inventory.upsert_node(node("one-gpu", 1, false));
+    inventory.upsert_node(node("shared-gpus", 2, true));
+    inventory.upsert_node(node("four-gpus", 4, false));
+    inventory
+}
+
+/// A pod of kind 0 = accelerator-free, 1 = sharing (VRAM only), 2 = one whole device,
+/// 3 = two whole devices.
+fn kind_demand(uid: &str, kind: usize, vram_gib: u8) -> Demand {
+    let (gpus, vram) = match kind {
+        0 => (0, false),
+        1 => (0, true),
+        2 => (1, vram_gib.is_multiple_of(2)),
+        _ => (2, vram_gib.is_multiple_of(2)),
+    };
+    let mut limits = json!({"cpu": "1"});
+    if gpus > 0 {
+        limits["nvidia.com/gpu"] = json!(gpus.to_string());
+    }
+    let mut annotations = json!({});
+    if vram {
+        annotations["vramfit.io/vram"] = json!(format!("{vram_gib}Gi"));
+    }
+    let value = json!({
+        "metadata": {"name": uid, "namespace": "ml", "uid": uid, "annotations": annotations},
+        "spec": {"containers": [{"name": "c", "resources": {"limits": limits}}]},
+    });
+    pod_demand(&as_facts(&value), &Config::default(), &Catalog::default())
+}
+
+/// `reserve` succeeds exactly where `filter` passes, with the same reason otherwise, on the
+/// devices the verdict chose, and holds nothing for an accelerator-free pod.
+fn check_agreement(
+    inventory: &Inventory,
+    demand: &Demand,
+    node: &str,
+    now: Instant,
+) -> Result<(), TestCaseError> {
+    let outcome = filter([(node, inventory.node(node))], demand);
+    let mut after = inventory.clone();
+    let reserved = after.reserve(demand, node, now);
+    match (&reserved, outcome.feasible.is_empty()) {
+        (Ok(reservation), false) => {
+            let pod = demand.as_ref().unwrap();
+            prop_assert!(reservation.needs_binding);
+            if pod.is_accelerator_free() {
+                prop_assert!(reservation.placement.shares.is_empty());
+                prop_assert_eq!(after.stage(&pod.id), None);
+            } else {
+                prop_assert_eq!(
+                    after.stage(&pod.id),
+                    Some(Stage::Assumed {
+                        since: now,
+                        ambiguous: false
+                    })
+                );
+                prop_assert_eq!(Some(&reservation.placement), after.placement(&pod.id));
+                let fit = verdict(inventory.node(node), demand).unwrap();
+                prop_assert_eq!(&reservation.placement.shares, &fit.shares());
+            }
+        }
+        (Err(ReserveError::NoFit(reason)), true) => {
+            prop_assert_eq!(outcome.messages.len(), 1);
+            prop_assert_eq!(&outcome.messages[0], &reason.to_string());
+            prop_assert_eq!(after.placements().count(), inventory.placements().count());
+        }
+        (reserved, filtered_out) => {
+            return Err(TestCaseError::fail(format!(
+                "filter {} but reserve gave {reserved:?} ({:?})",
+                if filtered_out { "rejects" } else { "passes" },
+                outcome.messages
+            )))
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn filter_and_bind_agree_for_the_four_pod_kinds() {
+    let inventory = agreement_inventory();
+    let now = Instant::now();
+    // (kind, nodes it fits when all are empty)
+    let expected: [(usize, &[&str]); 4] = [
+        (0, &["cpu", "one-gpu", "shared-gpus", "four-gpus"]),
+        (1, &["shared-gpus"]),
+        (2, &["one-gpu", "shared-gpus", "four-gpus"]),
+        (3, &["shared-gpus", "four-gpus"]),
+    ];
+    for (kind, fits) in expected {
+        let demand = kind_demand("pod", kind, 10);
+        for node in AGREEMENT_NODES {
+            check_agreement(&inventory, &demand, node, now)
+                .unwrap_or_else(|e| panic!("kind {kind} on {node}: {e}"));
+            let mut after = inventory.clone();
+            assert_eq!(
+                after.reserve(&demand, node, now).is_ok(),
+                fits.contains(&node),
+                "kind {kind} on {node}"
+            );
+        }
+    }
+    // The accelerator-free pod is not refused on the CPU node and holds no device anywhere.
+    let mut after = inventory.clone();
+    let free = kind_demand("free", 0, 1);
+    for node in AGREEMENT_NODES {
+        let reservation = after.reserve(&free, node, now).unwrap();
+        assert!(reservation.placement.shares.is_empty());
+    }
+    assert_eq!(after.placements().count(), 0);
+    // A whole-device pod on the one-GPU node leaves the next one a reason, the same in both.
+    let first = kind_demand("first", 2, 10);
+    after.reserve(&first, "one-gpu", now).unwrap();
+    let second = kind_demand("second", 2, 10);
+    assert_eq!(
+        after.reserve(&second, "one-gpu", now),
+        Err(ReserveError::NoFit(Reason::Insufficient {
+            need: 1,
+            need_mib: 10 * 1024,
+            free: 0
+        }))
+    );
+    check_agreement(&after, &second, "one-gpu", now).unwrap();
+}
+
+#[test]
+fn an_ambiguous_bind_keeps_its_devices_through_a_later_refusal() {
+    use Outcome::*;
+    let ops = vec![
+        Op::Create {
+            pod: 1,
+            gpus: 2,
+            vram_gib: 0,
+        },
+        Op::Bind {
+            pod: 1,
+            node: 0,
+            outcome: TimeoutButBound,
+        },
+        Op::Bind {
+            pod: 1,
+            node: 0,
+            outcome: Refused,
+        },
+        Op::Create {
+            pod: 2,
+            gpus: 1,
+            vram_gib: 0,
+        },
+        Op::Bind {
+            pod: 2,
+            node: 0,
+            outcome: Bound,
+        },
+    ];
+    run(ops).unwrap();
 }

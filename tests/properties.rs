@@ -265,7 +265,7 @@ proptest! {
             }
         }
         for (id, placement) in ids {
-            prop_assert_eq!(inv.release(&id), Some(placement));
+            prop_assert_eq!(inv.remove(&id), Some(placement));
         }
         prop_assert_eq!(sorted(&inv), empty);
     }

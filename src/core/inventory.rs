@@ -1,8 +1,10 @@
-//! The inventory: every node's capacity plus a ledger of which pod holds what.
-//! Occupancy on devices is always derived from the ledger, so replacing a node's capacity
-//! (a new report, a label change) never loses or double-counts a placement.
+//! The inventory: every node's capacity plus a ledger of which pod holds what, and at which
+//! [`Stage`] of binding. Occupancy on devices is always derived from the ledger, so replacing a
+//! node's capacity (a new report, a label change) never loses or double-counts a placement. The
+//! binding state machine (reserve, confirm, release, expire) is in [`super::ledger`].
 
 use std::collections::BTreeSet;
+use std::time::Instant;
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -30,6 +32,30 @@ pub struct Placement {
     pub exclusive: bool,
 }
 
+/// How far a placement has come. Only a bind's reservation ([`Stage::Assumed`],
+/// [`Stage::Confirmed`]) can be released or expire; a pod seen bound is reality.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Reserved by a bind whose binding is not (known to be) made.
+    Assumed {
+        since: Instant,
+        /// A binding attempt failed ambiguously: it may exist, so a later definite refusal
+        /// does not release the devices (the pod watch or the TTL settles it).
+        ambiguous: bool,
+    },
+    /// The binder reported success; the pod watch has not shown the pod bound yet.
+    Confirmed { since: Instant },
+    /// Seen bound (pod watch, snapshot, restart) or committed by a dry run.
+    Bound,
+}
+
+/// One ledger entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Entry {
+    pub(super) placement: Placement,
+    pub(super) stage: Stage,
+}
+
 /// Replica counts of one model, by node and by zone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModelReplicas {
@@ -47,7 +73,7 @@ pub struct Inventory {
     /// Nodes stored densely; `index` maps a name to its slot.
     nodes: Vec<NodeInfo>,
     index: HashMap<NameKey, u32>,
-    ledger: HashMap<String, Placement>,
+    pub(super) ledger: HashMap<String, Entry>,
     pods_by_node: HashMap<String, BTreeSet<String>>,
     models: HashMap<String, ModelReplicas>,
 }
@@ -116,16 +142,22 @@ impl Inventory {
         }
         if let Some(ids) = self.pods_by_node.get(&node.name) {
             for id in ids {
-                if let Some(placement) = self.ledger.get(id) {
-                    occupy(node, placement, 1);
+                if let Some(entry) = self.ledger.get(id) {
+                    occupy(node, &entry.placement, 1);
                 }
             }
         }
     }
 
-    /// Records that pod `id` holds `placement`, replacing what it held before.
+    /// Records that pod `id` is bound and holds `placement`, replacing what it held before
+    /// (dry runs, replays, and pods seen bound).
     pub fn commit(&mut self, id: &str, placement: Placement) {
-        self.release(id);
+        self.insert(id, placement, Stage::Bound);
+    }
+
+    /// Records `placement` for pod `id` at `stage`, replacing what it held before.
+    pub(super) fn insert(&mut self, id: &str, placement: Placement, stage: Stage) {
+        self.remove(id);
         if let Some(node) = self.node_mut(&placement.node) {
             occupy(node, &placement, 1);
         }
@@ -140,12 +172,13 @@ impl Inventory {
                 *replicas.by_zone.entry(zone.clone()).or_default() += 1;
             }
         }
-        self.ledger.insert(id.to_string(), placement);
+        self.ledger
+            .insert(id.to_string(), Entry { placement, stage });
     }
 
-    /// Releases what pod `id` holds, returning it.
-    pub fn release(&mut self, id: &str) -> Option<Placement> {
-        let placement = self.ledger.remove(id)?;
+    /// Removes whatever pod `id` holds, at any stage (the pod finished or is gone), returning it.
+    pub fn remove(&mut self, id: &str) -> Option<Placement> {
+        let placement = self.ledger.remove(id)?.placement;
         if let Some(node) = self.node_mut(&placement.node) {
             occupy(node, &placement, -1);
         }
@@ -171,12 +204,31 @@ impl Inventory {
 
     /// What pod `id` holds, if anything.
     pub fn placement(&self, id: &str) -> Option<&Placement> {
-        self.ledger.get(id)
+        self.ledger.get(id).map(|e| &e.placement)
+    }
+
+    /// How far pod `id`'s placement has come, if it has one.
+    pub fn stage(&self, id: &str) -> Option<Stage> {
+        self.ledger.get(id).map(|e| e.stage)
     }
 
     /// Every placement, keyed by pod id.
     pub fn placements(&self) -> impl Iterator<Item = (&String, &Placement)> {
-        self.ledger.iter()
+        self.ledger.iter().map(|(id, e)| (id, &e.placement))
+    }
+
+    /// Drops the nodes `keep` rejects (after a full relist). Their placements stay in the
+    /// ledger until their pods go.
+    pub fn retain_nodes(&mut self, keep: impl Fn(&str) -> bool) {
+        let gone: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .filter(|n| !keep(n))
+            .collect();
+        for name in gone {
+            self.remove_node(&name);
+        }
     }
 
     /// Replica counts of a model.

@@ -2,7 +2,8 @@
 //!
 //! Facts ([`facts`]) become capacity ([`node`]) and demand ([`demand`]); the [`inventory`] holds
 //! both plus the placement ledger; [`filter`] and [`score`] judge one node; [`schedule`] judges
-//! many and commits placements. Adapters (HTTP, CLI, watchers) only translate to and from this.
+//! many and commits placements; [`ledger`] carries a bind's reservation from reserve to bound
+//! (or released). Adapters (HTTP, CLI, watchers) only translate to and from this.
 
 pub mod catalog;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod demand;
 pub mod facts;
 pub mod filter;
 pub mod inventory;
+pub mod ledger;
 pub mod node;
 pub mod quantity;
 pub mod schedule;
@@ -20,7 +22,8 @@ pub use config::{Config, Weights};
 pub use demand::{pod_demand, DemandError, PodDemand};
 pub use facts::{ContainerResources, NodeFacts, PodFacts};
 pub use filter::{fit_node, Fit, Reason};
-pub use inventory::{DeviceShare, Inventory, Placement};
+pub use inventory::{DeviceShare, Inventory, Placement, Stage};
+pub use ledger::{Observed, RelocateError, Reservation, ReserveError};
 pub use node::{build_node, NodeInfo};
 pub use schedule::{
     filter, place, place_where, prioritize, record_bound, Decision, Demand, FilterOutcome,

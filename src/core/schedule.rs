@@ -232,14 +232,7 @@ pub fn place_where(
         return decision;
     };
     let (node, fit) = &fits[best];
-    let placement = Placement {
-        pod: pod.key.clone(),
-        node: node.name.clone(),
-        zone: node.zone.clone(),
-        model: pod.model.clone(),
-        shares: fit.shares(),
-        exclusive: fit.exclusive,
-    };
+    let placement = Placement::from_fit(pod, node, fit);
     decision.node = Some(node.name.clone());
     decision.zone = node.zone.clone();
     decision.shares = placement.shares.clone();

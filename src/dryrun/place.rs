@@ -91,8 +91,7 @@ pub struct DryRun {
 impl DryRun {
     /// Starts from a snapshot: every node, and every bound, unfinished pod's devices and requests.
     pub fn new(snapshot: &Objects, config: &Config, catalog: &Catalog, now: SystemTime) -> Self {
-        let mut inventory = Inventory::new();
-        load_snapshot(&mut inventory, snapshot, config, catalog, now);
+        let (inventory, _) = load_snapshot(snapshot, config, catalog, now);
         let mut usage: HashMap<String, NodeUsage> = HashMap::new();
         for pod in &snapshot.pods {
             let facts = pod.facts();

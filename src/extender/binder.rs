@@ -44,9 +44,13 @@ pub trait Binder: Send + Sync {
 
 /// The annotations a Binding carries so the API server writes the assignment onto the pod with
 /// the node: `vramfit.io/assigned-devices` (`0,1`) and, when the pod needs VRAM, `vramfit.io/vram`
-/// per device in MiB. A restarted extender rebuilds the ledger from them.
+/// per device in MiB. A restarted extender rebuilds the ledger from them. An accelerator-free
+/// pod holds no device and gets none.
 pub fn binding_annotations(placement: &Placement) -> BTreeMap<String, String> {
     let mut annotations = BTreeMap::new();
+    if placement.shares.is_empty() {
+        return annotations;
+    }
     let devices: Vec<String> = placement
         .shares
         .iter()

@@ -1,25 +1,30 @@
-//! The cluster state the server answers from: the core's inventory behind a lock, the demands of
-//! pods seen in filter calls (bind carries only names), and a [`Binder`] that makes a placement
-//! real. Snapshot mode records binds in memory; live Kubernetes mode plugs in its own binder and
-//! feeds the inventory from watchers, without touching the core.
+//! The state the server answers from: the core's inventory (nodes and the placement ledger)
+//! behind one lock, the demands of pods seen in filter calls (bind carries only names), and a
+//! [`Binder`] that makes a placement real. Every placement decision, bind's included, is the
+//! core's ([`crate::core::ledger`]); this module only takes the lock, calls the binder without
+//! it, and logs. Snapshot mode records binds in memory; live Kubernetes mode plugs in its own
+//! binder and feeds the inventory from watchers.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::core::demand::{ANNOTATION_HEADROOM, ANNOTATION_PRODUCTS, ANNOTATION_VRAM, LABEL_MODEL};
-use crate::core::schedule::{parse_assigned_devices, ANNOTATION_ASSIGNED_DEVICES};
+use dashmap::DashMap;
+use rustc_hash::FxBuildHasher;
+
 use crate::core::{
-    build_node, fit_node, pod_demand, record_bound, Catalog, Config, Demand, Inventory, Placement,
+    build_node, Catalog, Config, Demand, Inventory, Observed, Placement, PodFacts, ReserveError,
 };
-use crate::core::{PodDemand, PodFacts};
 use crate::extender::binder::{BindTarget, Binder, RecordOnly};
 use crate::kubernetes::objects::{Node, Pod};
 use crate::kubernetes::snapshot::Objects;
 
-/// How many filtered pods' demands are remembered for the bind that follows.
-const DEMAND_CACHE_SIZE: usize = 16_384;
+/// How many pods' demands are remembered for the bind that follows, at most (plus one check
+/// interval); past it the older half is dropped.
+pub const DEMAND_CACHE_SIZE: usize = 16_384;
+/// How many inserts pass between two size checks of the demand cache.
+pub const DEMAND_CACHE_CHECK_EVERY: u64 = 256;
 
 /// Why a bind failed; the text goes into the bind reply's `Error`.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -45,21 +50,68 @@ impl BindError {
     }
 }
 
-/// A bind's placement that the pod watch has not confirmed yet.
-#[derive(Debug, Clone, Copy)]
-struct Reservation {
-    at: Instant,
-    /// The binder reported success; a repeat bind need not ask it again.
-    committed: bool,
-    /// An earlier attempt failed ambiguously: the binding may exist, so a later refusal does
-    /// not release the devices (the pod watch or the TTL settles it).
-    ambiguous: bool,
+/// A remembered demand and when (in inserts) it was remembered.
+struct Remembered {
+    demand: Demand,
+    seq: u64,
 }
 
+/// Demands of pending pods (from filter calls and the pod watch) for the bind that follows,
+/// keyed by ledger id (the UID). Many filter handlers insert at once: a [`DashMap`] lets them
+/// without a common lock. The pod watch drops a pod's entry once it sees the pod bound or gone;
+/// what it never settles (snapshot mode, pods nobody binds) is bounded by dropping the older
+/// half whenever the cache passes [`DEMAND_CACHE_SIZE`].
 #[derive(Default)]
 struct DemandCache {
-    by_id: HashMap<String, Demand>,
-    order: VecDeque<String>,
+    by_id: DashMap<String, Remembered, FxBuildHasher>,
+    inserts: AtomicU64,
+    sweeping: AtomicBool,
+}
+
+impl DemandCache {
+    fn insert(&self, id: &str, demand: Demand) {
+        let seq = self.inserts.fetch_add(1, Ordering::Relaxed);
+        self.by_id
+            .insert(id.to_string(), Remembered { demand, seq });
+        if seq.is_multiple_of(DEMAND_CACHE_CHECK_EVERY) && self.by_id.len() > DEMAND_CACHE_SIZE {
+            self.sweep(seq);
+        }
+    }
+
+    /// Keeps the newest half. One sweep at a time; others skip (the next check retries).
+    fn sweep(&self, now: u64) {
+        if self.sweeping.swap(true, Ordering::Acquire) {
+            return;
+        }
+        let oldest_kept = now.saturating_sub(DEMAND_CACHE_SIZE as u64 / 2);
+        self.by_id.retain(|_, r| r.seq >= oldest_kept);
+        self.sweeping.store(false, Ordering::Release);
+    }
+
+    /// The demand of the bind's pod, by UID or else by `namespace/name`.
+    fn recall(&self, target: &BindTarget) -> Option<Demand> {
+        let by_uid = (!target.uid.is_empty())
+            .then(|| self.by_id.get(&target.uid))
+            .flatten();
+        by_uid
+            .or_else(|| {
+                self.by_id
+                    .get(&format!("{}/{}", target.namespace, target.name))
+            })
+            .map(|r| r.demand.clone())
+    }
+
+    fn forget(&self, id: &str) {
+        self.by_id.remove(id);
+    }
+
+    fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.by_id.retain(|id, _| keep(id));
+    }
+
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
 }
 
 /// A resource the live mode watches.
@@ -131,14 +183,13 @@ impl WatchHealth {
     }
 }
 
-/// Everything the server reads and writes.
+/// Everything the server reads and writes: the core's inventory (nodes and ledger) behind one
+/// lock, the demand cache, and the binder. The placement logic, bind's included, is the core's.
 pub struct ExtenderState {
     pub config: Config,
     pub catalog: Catalog,
     inventory: RwLock<Inventory>,
-    demands: Mutex<DemandCache>,
-    /// Placements made by bind that the pod watch has not yet seen bound.
-    reservations: Mutex<HashMap<String, Reservation>>,
+    demands: DemandCache,
     ready: AtomicBool,
     binder: Box<dyn Binder>,
     /// Watch progress in live mode (unused with a snapshot).
@@ -152,8 +203,7 @@ impl ExtenderState {
             config,
             catalog,
             inventory: RwLock::new(Inventory::new()),
-            demands: Mutex::new(DemandCache::default()),
-            reservations: Mutex::new(HashMap::new()),
+            demands: DemandCache::default(),
             ready: AtomicBool::new(false),
             binder,
             health: WatchHealth::default(),
@@ -168,16 +218,12 @@ impl ExtenderState {
         now: SystemTime,
     ) -> Self {
         let state = ExtenderState::new(config, catalog, Box::new(RecordOnly));
-        {
-            let mut inventory = state.write();
-            load_snapshot(&mut inventory, objects, &state.config, &state.catalog, now);
-        }
-        for pod in objects.pods.iter().filter(|p| p.spec.node_name.is_empty()) {
-            let facts = pod.facts();
-            state.remember(
-                &facts.ledger_id(),
-                pod_demand(&facts, &state.config, &state.catalog),
-            );
+        let (inventory, observed) = load_snapshot(objects, &state.config, &state.catalog, now);
+        *state.write() = inventory;
+        for (pod, observed) in objects.pods.iter().zip(observed) {
+            if let Observed::Pending(demand) = observed {
+                state.remember(&pod.facts().ledger_id(), demand);
+            }
         }
         state.set_ready(true);
         state
@@ -209,116 +255,63 @@ impl ExtenderState {
 
     /// Remembers a pod's demand for the bind that may follow.
     pub fn remember(&self, id: &str, demand: Demand) {
-        let mut cache = self.demands.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.by_id.insert(id.to_string(), demand).is_none() {
-            cache.order.push_back(id.to_string());
-        }
-        while cache.order.len() > DEMAND_CACHE_SIZE {
-            if let Some(old) = cache.order.pop_front() {
-                cache.by_id.remove(&old);
-            }
-        }
+        self.demands.insert(id, demand);
     }
 
-    fn recall(&self, target: &BindTarget) -> Option<Demand> {
-        let cache = self.demands.lock().unwrap_or_else(|p| p.into_inner());
-        cache
-            .by_id
-            .get(&target.uid)
-            .or_else(|| {
-                cache
-                    .by_id
-                    .get(&format!("{}/{}", target.namespace, target.name))
-            })
-            .cloned()
-    }
-
-    fn reservations(&self) -> std::sync::MutexGuard<'_, HashMap<String, Reservation>> {
-        self.reservations.lock().unwrap_or_else(|p| p.into_inner())
+    /// Pods whose demand is remembered for a bind.
+    pub fn remembered_pods(&self) -> usize {
+        self.demands.len()
     }
 
     /// Pods reserved by bind and not yet seen bound.
     pub fn reserved_pods(&self) -> usize {
-        self.reservations().len()
+        self.read().reserved()
     }
 
-    /// Binds a pod: re-checks the fit and reserves its devices under the lock (so the next
-    /// filter sees them), then lets the binder make it real. A definite refusal releases the
-    /// reservation; an ambiguous failure keeps it for the pod watch or the TTL to settle. A
-    /// repeat bind to the same node asks the binder again (binding is idempotent) unless the
-    /// pod is already seen bound.
+    /// Binds a pod: reserves it on the node with the core's verdict under the write lock (so
+    /// the next filter sees it), then lets the binder make it real, without the lock. The
+    /// binder's answer confirms the reservation, releases it (a definite refusal) or marks it
+    /// ambiguous (kept for the pod watch or the TTL to settle). A repeat bind to the same node
+    /// asks the binder again unless it already succeeded or the pod is seen bound.
     pub async fn bind(&self, target: &BindTarget) -> Result<Placement, BindError> {
         let key = format!("{}/{}", target.namespace, target.name);
-        let demand = self
-            .recall(target)
-            .ok_or_else(|| BindError::UnknownPod(key.clone()))?;
-        let demand = demand.map_err(|e| BindError::NoLongerFits {
-            node: target.node.clone(),
-            reason: e.to_string(),
-        })?;
-        let placement = {
-            let mut inventory = self.write();
-            if let Some(existing) = inventory.placement(&demand.id) {
-                if existing.node != target.node {
-                    return Err(BindError::BoundElsewhere {
-                        pod: key,
-                        node: existing.node.clone(),
-                    });
-                }
-                // Seen bound by the watch, or bound by an earlier call: nothing to redo.
-                if self
-                    .reservations()
-                    .get(&demand.id)
-                    .is_none_or(|r| r.committed)
-                {
-                    return Ok(existing.clone());
-                }
-                existing.clone()
-            } else {
-                let fit = match inventory.node(&target.node) {
-                    None => Err("node unknown to vramfit".to_string()),
-                    Some(node) => fit_node(node, &demand).map_err(|r| r.to_string()),
-                }
-                .map_err(|reason| BindError::NoLongerFits {
-                    node: target.node.clone(),
-                    reason,
-                })?;
-                let zone = inventory.node(&target.node).and_then(|n| n.zone.clone());
-                let placement = Placement {
-                    pod: key,
-                    node: target.node.clone(),
-                    zone,
-                    model: demand.model.clone(),
-                    shares: fit.shares(),
-                    exclusive: fit.exclusive,
-                };
-                inventory.commit(&demand.id, placement.clone());
-                let reservation = Reservation {
-                    at: Instant::now(),
-                    committed: false,
-                    ambiguous: false,
-                };
-                self.reservations().insert(demand.id.clone(), reservation);
-                placement
-            }
+        let Some(demand) = self.demands.recall(target) else {
+            // Demands are dropped once the watch sees the pod bound: a repeat bind to where
+            // it is bound is still answered.
+            let inventory = self.read();
+            let bound = [target.uid.as_str(), key.as_str()]
+                .into_iter()
+                .filter(|id| !id.is_empty())
+                .find_map(|id| inventory.placement(id))
+                .filter(|p| p.node == target.node);
+            return bound.cloned().ok_or(BindError::UnknownPod(key));
         };
-        match self.binder.bind(target, &placement).await {
-            Ok(()) => {
-                if let Some(reservation) = self.reservations().get_mut(&demand.id) {
-                    reservation.committed = true;
+        let reservation = self
+            .write()
+            .reserve(&demand, &target.node, Instant::now())
+            .map_err(|error| match error {
+                ReserveError::PlacedElsewhere { node } => {
+                    BindError::BoundElsewhere { pod: key, node }
                 }
-                Ok(placement)
+                ReserveError::NoFit(reason) => BindError::NoLongerFits {
+                    node: target.node.clone(),
+                    reason: reason.to_string(),
+                },
+            })?;
+        if !reservation.needs_binding {
+            return Ok(reservation.placement);
+        }
+        match self.binder.bind(target, &reservation.placement).await {
+            Ok(()) => {
+                self.write().confirm(&reservation.id, Instant::now());
+                Ok(reservation.placement)
             }
             Err(failure) => {
                 let mut inventory = self.write();
-                let mut reservations = self.reservations();
-                match reservations.get_mut(&demand.id) {
-                    Some(r) if failure.definite && !r.committed && !r.ambiguous => {
-                        reservations.remove(&demand.id);
-                        inventory.release(&demand.id);
-                    }
-                    Some(r) if !failure.definite => r.ambiguous = true,
-                    _ => {}
+                if failure.definite {
+                    inventory.release(&reservation.id);
+                } else {
+                    inventory.mark_ambiguous(&reservation.id);
                 }
                 Err(BindError::Api(failure.message))
             }
@@ -341,128 +334,72 @@ impl ExtenderState {
 
     /// After a full relist of Nodes: drops the nodes the list no longer has.
     pub fn retain_nodes(&self, seen: &HashSet<String>) {
-        let mut inventory = self.write();
-        let gone: Vec<String> = inventory
-            .nodes()
-            .map(|n| n.name.clone())
-            .filter(|n| !seen.contains(n))
-            .collect();
-        for name in gone {
-            inventory.remove_node(&name);
-        }
+        self.write().retain_nodes(|name| seen.contains(name));
     }
 
-    /// A Pod was added or changed: a bound, unfinished pod holds its devices (confirming a
-    /// reservation), a finished one releases them, a pending one is remembered for its bind.
+    /// A Pod was added or changed: the core's ledger observes it (a bound pod holds its
+    /// devices, confirming a reservation; a finished one releases them). A pending pod's demand
+    /// is remembered for its bind; a bound or finished pod's is dropped.
     pub fn apply_pod(&self, pod: &Pod) {
         let facts = pod.facts();
         let id = facts.ledger_id();
-        if facts.is_finished() {
-            self.forget_pod(&id);
-            return;
+        let observed = self
+            .write()
+            .observe_pod(&facts, &self.config, &self.catalog);
+        match observed {
+            Observed::Pending(demand) => self.remember(&id, demand),
+            observed => {
+                log_observed(&facts, &observed);
+                self.demands.forget(&id);
+            }
         }
-        let Some(node) = facts.node_name.as_deref() else {
-            self.remember(&id, pod_demand(&facts, &self.config, &self.catalog));
-            return;
-        };
-        let Some(demand) = bound_pod_demand(&facts, &self.config, &self.catalog) else {
-            return;
-        };
-        let mut inventory = self.write();
-        self.reservations().remove(&id);
-        if inventory.placement(&id).is_some_and(|p| p.node == node) {
-            return;
-        }
-        record_bound_pod(&mut inventory, &facts, &demand, node);
     }
 
     /// A Pod is gone: whatever it held is released.
     pub fn delete_pod(&self, pod: &Pod) {
-        self.forget_pod(&pod.facts().ledger_id());
-    }
-
-    fn forget_pod(&self, id: &str) {
-        let mut inventory = self.write();
-        self.reservations().remove(id);
-        inventory.release(id);
+        let id = pod.facts().ledger_id();
+        self.write().remove(&id);
+        self.demands.forget(&id);
     }
 
     /// After a full relist of Pods: releases placements of pods the list no longer has, except
-    /// reservations still in flight.
+    /// reservations still in flight, and forgets their demands.
     pub fn retain_pods(&self, seen: &HashSet<String>) {
-        let mut inventory = self.write();
-        let reservations = self.reservations();
-        let gone: Vec<String> = inventory
-            .placements()
-            .map(|(id, _)| id.clone())
-            .filter(|id| !seen.contains(id) && !reservations.contains_key(id))
-            .collect();
-        drop(reservations);
-        for id in gone {
-            inventory.release(&id);
-        }
+        self.write().retain_pods(|id| seen.contains(id));
+        self.demands.retain(|id| seen.contains(id));
     }
 
-    /// Releases reservations older than `ttl` that no pod event confirmed (a bind whose
-    /// outcome never showed up). Returns how many were released.
+    /// Releases reservations older than `ttl` at `now` that no pod event confirmed (a bind
+    /// whose outcome never showed up). Returns how many were released.
     pub fn expire_reservations(&self, now: Instant, ttl: Duration) -> usize {
-        let mut inventory = self.write();
-        let mut reservations = self.reservations();
-        let expired: Vec<String> = reservations
-            .iter()
-            .filter(|(_, r)| now.saturating_duration_since(r.at) > ttl)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &expired {
-            reservations.remove(id);
-            inventory.release(id);
-        }
-        expired.len()
+        self.write().expire(now, ttl).len()
     }
 }
 
-/// A bound pod's demand. When its VRAM declarations are invalid, they are ignored so its
-/// devices still count; only an unreadable device count leaves it out (with a warning).
-fn bound_pod_demand(facts: &PodFacts, config: &Config, catalog: &Catalog) -> Option<PodDemand> {
-    let error = match pod_demand(facts, config, catalog) {
-        Ok(demand) => return Some(demand),
-        Err(error) => error,
-    };
-    let mut relaxed = facts.clone();
-    for key in [ANNOTATION_VRAM, ANNOTATION_HEADROOM, ANNOTATION_PRODUCTS] {
-        relaxed.annotations.remove(key);
-    }
-    relaxed.labels.remove(LABEL_MODEL);
-    match pod_demand(&relaxed, config, catalog) {
-        Ok(demand) => {
-            tracing::warn!(pod = %facts.key(), %error, "bound pod has an invalid VRAM declaration; counting its devices only");
-            Some(demand)
+/// Logs what a pod observation left out, if anything.
+fn log_observed(pod: &PodFacts, observed: &Observed) {
+    match observed {
+        Observed::Bound {
+            ignored: Some(error),
+        } => {
+            tracing::warn!(pod = %pod.key(), %error, "bound pod has an invalid VRAM declaration; counting its devices only")
         }
-        Err(_) => {
-            tracing::warn!(pod = %facts.key(), %error, "bound pod's devices cannot be read; not counted");
-            None
+        Observed::Unreadable(error) => {
+            tracing::warn!(pod = %pod.key(), %error, "bound pod's devices cannot be read; not counted")
         }
+        _ => {}
     }
 }
 
-/// Records a bound pod on its node, on the devices its assignment annotation names if any.
-fn record_bound_pod(inventory: &mut Inventory, facts: &PodFacts, demand: &PodDemand, node: &str) {
-    let assigned = facts
-        .annotations
-        .get(ANNOTATION_ASSIGNED_DEVICES)
-        .and_then(|raw| parse_assigned_devices(raw));
-    record_bound(inventory, demand, node, assigned.as_deref());
-}
-
-/// Fills an inventory from snapshot objects: every node, then every bound, unfinished pod.
+/// The inventory a snapshot describes (the core's restart rebuild): every node, then every
+/// bound, unfinished pod. Returns one [`Observed`] per pod of `objects.pods`, in order.
 pub fn load_snapshot(
-    inventory: &mut Inventory,
     objects: &Objects,
     config: &Config,
     catalog: &Catalog,
     now: SystemTime,
-) {
-    for node in &objects.nodes {
+) -> (Inventory, Vec<Observed>) {
+    let nodes = objects.nodes.iter().map(|node| {
         let info = build_node(&node.facts(), config, now);
         for note in &info.notes {
             tracing::warn!(node = %info.name, "{note}");
@@ -470,18 +407,12 @@ pub fn load_snapshot(
         if info.problem.is_some() {
             tracing::warn!(node = %info.name, problem = ?info.problem, "node has accelerators vramfit cannot size; it is rejected with a reason");
         }
-        inventory.upsert_node(info);
+        info
+    });
+    let facts: Vec<PodFacts> = objects.pods.iter().map(Pod::facts).collect();
+    let (inventory, observed) = Inventory::rebuild(nodes, &facts, config, catalog);
+    for (pod, observed) in facts.iter().zip(&observed) {
+        log_observed(pod, observed);
     }
-    for pod in &objects.pods {
-        let facts = pod.facts();
-        let Some(node_name) = facts.node_name.as_deref() else {
-            continue;
-        };
-        if facts.is_finished() {
-            continue;
-        }
-        if let Some(demand) = bound_pod_demand(&facts, config, catalog) {
-            record_bound_pod(inventory, &facts, &demand, node_name);
-        }
-    }
+    (inventory, observed)
 }

@@ -1,41 +1,33 @@
 //! Live Kubernetes mode: watchers on Nodes and Pods (kube-runtime, with backoff) keep the
-//! cluster state current, a sweeper expires unconfirmed reservations, and [`KubeBinder`] creates
-//! Bindings that carry the device assignment. Objects are converted to the lean types of
-//! [`crate::kubernetes::objects`] at once, so only what placement needs is kept.
+//! extender state current, a sweeper expires unconfirmed reservations, and
+//! [`KubeBinder`](crate::extender::binder::KubeBinder) creates Bindings that carry the device
+//! assignment. Events are decoded once, straight into the lean types of
+//! [`crate::kubernetes::objects`], so only what placement needs is kept.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node as ApiNode, Pod as ApiPod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
-use kube::Client;
+use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::extender::state::{ExtenderState, WatchedResource};
-use crate::kubernetes::objects::{Node, Pod};
+use crate::kubernetes::objects::{Meta, Node, Pod};
 
-fn lean<T: Serialize, U: DeserializeOwned>(object: &T) -> Result<U, String> {
-    serde_json::to_value(object)
-        .and_then(serde_json::from_value)
-        .map_err(|e| e.to_string())
-}
-
-/// A lean object type the live mode watches, and what its events do to the cluster state.
-trait Watched: DeserializeOwned + Sized {
-    /// The k8s-openapi type the API server sends.
-    type Api: kube::Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug
-        + Send
-        + 'static;
+/// A lean object type the live mode watches, and what its events do to the extender state.
+trait Watched: DeserializeOwned + Clone + std::fmt::Debug + Send + Sync + 'static {
+    /// The k8s-openapi type whose API path and kind this is.
+    type Api: Resource<DynamicType = ()>;
     const RESOURCE: WatchedResource;
+    fn meta(&self) -> &Meta;
     /// Identity in a relist's "seen" set.
     fn key(&self) -> String;
     fn apply(&self, state: &ExtenderState);
@@ -44,9 +36,60 @@ trait Watched: DeserializeOwned + Sized {
     fn retain(state: &ExtenderState, seen: &HashSet<String>);
 }
 
+/// A watched object as the watcher needs it: the lean object, decoded once from the API
+/// server's bytes, plus the identity and version kube-runtime reads from `metadata`.
+#[derive(Debug, Clone)]
+struct Lean<T> {
+    object: T,
+    meta: ObjectMeta,
+}
+
+impl<'de, T: Watched> Deserialize<'de> for Lean<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let object = T::deserialize(d)?;
+        let lean = object.meta();
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let meta = ObjectMeta {
+            name: some(&lean.name),
+            namespace: some(&lean.namespace),
+            uid: some(&lean.uid),
+            resource_version: some(&lean.resource_version),
+            ..ObjectMeta::default()
+        };
+        Ok(Lean { object, meta })
+    }
+}
+
+impl<T: Watched> Resource for Lean<T> {
+    type DynamicType = ();
+    type Scope = <T::Api as Resource>::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        T::Api::kind(dt)
+    }
+    fn group(dt: &()) -> Cow<'_, str> {
+        T::Api::group(dt)
+    }
+    fn version(dt: &()) -> Cow<'_, str> {
+        T::Api::version(dt)
+    }
+    fn plural(dt: &()) -> Cow<'_, str> {
+        T::Api::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.meta
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.meta
+    }
+}
+
 impl Watched for Node {
     type Api = ApiNode;
     const RESOURCE: WatchedResource = WatchedResource::Nodes;
+    fn meta(&self) -> &Meta {
+        &self.metadata
+    }
     fn key(&self) -> String {
         self.metadata.name.clone()
     }
@@ -64,6 +107,9 @@ impl Watched for Node {
 impl Watched for Pod {
     type Api = ApiPod;
     const RESOURCE: WatchedResource = WatchedResource::Pods;
+    fn meta(&self) -> &Meta {
+        &self.metadata
+    }
     fn key(&self) -> String {
         self.facts().ledger_id()
     }
@@ -83,7 +129,7 @@ impl Watched for Pod {
 /// state keeps answering from what it knows.
 async fn watch<T: Watched>(client: Client, state: Arc<ExtenderState>) {
     let resource = T::RESOURCE;
-    let stream = watcher(Api::<T::Api>::all(client)).default_backoff();
+    let stream = watcher(Api::<Lean<T>>::all(client)).default_backoff();
     futures::pin_mut!(stream);
     let mut seen: Option<HashSet<String>> = None;
     while let Some(event) = stream.next().await {
@@ -105,23 +151,13 @@ async fn watch<T: Watched>(client: Client, state: Arc<ExtenderState>) {
                     state.set_ready(true);
                 }
             }
-            Ok(Event::InitApply(object)) | Ok(Event::Apply(object)) => {
-                match lean::<_, T>(&object) {
-                    Ok(item) => {
-                        if let Some(seen) = seen.as_mut() {
-                            seen.insert(item.key());
-                        }
-                        item.apply(&state);
-                    }
-                    Err(error) => tracing::warn!(?resource, %error, "skipping a malformed object"),
+            Ok(Event::InitApply(item)) | Ok(Event::Apply(item)) => {
+                if let Some(seen) = seen.as_mut() {
+                    seen.insert(item.object.key());
                 }
+                item.object.apply(&state);
             }
-            Ok(Event::Delete(object)) => match lean::<_, T>(&object) {
-                Ok(item) => item.delete(&state),
-                Err(error) => {
-                    tracing::warn!(?resource, %error, "skipping a malformed deleted object")
-                }
-            },
+            Ok(Event::Delete(item)) => item.object.delete(&state),
         }
         health.touch(resource);
     }

@@ -70,6 +70,9 @@ pub struct Meta {
     pub owner_references: Vec<OwnerReference>,
     #[serde(default, deserialize_with = "nullable")]
     pub deletion_timestamp: Option<String>,
+    /// Kept for the live watch, which resumes from the last version it saw.
+    #[serde(default, deserialize_with = "nullable")]
+    pub resource_version: String,
 }
 
 /// An owner reference.

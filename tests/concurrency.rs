@@ -185,7 +185,10 @@ async fn the_pod_watch_drops_demands_and_bind_still_answers_a_repeat() {
     assert_eq!(state.remembered_pods(), 1);
 
     // kube-scheduler retrying the bind still gets the placement, without a second Binding.
-    assert_eq!(state.bind(&target("whole", "gpu")).await.unwrap(), placement);
+    assert_eq!(
+        state.bind(&target("whole", "gpu")).await.unwrap(),
+        placement
+    );
     assert_eq!(recording.0.lock().unwrap().len(), 2);
 
     // The pod is deleted: its devices and any demand are gone.

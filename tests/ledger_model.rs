@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use vramfit::core::schedule::verdict;
 use vramfit::core::{
     build_node, filter, pod_demand, Catalog, Config, Demand, Inventory, NodeInfo, Observed,
-    Placement, PodFacts, Reason, ReserveError, Stage,
+    Placement, PodFacts, Reason, RelocateError, ReserveError, Stage,
 };
 use vramfit::extender::binder::binding_annotations;
 use vramfit::kubernetes::objects::{Node, Pod};
@@ -677,4 +677,69 @@ fn an_ambiguous_bind_keeps_its_devices_through_a_later_refusal() {
         },
     ];
     run(ops).unwrap();
+}
+
+#[test]
+fn relocate_moves_a_whole_device_pod_to_the_devices_it_really_got() {
+    let mut inventory = agreement_inventory();
+    let now = Instant::now();
+    let pod = kind_demand("moved", 2, 10);
+    let reservation = inventory.reserve(&pod, "four-gpus", now).unwrap();
+    let chosen = reservation.placement.shares[0].index;
+    let real = (chosen + 2) % 4;
+    let moved = inventory.relocate("moved", &[real]).unwrap().clone();
+    assert_eq!(moved.shares.len(), 1);
+    assert_eq!(moved.shares[0].index, real);
+    assert_eq!(moved.shares[0].vram_mib, 10 * 1024);
+    // The stage is kept, and occupancy follows: the real device is held, the chosen one free.
+    assert_eq!(
+        inventory.stage("moved"),
+        Some(Stage::Assumed {
+            since: now,
+            ambiguous: false
+        })
+    );
+    let node = inventory.node("four-gpus").unwrap();
+    let holders = |index: u32| {
+        node.devices
+            .iter()
+            .find(|d| d.index == index)
+            .unwrap()
+            .exclusive_holders
+    };
+    assert_eq!((holders(real), holders(chosen)), (1, 0));
+    assert_eq!(
+        inventory.relocate("ghost", &[0]),
+        Err(RelocateError::UnknownPod("ghost".into()))
+    );
+    assert_eq!(
+        inventory.relocate("moved", &[]),
+        Err(RelocateError::NoDevices("moved".into()))
+    );
+}
+
+#[test]
+fn expiry_counts_from_the_time_passed_in() {
+    let mut inventory = agreement_inventory();
+    let start = Instant::now();
+    let ttl = Duration::from_secs(60);
+    inventory
+        .reserve(&kind_demand("assumed", 2, 10), "four-gpus", start)
+        .unwrap();
+    inventory
+        .reserve(&kind_demand("confirmed", 2, 10), "four-gpus", start)
+        .unwrap();
+    // The binder succeeded 50 s later: its TTL counts from then.
+    assert!(inventory.confirm("confirmed", start + Duration::from_secs(50)));
+    assert_eq!(inventory.expire(start + ttl, ttl), Vec::<String>::new());
+    assert_eq!(
+        inventory.expire(start + ttl + Duration::from_secs(1), ttl),
+        vec!["assumed".to_string()]
+    );
+    assert_eq!(inventory.reserved(), 1);
+    assert_eq!(
+        inventory.expire(start + Duration::from_secs(111), ttl),
+        vec!["confirmed".to_string()]
+    );
+    assert_eq!(inventory.placements().count(), 0);
 }

@@ -614,3 +614,140 @@ async fn concurrent_scrapes_all_report_the_same_values() {
         );
     }
 }
+
+// ---- items 8, 9 and 11: the dry run and snapshot files --------------------------------------
+
+mod dry_run {
+    use std::path::Path;
+
+    use super::*;
+    use vramfit::dryrun::place::{render_table, DryRun};
+    use vramfit::kubernetes::snapshot::{parse_objects, MAX_NESTING};
+
+    fn objects(text: &str, workloads: bool) -> Objects {
+        parse_objects(text, Path::new("test.yaml"), workloads).unwrap()
+    }
+
+    fn t4_nodes(count: usize, devices: u32) -> String {
+        (0..count)
+            .map(|i| {
+                format!(
+                    "---\nkind: Node\nmetadata:\n  name: t4-{i}\n  labels:\n    nvidia.com/gpu.product: Tesla-T4\n    nvidia.com/gpu.memory: \"15360\"\nstatus:\n  allocatable:\n    nvidia.com/gpu: \"{devices}\"\n    cpu: \"8\"\n    memory: 64Gi\n    pods: \"110\"\n"
+                )
+            })
+            .collect()
+    }
+
+    const GPU_POD: &str = "---\nkind: Pod\nmetadata:\n  name: NAME\nspec:\n  containers:\n  - name: c\n    resources:\n      limits:\n        nvidia.com/gpu: \"1\"\n";
+
+    #[test]
+    fn place_lists_the_nodes_tied_with_its_choice() {
+        let cluster = objects(&t4_nodes(3, 1), false);
+        let pods = objects(&GPU_POD.replace("NAME", "p"), true);
+        let config = Config::default();
+        let mut dry = DryRun::new(&cluster, &config, &Catalog::default(), SystemTime::now());
+        let report = dry.place_all(&pods.pods, &config, &Catalog::default());
+        let placed = &report.pods[0];
+        assert_eq!(placed.node.as_deref(), Some("t4-0"));
+        assert_eq!(placed.tied, vec!["t4-1".to_string(), "t4-2".to_string()]);
+        assert!(render_table(&report).contains("t4-0 +2 tied"));
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["pods"][0]["tied"], json!(["t4-1", "t4-2"]));
+    }
+
+    #[test]
+    fn place_shows_pods_that_already_exist_where_they_are() {
+        let mut cluster_text = t4_nodes(2, 2);
+        // `p` is bound on t4-1, device 1; a Deployment `web` has one replica bound on t4-0.
+        cluster_text.push_str("---\nkind: Pod\nmetadata:\n  name: p\n  namespace: default\n  uid: u-p\n  annotations:\n    vramfit.io/assigned-devices: \"1\"\nspec:\n  nodeName: t4-1\n  containers:\n  - name: c\n    resources:\n      limits:\n        nvidia.com/gpu: \"1\"\nstatus:\n  phase: Running\n");
+        cluster_text.push_str("---\nkind: Pod\nmetadata:\n  name: web-5d8f9c-x2k4p\n  namespace: default\n  uid: u-web\n  ownerReferences:\n  - kind: ReplicaSet\n    name: web-5d8f9c\n    controller: true\n  annotations:\n    vramfit.io/assigned-devices: \"0\"\nspec:\n  nodeName: t4-0\n  containers:\n  - name: c\n    resources:\n      limits:\n        nvidia.com/gpu: \"1\"\nstatus:\n  phase: Running\n");
+        let cluster = objects(&cluster_text, false);
+        let mut file = GPU_POD.replace("NAME", "p");
+        file.push_str("---\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 2\n  template:\n    spec:\n      containers:\n      - name: c\n        resources:\n          limits:\n            nvidia.com/gpu: \"1\"\n");
+        let pods = objects(&file, true);
+        let config = Config::default();
+        let mut dry = DryRun::new(&cluster, &config, &Catalog::default(), SystemTime::now());
+        let report = dry.place_all(&pods.pods, &config, &Catalog::default());
+        let p = &report.pods[0];
+        assert!(p.existing);
+        assert_eq!(p.node.as_deref(), Some("t4-1"));
+        assert_eq!(p.devices.iter().map(|d| d.index).collect::<Vec<_>>(), [1]);
+        let web0 = &report.pods[1];
+        assert!(web0.existing, "{web0:?}");
+        assert_eq!(web0.node.as_deref(), Some("t4-0"));
+        // The second replica does not exist yet: placed on one of the two free devices left.
+        let web1 = &report.pods[2];
+        assert!(!web1.existing);
+        assert!(web1.node.is_some());
+        // Four devices, three pods: nothing was placed twice.
+        assert_eq!(dry.inventory.placements().count(), 3);
+        assert!(render_table(&report).contains("t4-1 (existing)"));
+    }
+
+    #[test]
+    fn a_table_cell_longer_than_65535_characters_does_not_panic() {
+        let cluster = objects(&t4_nodes(1, 1), false);
+        let long = "p".repeat(100_000);
+        let pods = objects(&GPU_POD.replace("NAME", &long), true);
+        let config = Config::default();
+        let mut dry = DryRun::new(&cluster, &config, &Catalog::default(), SystemTime::now());
+        let report = dry.place_all(&pods.pods, &config, &Catalog::default());
+        let table = render_table(&report);
+        assert!(table.contains(&long));
+    }
+
+    #[test]
+    fn a_yaml_file_nested_a_hundred_thousand_deep_is_refused_before_parsing() {
+        let deep = 100_000;
+        let flow = format!("{}{}", "[".repeat(deep), "]".repeat(deep));
+        let yaml_flow = format!("kind: {flow}");
+        let err = parse_objects(&yaml_flow, Path::new("deep.yaml"), false).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("at most {MAX_NESTING}")),
+            "{err}"
+        );
+        let mut block = String::new();
+        for level in 0..2_000 {
+            block.push_str(&" ".repeat(level * 2));
+            block.push_str("a:\n");
+        }
+        let err = parse_objects(&block, Path::new("deep.yaml"), false).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("at most {MAX_NESTING}")),
+            "{err}"
+        );
+        let dashes = format!("{}x\n", "- ".repeat(deep));
+        assert!(parse_objects(&dashes, Path::new("deep.yaml"), false).is_err());
+        // JSON is held to the same depth by its parser.
+        let err = parse_objects(&flow, Path::new("deep.json"), false).unwrap_err();
+        assert!(err.to_string().contains("recursion limit"), "{err}");
+    }
+
+    #[test]
+    fn a_bound_pod_without_assigned_devices_never_takes_an_annotated_pods_device() {
+        let mut text = t4_nodes(1, 2);
+        // The unannotated pod comes first in the file; the annotated one holds device 0.
+        for (name, annotation) in [
+            ("guessed", ""),
+            (
+                "annotated",
+                "  annotations:\n    vramfit.io/assigned-devices: \"0\"\n",
+            ),
+        ] {
+            text.push_str(&format!("---\nkind: Pod\nmetadata:\n  name: {name}\n  uid: u-{name}\n{annotation}spec:\n  nodeName: t4-0\n  containers:\n  - name: c\n    resources:\n      limits:\n        nvidia.com/gpu: \"1\"\nstatus:\n  phase: Running\n"));
+        }
+        let cluster = objects(&text, false);
+        let state = ExtenderState::from_snapshot(
+            &cluster,
+            Config::default(),
+            Catalog::default(),
+            SystemTime::now(),
+        );
+        let inventory = state.read();
+        let device = |id: &str| inventory.placement(id).unwrap().shares[0].index;
+        assert_eq!(device("u-annotated"), 0);
+        assert_eq!(device("u-guessed"), 1);
+        let node = inventory.node("t4-0").unwrap();
+        assert!(node.devices.iter().all(|d| d.exclusive_holders == 1));
+    }
+}

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use crate::core::quantity::format_mib;
 use crate::core::schedule::Decision;
+use crate::core::schedule::{filter, prioritize};
 use crate::core::{place_where, pod_demand, Catalog, Config, Inventory};
 use crate::dryrun::kube_checks::{pod_requests, reject_reason, NodeUsage};
 use crate::extender::state::load_snapshot;
@@ -45,6 +46,13 @@ pub struct PodResult {
     /// For an unplaced pod: the FailedScheduling-style summary.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Other nodes with the same 0–10 score as `node`: kube-scheduler picks among all of
+    /// them at random, so the live pod may land on any (sorted by name).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tied: Vec<String>,
+    /// The pod already exists in the cluster, bound to `node`: shown where it is, not placed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub existing: bool,
 }
 
 /// The result of a `place` run.
@@ -86,6 +94,19 @@ pub struct DryRun {
     pub inventory: Inventory,
     nodes: Vec<Node>,
     usage: HashMap<String, NodeUsage>,
+    /// Bound, unfinished pods of the snapshot that a pod to place may turn out to be.
+    bound: Vec<BoundPod>,
+}
+
+/// A pod already bound in the snapshot.
+struct BoundPod {
+    namespace: String,
+    name: String,
+    controller: Option<String>,
+    ledger_id: String,
+    node: String,
+    /// Already shown as one of the pods to place.
+    claimed: bool,
 }
 
 impl DryRun {
@@ -93,11 +114,20 @@ impl DryRun {
     pub fn new(snapshot: &Objects, config: &Config, catalog: &Catalog, now: SystemTime) -> Self {
         let (inventory, _) = load_snapshot(snapshot, config, catalog, now);
         let mut usage: HashMap<String, NodeUsage> = HashMap::new();
+        let mut bound = Vec::new();
         for pod in &snapshot.pods {
             let facts = pod.facts();
             let (Some(node), false) = (facts.node_name.as_deref(), facts.is_finished()) else {
                 continue;
             };
+            bound.push(BoundPod {
+                namespace: facts.namespace.clone(),
+                name: facts.name.clone(),
+                controller: facts.controller.clone(),
+                ledger_id: facts.ledger_id(),
+                node: node.to_string(),
+                claimed: false,
+            });
             match pod_requests(pod) {
                 Ok(requests) => usage.entry(node.to_string()).or_default().add(&requests),
                 Err(e) => {
@@ -109,7 +139,44 @@ impl DryRun {
             inventory,
             nodes: snapshot.nodes.clone(),
             usage,
+            bound,
         }
+    }
+
+    /// The bound pod of the snapshot that `pod` (from the file of pods to place) is, if any: the
+    /// same namespace and name, or for a workload's replica a pod of that workload (its
+    /// controller is the workload, or for a Deployment one of its ReplicaSets,
+    /// `<deployment>-<hash>`). Each bound pod answers for one pod to place.
+    fn existing(&mut self, pod: &Pod) -> Option<&mut BoundPod> {
+        let namespace = if pod.metadata.namespace.is_empty() {
+            "default"
+        } else {
+            pod.metadata.namespace.as_str()
+        };
+        let owner = pod.metadata.owner_references.iter().find(|o| o.controller);
+        let same_workload = |b: &BoundPod| match (owner, &b.controller) {
+            (Some(owner), Some(controller)) => {
+                controller == &owner.name
+                    || (owner.kind == "Deployment"
+                        && controller
+                            .strip_prefix(owner.name.as_str())
+                            .and_then(|rest| rest.strip_prefix('-'))
+                            .is_some_and(|hash| !hash.is_empty() && !hash.contains('-')))
+            }
+            _ => false,
+        };
+        let by_name = self
+            .bound
+            .iter()
+            .position(|b| !b.claimed && b.namespace == namespace && b.name == pod.metadata.name);
+        let index = by_name.or_else(|| {
+            self.bound
+                .iter()
+                .position(|b| !b.claimed && b.namespace == namespace && same_workload(b))
+        })?;
+        let found = &mut self.bound[index];
+        found.claimed = true;
+        Some(found)
     }
 
     /// Places `pods` one after another: kube-scheduler's checks first, then vramfit's policy on
@@ -129,6 +196,10 @@ impl DryRun {
     fn place_one(&mut self, pod: &Pod, config: &Config, catalog: &Catalog) -> PodResult {
         let facts = pod.facts();
         let demand = pod_demand(&facts, config, catalog);
+        if let Some(existing) = self.existing(pod) {
+            let (ledger_id, node) = (existing.ledger_id.clone(), existing.node.clone());
+            return self.describe_existing(facts.key(), &ledger_id, node, config, &demand);
+        }
         let mut kube_reasons: BTreeMap<String, String> = BTreeMap::new();
         let requests = match pod_requests(pod) {
             Ok(requests) => {
@@ -148,14 +219,94 @@ impl DryRun {
                 None
             }
         };
+        // Every feasible node's 0–10 score as kube-scheduler would receive it, to name the
+        // nodes tied with the winner.
+        let scores: Vec<(String, u8)> = {
+            let eligible: Vec<&str> = self
+                .inventory
+                .nodes()
+                .filter(|n| !kube_reasons.contains_key(&n.name))
+                .map(|n| n.name.as_str())
+                .collect();
+            let feasible = filter(
+                eligible.iter().map(|n| (*n, self.inventory.node(n))),
+                &demand,
+            )
+            .feasible;
+            prioritize(
+                feasible.iter().map(|n| (*n, self.inventory.node(n))),
+                &demand,
+                &self.inventory,
+                config,
+            )
+            .into_iter()
+            .map(|(n, score)| (n.to_string(), score))
+            .collect()
+        };
         let decision = place_where(&mut self.inventory, &demand, config, |n| {
             !kube_reasons.contains_key(&n.name)
         });
+        let mut tied: Vec<String> = match (&decision.node, decision.score) {
+            (Some(chosen), Some(best)) => scores
+                .into_iter()
+                .filter(|(n, score)| *score == best && n != chosen)
+                .map(|(n, _)| n)
+                .collect(),
+            _ => Vec::new(),
+        };
+        tied.sort();
         if let (Some(node), Some(requests)) = (&decision.node, &requests) {
             self.usage.entry(node.clone()).or_default().add(requests);
         }
         let total = self.nodes.len();
-        describe(&self.inventory, facts.key(), decision, kube_reasons, total)
+        let mut result = describe(&self.inventory, facts.key(), decision, kube_reasons, total);
+        result.tied = tied;
+        result
+    }
+
+    /// A pod that already runs where the cluster put it, with the devices the ledger has.
+    fn describe_existing(
+        &self,
+        pod: String,
+        ledger_id: &str,
+        node: String,
+        config: &Config,
+        demand: &crate::core::schedule::Demand,
+    ) -> PodResult {
+        let info = self.inventory.node(&node);
+        let placement = self.inventory.placement(ledger_id);
+        let devices = placement
+            .map(|p| {
+                p.shares
+                    .iter()
+                    .map(|share| DeviceOut {
+                        index: share.index,
+                        product: info
+                            .and_then(|n| n.devices.iter().find(|d| d.index == share.index))
+                            .map(|d| d.product.to_string())
+                            .unwrap_or_default(),
+                        vram_mib: share.vram_mib,
+                        shared: !p.exclusive,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let scheduler = demand
+            .as_ref()
+            .ok()
+            .and_then(|d| d.scheduler_name.as_deref());
+        PodResult {
+            pod,
+            zone: info.and_then(|n| n.zone.clone()),
+            node: Some(node),
+            devices,
+            score: None,
+            profile: config.profile_for(scheduler).0.to_string(),
+            reasons: BTreeMap::new(),
+            message: None,
+            tied: Vec::new(),
+            existing: true,
+        }
     }
 }
 
@@ -200,6 +351,8 @@ fn describe(
         score: decision.score,
         profile: decision.profile,
         reasons,
+        tied: Vec::new(),
+        existing: false,
     }
 }
 
@@ -212,7 +365,7 @@ pub fn render_table(report: &PlaceReport) -> String {
         .map(|p| {
             [
                 p.pod.clone(),
-                p.node.clone().unwrap_or_else(|| "<pending>".into()),
+                node_cell(p),
                 devices_cell(&p.devices),
                 p.zone.clone().unwrap_or_else(|| "-".into()),
                 p.score.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
@@ -229,10 +382,12 @@ pub fn render_table(report: &PlaceReport) -> String {
     let line = |cells: &[String]| -> String {
         let mut out = String::new();
         for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<w$}  "));
+            out.push_str(cell);
+            if i + 1 < cells.len() {
+                // Padded by hand: `format!`'s width takes at most 65,535, and a cell (a long
+                // product label) can be longer.
+                let pad = w.saturating_sub(cell.chars().count()) + 2;
+                out.extend(std::iter::repeat_n(' ', pad));
             }
         }
         out.trim_end().to_string() + "\n"
@@ -259,6 +414,21 @@ pub fn render_table(report: &PlaceReport) -> String {
         }
     }
     out
+}
+
+/// The node, `existing` for a pod already bound there, and `+N tied` when other nodes score
+/// the same.
+fn node_cell(p: &PodResult) -> String {
+    let Some(node) = &p.node else {
+        return "<pending>".into();
+    };
+    if p.existing {
+        format!("{node} (existing)")
+    } else if p.tied.is_empty() {
+        node.clone()
+    } else {
+        format!("{node} +{} tied", p.tied.len())
+    }
 }
 
 fn devices_cell(devices: &[DeviceOut]) -> String {

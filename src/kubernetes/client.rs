@@ -102,9 +102,11 @@ pub async fn read_cluster(client: Client) -> Result<Objects, LiveError> {
     .await?;
     let unfinished = ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed");
     let pods = list_all(Api::<ApiPod>::all(client), unfinished, "pods").await?;
-    Ok(Objects {
+    let mut objects = Objects {
         nodes,
         pods,
         skipped: Default::default(),
-    })
+    };
+    objects.order_for_loading();
+    Ok(objects)
 }

@@ -114,6 +114,51 @@ fn expand(value: &Value, kind: &str) -> Result<Vec<Pod>, String> {
         .collect())
 }
 
+/// Deepest nesting a snapshot or pod file may have. Kubernetes objects nest about 15 deep;
+/// JSON input is held to 128 by its parser, YAML is checked before parsing (a YAML parser
+/// takes seconds to refuse a file nested 100,000 deep).
+pub const MAX_NESTING: usize = 128;
+
+/// Refuses YAML nested deeper than [`MAX_NESTING`]: by flow brackets (`[`, `{`, outside quotes
+/// and comments) or by block indentation (columns of leading spaces, and `- ` list markers
+/// opening a line). An over-estimate is fine: real files stay far below the limit.
+fn check_yaml_nesting(text: &str) -> Result<(), String> {
+    let too_deep = |depth: usize| {
+        format!("nested at least {depth} levels deep; at most {MAX_NESTING} are read")
+    };
+    let mut flow: usize = 0;
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        let mut rest = &line[indent..];
+        let mut markers = 0;
+        while let Some(after) = rest.strip_prefix("- ").or_else(|| rest.strip_prefix("-\t")) {
+            markers += 1;
+            rest = after.trim_start_matches(' ');
+        }
+        // Two columns per level is the usual indentation; allow one column per level.
+        if indent + markers > MAX_NESTING * 2 {
+            return Err(too_deep(indent + markers));
+        }
+        let mut quote: Option<char> = None;
+        for c in rest.chars() {
+            match (quote, c) {
+                (None, '#') => break,
+                (None, '"' | '\'') => quote = Some(c),
+                (Some(q), c) if c == q => quote = None,
+                (None, '[' | '{') => {
+                    flow += 1;
+                    if flow > MAX_NESTING {
+                        return Err(too_deep(flow));
+                    }
+                }
+                (None, ']' | '}') => flow = flow.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Parses documents into raw values: JSON when the text starts with `{` or `[`, else YAML.
 pub fn parse_documents(text: &str, path: &Path) -> Result<Vec<Value>, LoadError> {
     let trimmed = text.trim_start();
@@ -125,6 +170,11 @@ pub fn parse_documents(text: &str, path: &Path) -> Result<Vec<Value>, LoadError>
         })?;
         return Ok(vec![value]);
     }
+    check_yaml_nesting(text).map_err(|message| LoadError::Parse {
+        path: path.to_path_buf(),
+        line: None,
+        message,
+    })?;
     let mut docs = Vec::new();
     for document in serde_yaml_ng::Deserializer::from_str(text) {
         let value: Value =
@@ -217,5 +267,27 @@ pub fn parse_objects(
             });
         }
     }
+    if !expand_workloads {
+        objects.order_for_loading();
+    }
     Ok(objects)
+}
+
+impl Objects {
+    /// Puts bound pods that carry `vramfit.io/assigned-devices` before the other pods, keeping
+    /// file order otherwise. Loading records pods in this order, and a bound pod without the
+    /// annotation gets its devices guessed around those already recorded: so a guess never
+    /// takes a device that an annotated pod later in the file really holds.
+    pub fn order_for_loading(&mut self) {
+        let annotated = |pod: &Pod| {
+            !pod.spec.node_name.is_empty()
+                && pod
+                    .metadata
+                    .annotations
+                    .0
+                    .contains_key(crate::core::schedule::ANNOTATION_ASSIGNED_DEVICES)
+        };
+        // Stable: false (annotated) sorts first.
+        self.pods.sort_by_key(|pod| !annotated(pod));
+    }
 }

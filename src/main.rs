@@ -42,6 +42,13 @@ enum Output {
     Json,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum SharingBackend {
+    Mps,
+    HamiCore,
+    None,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the scheduler extender (filter, prioritize, bind) over HTTP: against the live
@@ -121,6 +128,52 @@ enum Command {
         /// Rewrite the report at least this often (keep it under the core's reportTtlSeconds).
         #[arg(long, default_value_t = 30)]
         heartbeat_seconds: u64,
+    },
+    /// Kubelet device plugin for VRAM sharing (`vramfit.io/vram-gib`, 1 GiB units) on nodes
+    /// labelled `vramfit.io/sharing: vram`: hands each sharing container the device vramfit
+    /// assigned it, with its VRAM limit for the node's enforcement backend.
+    DevicePlugin {
+        /// This node's name (from the downward API in the DaemonSet).
+        #[arg(long, env = "NODE_NAME")]
+        node_name: String,
+        /// Kubeconfig (default: in-cluster service account, KUBECONFIG, ~/.kube/config).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Kubeconfig context.
+        #[arg(long)]
+        context: Option<String>,
+        /// How the VRAM limit is enforced: CUDA MPS, HAMi-core, or none (placement only).
+        #[arg(
+            long,
+            value_enum,
+            env = "VRAMFIT_SHARING_BACKEND",
+            default_value = "none"
+        )]
+        backend: SharingBackend,
+        /// MPS control daemon's pipe directory on the host (backend mps).
+        #[arg(long, default_value = "/run/nvidia/mps")]
+        mps_pipe_dir: String,
+        /// Host directory with HAMi-core's libvgpu.so and an ld.so.preload naming it
+        /// (backend hami-core).
+        #[arg(long, default_value = "/usr/local/vgpu")]
+        hami_core_dir: String,
+        /// Hand NVIDIA devices over as CDI names (nvidia.com/gpu=<uuid>) instead of
+        /// NVIDIA_VISIBLE_DEVICES.
+        #[arg(long)]
+        cdi: bool,
+        /// kubelet's device plugin directory.
+        #[arg(long, default_value = vramfit::agent::kubelet_api::DEVICE_PLUGIN_DIR)]
+        device_plugin_dir: PathBuf,
+        /// kubelet's PodResources socket.
+        #[arg(long, default_value = vramfit::agent::kubelet_api::POD_RESOURCES_SOCKET)]
+        pod_resources_socket: PathBuf,
+        /// Seconds between device reads (health reaches kubelet this fast).
+        #[arg(long, default_value_t = 5)]
+        poll_seconds: u64,
+        /// Advertise without waiting for the node label vramfit.io/sharing=vram (for clusters
+        /// with placement.sharingAllNodes).
+        #[arg(long)]
+        ignore_sharing_label: bool,
     },
     /// Health probe for Kubernetes exec probes: GETs http://ADDR/PATH on the local server and
     /// exits 0 on status 200, 1 otherwise (the server listens on loopback, which httpGet probes
@@ -246,6 +299,41 @@ fn main() -> ExitCode {
                 poll_seconds,
                 heartbeat_seconds,
             )
+        }
+        Command::DevicePlugin {
+            node_name,
+            kubeconfig,
+            context,
+            backend,
+            mps_pipe_dir,
+            hami_core_dir,
+            cdi,
+            device_plugin_dir,
+            pod_resources_socket,
+            poll_seconds,
+            ignore_sharing_label,
+        } => {
+            init_logging(cli.log_format, "info");
+            let backend = match backend {
+                SharingBackend::Mps => vramfit::agent::sharing::Backend::Mps {
+                    pipe_dir: mps_pipe_dir,
+                },
+                SharingBackend::HamiCore => vramfit::agent::sharing::Backend::HamiCore {
+                    library_dir: hami_core_dir,
+                },
+                SharingBackend::None => vramfit::agent::sharing::Backend::None,
+            };
+            run_device_plugin(DevicePluginArgs {
+                node_name,
+                kubeconfig,
+                context,
+                backend,
+                cdi,
+                device_plugin_dir,
+                pod_resources_socket,
+                poll_seconds,
+                ignore_sharing_label,
+            })
         }
         Command::Probe {
             addr,
@@ -385,6 +473,92 @@ fn run_agent(
         )
         .await;
         tracing::info!(?stats, "stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+struct DevicePluginArgs {
+    node_name: String,
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+    backend: vramfit::agent::sharing::Backend,
+    cdi: bool,
+    device_plugin_dir: PathBuf,
+    pod_resources_socket: PathBuf,
+    poll_seconds: u64,
+    ignore_sharing_label: bool,
+}
+
+fn run_device_plugin(args: DevicePluginArgs) -> anyhow::Result<ExitCode> {
+    use futures::FutureExt;
+    use vramfit::agent::device_plugin::{poll_devices, PluginSettings, VramPlugin};
+    use vramfit::agent::sharing::{Backend, Handover, Vendor};
+    if args.poll_seconds == 0 {
+        anyhow::bail!("--poll-seconds must be positive");
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = vramfit::shutdown::shutdown_signal().boxed().shared();
+        let reader = match vramfit::agent::find_runtime() {
+            Ok(reader) => reader,
+            Err(none) => {
+                tracing::warn!("{none}; idling until terminated");
+                shutdown.await;
+                return Ok(ExitCode::SUCCESS);
+            }
+        };
+        let vendor = match reader.runtime() {
+            "npu-smi" if args.backend != Backend::None => {
+                anyhow::bail!("Ascend NPUs support --backend none only (MPS and HAMi-core are CUDA)")
+            }
+            "npu-smi" => Vendor::Ascend,
+            _ => Vendor::Nvidia { cdi: args.cdi },
+        };
+        let client =
+            vramfit::kubernetes::client::client(args.kubeconfig.as_deref(), args.context.as_deref())
+                .await?;
+        if !args.ignore_sharing_label {
+            let recheck = std::time::Duration::from_secs(60);
+            let labelled = vramfit::agent::node_pods::wait_for_sharing_label(
+                client.clone(),
+                &args.node_name,
+                recheck,
+                shutdown.clone(),
+            );
+            if !labelled.await {
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        let reader: std::sync::Arc<dyn vramfit::agent::DeviceReader> = reader.into();
+        let first = {
+            let reader = reader.clone();
+            tokio::task::spawn_blocking(move || reader.read()).await?
+        };
+        let (readings_tx, readings) = tokio::sync::watch::channel(first.unwrap_or_else(|error| {
+            tracing::warn!(%error, "first device read failed; advertising nothing until one succeeds");
+            Vec::new()
+        }));
+        let poll = std::time::Duration::from_secs(args.poll_seconds);
+        tokio::spawn(poll_devices(reader.clone(), readings_tx, poll, shutdown.clone()));
+        let settings = PluginSettings {
+            dir: args.device_plugin_dir,
+            ..PluginSettings::default()
+        };
+        let plugin = VramPlugin::new(
+            Handover {
+                vendor,
+                backend: args.backend,
+            },
+            readings,
+            std::sync::Arc::new(vramfit::agent::node_pods::KubeNodePods::new(client, &args.node_name)),
+            std::sync::Arc::new(vramfit::agent::pod_resources::PodResourcesSocket::new(
+                args.pod_resources_socket,
+            )),
+            settings.handout_ttl,
+        );
+        tracing::info!(runtime = reader.runtime(), node = %args.node_name, "device plugin starting");
+        let stats = plugin.run(&settings, shutdown).await?;
+        tracing::info!(?stats, allocations = plugin.allocations(), "stopped");
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -24,11 +24,16 @@
 //! }
 //! ```
 
+pub mod device_plugin;
 pub mod devices;
+pub mod kubelet_api;
+pub mod node_pods;
 pub mod npu_smi;
 pub mod nvml;
+pub mod pod_resources;
 pub mod report;
 pub mod run;
+pub mod sharing;
 
 pub use devices::{DeviceReader, DeviceReading, Health, MigMode, ReadError};
 pub use npu_smi::{CommandOutput, CommandRunner, NpuSmiReader, SystemRunner};

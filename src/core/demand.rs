@@ -13,6 +13,10 @@ use super::quantity::{parse_count, parse_mib};
 pub const ANNOTATION_VRAM: &str = "vramfit.io/vram";
 /// Extended resource form of the VRAM request (bytes, per device), for `managedResources`.
 pub const RESOURCE_VRAM: &str = "vramfit.io/vram";
+/// The sharing resource `vramfit device-plugin` advertises on `vramfit.io/sharing: vram` nodes:
+/// one unit is 1 GiB of one device's VRAM. A sharing pod requests it (limits) to be handed its
+/// assigned device by the node; it also declares the pod's VRAM per device when nothing else does.
+pub const RESOURCE_VRAM_GIB: &str = "vramfit.io/vram-gib";
 /// Annotation: allowed products or classes, comma separated.
 pub const ANNOTATION_PRODUCTS: &str = "vramfit.io/products";
 /// Annotation: percent of the device kept free after placement.
@@ -44,6 +48,8 @@ pub enum VramSource {
     Catalog,
     HamiGpumem,
     AliyunGpuMem,
+    /// The sharing resource [`RESOURCE_VRAM_GIB`] (GiB).
+    VramGib,
     /// No declaration: the pod still gets a device and prefers the smallest.
     Undeclared,
 }
@@ -198,6 +204,8 @@ pub fn pod_demand(
         (v, VramSource::Resource)
     } else if let Some(entry) = catalog_entry {
         (entry.vram_mib, VramSource::Catalog)
+    } else if let Some(v) = effective_quantity(pod, RESOURCE_VRAM_GIB, parse_count)? {
+        (v.saturating_mul(1024), VramSource::VramGib)
     } else if let Some(v) = effective_quantity(pod, RESOURCE_HAMI_GPUMEM, parse_count)? {
         (v, VramSource::HamiGpumem)
     } else if let Some(v) = effective_quantity(pod, RESOURCE_ALIYUN_GPUMEM, parse_count)? {
@@ -209,6 +217,7 @@ pub fn pod_demand(
         let key = match vram_source {
             VramSource::HamiGpumem => RESOURCE_HAMI_GPUMEM,
             VramSource::AliyunGpuMem => RESOURCE_ALIYUN_GPUMEM,
+            VramSource::VramGib => RESOURCE_VRAM_GIB,
             _ => ANNOTATION_VRAM,
         };
         let written = pod

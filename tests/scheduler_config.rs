@@ -76,8 +76,10 @@ fn extender_entries_match_the_server() {
             })
             .collect();
         let vram_vocabularies = ["vramfit.io/vram", "nvidia.com/gpumem", "aliyun.com/gpu-mem"];
+        // Advertised by `vramfit device-plugin`, so the in-tree fit may count it.
+        let advertised = [vramfit::core::demand::RESOURCE_VRAM_GIB];
         for (name, ignored) in &managed {
-            let is_device = DEVICE_RESOURCES.contains(name);
+            let is_device = DEVICE_RESOURCES.contains(name) || advertised.contains(name);
             assert!(
                 is_device || vram_vocabularies.contains(name),
                 "{file}: {name} is understood by vramfit"
@@ -87,7 +89,11 @@ fn extender_entries_match_the_server() {
                 "{file}: only VRAM vocabularies are ignored by the in-tree fit"
             );
         }
-        for resource in DEVICE_RESOURCES.iter().chain(&vram_vocabularies) {
+        for resource in DEVICE_RESOURCES
+            .iter()
+            .chain(&vram_vocabularies)
+            .chain(&advertised)
+        {
             assert!(
                 managed.iter().any(|(n, _)| n == resource),
                 "{file}: {resource} reaches vramfit"

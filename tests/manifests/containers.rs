@@ -13,6 +13,11 @@ const ROOT_EXCEPTIONS: &[(&str, &str, &str)] = &[(
     "npu-smi opens /dev/davinci* that no device plugin allocated to the agent",
 )];
 
+/// Containers that talk to kubelet's root-owned sockets: uid 0 without capabilities, with
+/// hostPath mounts of kubelet's directories only; checked in `device_plugin.rs`.
+pub const KUBELET_SOCKET_CONTAINERS: &[(&str, &str)] =
+    &[("vramfit-device-plugin-nvidia", "device-plugin")];
+
 #[test]
 fn every_container_runs_as_non_root_with_requests_and_limits() {
     let base = Base::load();
@@ -35,6 +40,9 @@ fn every_container_runs_as_non_root_with_requests_and_limits() {
             assert_eq!(sc.read_only_root_filesystem, Some(true), "{what}");
             let non_root = sc.run_as_non_root.or(pod.run_as_non_root);
             let user = sc.run_as_user.or(pod.run_as_user);
+            if KUBELET_SOCKET_CONTAINERS.contains(&(workload, c.name.as_str())) {
+                continue;
+            }
             let exception = ROOT_EXCEPTIONS
                 .iter()
                 .find(|(w, name_, _)| *w == workload && *name_ == c.name);

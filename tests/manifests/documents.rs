@@ -14,9 +14,9 @@ fn every_document_is_a_typed_object_with_no_field_dropped() {
     let base = Base::load();
     assert_eq!(base.namespaces.len(), 1);
     assert_eq!(name(&base.namespaces[0].metadata), "vramfit-system");
-    assert_eq!(base.service_accounts.len(), 2);
+    assert_eq!(base.service_accounts.len(), 3);
     assert_eq!(base.deployments.len(), 1);
-    assert_eq!(base.daemon_sets.len(), 2);
+    assert_eq!(base.daemon_sets.len(), 3);
     assert_eq!(base.pdbs.len(), 1);
     assert!(!base.cluster_roles.is_empty() && !base.roles.is_empty());
     assert!(!base.cluster_role_bindings.is_empty() && !base.role_bindings.is_empty());

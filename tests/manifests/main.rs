@@ -12,6 +12,7 @@ mod common;
 mod agents;
 mod base;
 mod containers;
+mod device_plugin;
 mod docs;
 mod documents;
 mod rbac;

@@ -7,7 +7,7 @@
 //! ledger, and in what the API server ends up binding), nothing a bind committed is lost, and the
 //! ledger after a restart equals the ledger before it.
 //!
-//! CI runs 256 cases; set `LEDGER_MODEL_CASES` for a long run (10,000 pass:
+//! CI runs 1024 cases; set `LEDGER_MODEL_CASES` for a long run (10,000 pass:
 //! `LEDGER_MODEL_CASES=10000 cargo test --release --test ledger_model`).
 //!
 //! A second property checks that filter and bind agree by construction: for accelerator-free,
@@ -63,11 +63,29 @@ enum Outcome {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Create { pod: u8, gpus: u8, vram_gib: u8 },
-    Bind { pod: u8, node: u8, outcome: Outcome },
-    Deliver { pod: u8 },
-    Finish { pod: u8 },
-    Delete { pod: u8 },
+    Create {
+        pod: u8,
+        gpus: u8,
+        vram_gib: u8,
+    },
+    Bind {
+        pod: u8,
+        node: u8,
+        outcome: Outcome,
+    },
+    /// kube-scheduler retrying the last bind (same pod, same node), answered `outcome`.
+    Retry {
+        outcome: Outcome,
+    },
+    Deliver {
+        pod: u8,
+    },
+    Finish {
+        pod: u8,
+    },
+    Delete {
+        pod: u8,
+    },
     ExpireAfterEventsArrive,
     Restart,
 }
@@ -80,7 +98,15 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Outcome::TimeoutNotBound),
     ];
     prop_oneof![
-        3 => (0u8..5, 0u8..3, 0u8..40).prop_map(|(pod, gpus, vram_gib)| Op::Create { pod, gpus, vram_gib }),
+        // Retries are where ambiguity bites: after a timeout, a refusal is as likely as not.
+        3 => prop_oneof![
+            Just(Outcome::Bound),
+            Just(Outcome::Refused),
+            Just(Outcome::TimeoutButBound),
+            Just(Outcome::TimeoutNotBound),
+        ]
+        .prop_map(|outcome| Op::Retry { outcome }),
+        3 => (0u8..5, 0u8..3, 0u8..16).prop_map(|(pod, gpus, vram_gib)| Op::Create { pod, gpus, vram_gib }),
         5 => (0u8..5, 0u8..3, outcome).prop_map(|(pod, node, outcome)| Op::Bind { pod, node, outcome }),
         3 => (0u8..5).prop_map(|pod| Op::Deliver { pod }),
         1 => (0u8..5).prop_map(|pod| Op::Finish { pod }),
@@ -201,9 +227,10 @@ fn pod(uid: &str, gpus: u8, vram_gib: u8) -> Value {
     if gpus > 0 {
         limits["nvidia.com/gpu"] = json!(gpus.to_string());
     }
+    // No device and no VRAM: an accelerator-free pod, which holds nothing.
     let mut annotations = json!({});
-    if vram_gib > 0 || gpus == 0 {
-        annotations["vramfit.io/vram"] = json!(format!("{}Gi", vram_gib.max(1)));
+    if vram_gib > 0 {
+        annotations["vramfit.io/vram"] = json!(format!("{vram_gib}Gi"));
     }
     json!({
         "metadata": {"name": uid, "namespace": "ml", "uid": uid, "annotations": annotations},
@@ -248,7 +275,8 @@ fn ledger(inventory: &Inventory) -> BTreeSet<(String, String, Vec<u32>)> {
         .collect()
 }
 
-/// (pod, node, devices) of every bound, unfinished pod at the API server.
+/// (pod, node, devices) of every bound, unfinished pod at the API server that holds devices
+/// (an accelerator-free pod holds none, and the ledger records nothing for it).
 fn api_bound(api: &ApiServer) -> BTreeSet<(String, String, Vec<u32>)> {
     api.pods
         .iter()
@@ -267,6 +295,7 @@ fn api_bound(api: &ApiServer) -> BTreeSet<(String, String, Vec<u32>)> {
                 devices,
             )
         })
+        .filter(|(_, _, devices): &(String, String, Vec<u32>)| !devices.is_empty())
         .collect()
 }
 
@@ -342,6 +371,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut api = ApiServer::default();
     let mut extender = restart(&api);
     let mut delivered: HashSet<String> = HashSet::new();
+    let mut last_bind: Option<(String, &str)> = None;
     let ttl = Duration::from_secs(60);
     let mut now = Instant::now();
     for op in ops {
@@ -370,6 +400,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     continue;
                 }
                 let node = NODES[node as usize].0;
+                last_bind = Some((uid.clone(), node));
                 let ok = extender.bind(&mut api, &uid, node, outcome, now);
                 if matches!(outcome, Outcome::Bound) && ok {
                     // A successful bind is in the ledger at once, before any watch event
@@ -385,6 +416,16 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         "bound pod missing from the ledger"
                     );
                 }
+                delivered.remove(&uid);
+            }
+            Op::Retry { outcome } => {
+                let Some((uid, node)) = last_bind.clone() else {
+                    continue;
+                };
+                if !api.pods.contains_key(&uid) {
+                    continue;
+                }
+                extender.bind(&mut api, &uid, node, outcome, now);
                 delivered.remove(&uid);
             }
             Op::Deliver { pod: i } => {
@@ -467,12 +508,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// Cases per property: 256 in CI, `LEDGER_MODEL_CASES` for a long run.
+/// Cases per property: 1024 in CI, `LEDGER_MODEL_CASES` for a long run.
 fn cases() -> u32 {
     std::env::var("LEDGER_MODEL_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(256)
+        .unwrap_or(1024)
 }
 
 proptest! {

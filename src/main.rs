@@ -128,6 +128,11 @@ enum Command {
         /// Rewrite the report at least this often (keep it under the core's reportTtlSeconds).
         #[arg(long, default_value_t = 30)]
         heartbeat_seconds: u64,
+        /// Also report the devices kubelet allocated to whole-device pods
+        /// (vramfit.io/allocated-devices), read from this PodResources socket (needs the socket
+        /// mounted and uid 0; `vramfit device-plugin` does this on sharing nodes).
+        #[arg(long)]
+        pod_resources_socket: Option<PathBuf>,
     },
     /// Kubelet device plugin for VRAM sharing (`vramfit.io/vram-gib`, 1 GiB units) on nodes
     /// labelled `vramfit.io/sharing: vram`: hands each sharing container the device vramfit
@@ -174,6 +179,10 @@ enum Command {
         /// with placement.sharingAllNodes).
         #[arg(long)]
         ignore_sharing_label: bool,
+        /// Do not write the node annotation vramfit.io/allocated-devices (whole-device pods'
+        /// devices as kubelet allocated them, for the extender's ledger).
+        #[arg(long)]
+        no_allocation_report: bool,
     },
     /// Health probe for Kubernetes exec probes: GETs http://ADDR/PATH on the local server and
     /// exits 0 on status 200, 1 otherwise (the server listens on loopback, which httpGet probes
@@ -290,6 +299,7 @@ fn main() -> ExitCode {
             context,
             poll_seconds,
             heartbeat_seconds,
+            pod_resources_socket,
         } => {
             init_logging(cli.log_format, "info");
             run_agent(
@@ -298,6 +308,7 @@ fn main() -> ExitCode {
                 context,
                 poll_seconds,
                 heartbeat_seconds,
+                pod_resources_socket,
             )
         }
         Command::DevicePlugin {
@@ -312,6 +323,7 @@ fn main() -> ExitCode {
             pod_resources_socket,
             poll_seconds,
             ignore_sharing_label,
+            no_allocation_report,
         } => {
             init_logging(cli.log_format, "info");
             let backend = match backend {
@@ -333,6 +345,7 @@ fn main() -> ExitCode {
                 pod_resources_socket,
                 poll_seconds,
                 ignore_sharing_label,
+                allocation_report: !no_allocation_report,
             })
         }
         Command::Probe {
@@ -441,6 +454,7 @@ fn run_agent(
     context: Option<String>,
     poll_seconds: u64,
     heartbeat_seconds: u64,
+    pod_resources_socket: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     use vramfit::agent::run::{run, AgentOptions, NodeAnnotationWriter};
     if poll_seconds == 0 || heartbeat_seconds == 0 {
@@ -459,6 +473,19 @@ fn run_agent(
         tracing::info!(runtime = reader.runtime(), node = %node_name, "reading devices");
         let client =
             vramfit::kubernetes::client::client(kubeconfig.as_deref(), context.as_deref()).await?;
+        let reader: std::sync::Arc<dyn vramfit::agent::DeviceReader> = reader.into();
+        if let Some(socket) = pod_resources_socket {
+            tokio::spawn(report_allocations(
+                client.clone(),
+                node_name.clone(),
+                reader.clone(),
+                std::sync::Arc::new(vramfit::agent::pod_resources::PodResourcesSocket::new(
+                    socket,
+                )),
+                std::time::Duration::from_secs(poll_seconds),
+                vramfit::shutdown::shutdown_signal(),
+            ));
+        }
         let writer = NodeAnnotationWriter::new(client, node_name);
         let mut options = AgentOptions {
             poll: std::time::Duration::from_secs(poll_seconds),
@@ -466,7 +493,7 @@ fn run_agent(
         };
         options.policy.heartbeat = std::time::Duration::from_secs(heartbeat_seconds);
         let stats = run(
-            reader.into(),
+            reader,
             &writer,
             options,
             vramfit::shutdown::shutdown_signal(),
@@ -487,6 +514,7 @@ struct DevicePluginArgs {
     pod_resources_socket: PathBuf,
     poll_seconds: u64,
     ignore_sharing_label: bool,
+    allocation_report: bool,
 }
 
 fn run_device_plugin(args: DevicePluginArgs) -> anyhow::Result<ExitCode> {
@@ -540,6 +568,19 @@ fn run_device_plugin(args: DevicePluginArgs) -> anyhow::Result<ExitCode> {
         }));
         let poll = std::time::Duration::from_secs(args.poll_seconds);
         tokio::spawn(poll_devices(reader.clone(), readings_tx, poll, shutdown.clone()));
+        let pod_resources = std::sync::Arc::new(vramfit::agent::pod_resources::PodResourcesSocket::new(
+            args.pod_resources_socket,
+        ));
+        if args.allocation_report {
+            tokio::spawn(report_allocations(
+                client.clone(),
+                args.node_name.clone(),
+                reader.clone(),
+                pod_resources.clone(),
+                poll,
+                shutdown.clone(),
+            ));
+        }
         let settings = PluginSettings {
             dir: args.device_plugin_dir,
             ..PluginSettings::default()
@@ -551,9 +592,7 @@ fn run_device_plugin(args: DevicePluginArgs) -> anyhow::Result<ExitCode> {
             },
             readings,
             std::sync::Arc::new(vramfit::agent::node_pods::KubeNodePods::new(client, &args.node_name)),
-            std::sync::Arc::new(vramfit::agent::pod_resources::PodResourcesSocket::new(
-                args.pod_resources_socket,
-            )),
+            pod_resources,
             settings.handout_ttl,
         );
         tracing::info!(runtime = reader.runtime(), node = %args.node_name, "device plugin starting");
@@ -561,6 +600,25 @@ fn run_device_plugin(args: DevicePluginArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(?stats, allocations = plugin.allocations(), "stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Writes `vramfit.io/allocated-devices` for this node until `shutdown` (RBAC: `patch` nodes).
+async fn report_allocations(
+    client: kube::Client,
+    node_name: String,
+    reader: std::sync::Arc<dyn vramfit::agent::DeviceReader>,
+    pod_resources: std::sync::Arc<dyn vramfit::agent::pod_resources::PodResourcesSource>,
+    poll: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use vramfit::agent::allocated::{run_report, ANNOTATION_ALLOCATED_DEVICES};
+    let writer = vramfit::agent::run::NodeAnnotationWriter::for_annotation(
+        client,
+        node_name,
+        ANNOTATION_ALLOCATED_DEVICES,
+    );
+    let stats = run_report(reader, pod_resources, &writer, poll, shutdown).await;
+    tracing::info!(?stats, "allocation report stopped");
 }
 
 struct PlaceArgs {

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod common;
+
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status};
@@ -578,4 +580,104 @@ async fn health_changes_reach_list_and_watch() {
         .iter()
         .all(|d| d.health == HEALTHY));
     kubelet.stop().await;
+}
+
+// ---- reconciliation -----------------------------------------------------------------------
+
+/// Captures what the agent writes and says when it did.
+struct CapturingWriter {
+    values: Mutex<Vec<String>>,
+    written: tokio::sync::Notify,
+}
+
+impl vramfit::agent::run::AnnotationWriter for CapturingWriter {
+    fn write<'a>(&'a self, value: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        self.values.lock().unwrap().push(value.to_string());
+        self.written.notify_one();
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test]
+async fn the_ledger_follows_the_device_kubelet_gave_a_whole_device_pod() {
+    use common::objects::{node_json, pod_json};
+    use vramfit::agent::allocated::{run_report, ANNOTATION_ALLOCATED_DEVICES};
+    use vramfit::extender::binder::RecordOnly;
+    use vramfit::extender::metrics::Metrics;
+    use vramfit::extender::state::ExtenderState;
+
+    // vramfit recorded ml/train on device 0 of gpu-1, as its Binding said.
+    let state = ExtenderState::new(
+        vramfit::core::Config::default(),
+        vramfit::core::Catalog::default(),
+        Box::new(RecordOnly),
+    );
+    let now = std::time::SystemTime::now();
+    state.apply_node(&node_json("gpu-1", 4).typed(), now);
+    let pod = pod_json("train").gpus(1).vram("30Gi").assigned("0");
+    state.apply_pod(&pod.bound("gpu-1").typed());
+    let devices = |state: &ExtenderState| -> Vec<u32> {
+        let inventory = state.read();
+        let placement = inventory.placement("uid-train").expect("recorded");
+        placement.shares.iter().map(|s| s.index).collect()
+    };
+    assert_eq!(devices(&state), [0]);
+
+    // kubelet's NVIDIA device plugin gave it GPU-2; a sharing pod holds vramfit units.
+    let dir = tempdir::Dir::new();
+    let socket = dir.path().join("pod-resources.sock");
+    let pod_resources = FakePodResources::default();
+    pod_resources.hold("ml", "train", "c", "nvidia.com/gpu", &["GPU-2".to_string()]);
+    pod_resources.hold("ml", "share", "c", RESOURCE_VRAM_GIB, &unit_ids(1, 0, 4));
+    start_pod_resources(&socket, pod_resources);
+
+    // The agent's report.
+    let reader = Arc::new(FakeReader(Mutex::new((0..4).map(t4).collect())));
+    let writer = Arc::new(CapturingWriter {
+        values: Mutex::default(),
+        written: tokio::sync::Notify::new(),
+    });
+    let stats = {
+        let writer = writer.clone();
+        tokio::time::timeout(
+            PATIENCE,
+            run_report(
+                reader,
+                Arc::new(PodResourcesSocket::new(&socket)),
+                writer.as_ref(),
+                Duration::from_millis(10),
+                async { writer.written.notified().await },
+            ),
+        )
+        .await
+        .expect("the agent writes a report")
+    };
+    assert_eq!((stats.writes, stats.read_errors), (1, 0));
+    let value = writer.values.lock().unwrap()[0].clone();
+    let report: serde_json::Value = serde_json::from_str(&value).unwrap();
+    assert_eq!(report["pods"], serde_json::json!({"ml/train": [2]}));
+
+    // The node watch delivers the annotation; the ledger moves, once.
+    let annotated = node_json("gpu-1", 4).annotation(ANNOTATION_ALLOCATED_DEVICES, &value);
+    state.apply_node(&annotated.clone().typed(), now);
+    assert_eq!(devices(&state), [2]);
+    assert_eq!(state.ledger_corrections(), 1);
+    state.apply_node(&annotated.typed(), now);
+    assert_eq!(state.ledger_corrections(), 1, "nothing left to correct");
+    let scrape = Metrics::default().scrape(&state);
+    assert!(
+        scrape.contains("vramfit_ledger_corrections_total 1"),
+        "{scrape}"
+    );
+    // Device 0 is free again for the next whole-device pod; device 2 is not.
+    let inventory = state.read();
+    let node = inventory.node("gpu-1").unwrap();
+    let holders = |i: u32| {
+        node.devices
+            .iter()
+            .find(|d| d.index == i)
+            .unwrap()
+            .exclusive_holders
+    };
+    assert_eq!((holders(0), holders(2)), (0, 1));
 }

@@ -24,6 +24,7 @@
 //! }
 //! ```
 
+pub mod allocated;
 pub mod device_plugin;
 pub mod devices;
 pub mod kubelet_api;

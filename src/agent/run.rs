@@ -24,13 +24,25 @@ pub trait AnnotationWriter: Send + Sync {
 pub struct NodeAnnotationWriter {
     api: Api<Node>,
     node: String,
+    annotation: &'static str,
 }
 
 impl NodeAnnotationWriter {
+    /// Writes `vramfit.io/gpu-status`.
     pub fn new(client: kube::Client, node: impl Into<String>) -> Self {
+        Self::for_annotation(client, node, ANNOTATION_GPU_STATUS)
+    }
+
+    /// Writes `annotation` instead.
+    pub fn for_annotation(
+        client: kube::Client,
+        node: impl Into<String>,
+        annotation: &'static str,
+    ) -> Self {
         NodeAnnotationWriter {
             api: Api::all(client),
             node: node.into(),
+            annotation,
         }
     }
 }
@@ -38,7 +50,7 @@ impl NodeAnnotationWriter {
 impl AnnotationWriter for NodeAnnotationWriter {
     fn write<'a>(&'a self, value: &'a str) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let patch = json!({"metadata": {"annotations": {ANNOTATION_GPU_STATUS: value}}});
+            let patch = json!({"metadata": {"annotations": {self.annotation: value}}});
             self.api
                 .patch(&self.node, &PatchParams::default(), &Patch::Merge(&patch))
                 .await

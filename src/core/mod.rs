@@ -14,6 +14,7 @@ pub mod inventory;
 pub mod ledger;
 pub mod node;
 pub mod quantity;
+pub mod reconcile;
 pub mod schedule;
 pub mod score;
 

@@ -107,6 +107,7 @@ pub struct ScrapeInput {
     exclusive_shares: Vec<(u32, u64)>,
     reservations: usize,
     watch: Vec<(&'static str, Option<f64>, u64)>,
+    ledger_corrections: u64,
 }
 
 impl ScrapeInput {
@@ -168,6 +169,7 @@ impl ScrapeInput {
     pub fn of(cluster: &ExtenderState) -> Self {
         let mut input = ScrapeInput::capture(&cluster.read());
         input.reservations = cluster.reserved_pods();
+        input.ledger_corrections = cluster.ledger_corrections();
         input.watch = [
             (WatchedResource::Nodes, "nodes"),
             (WatchedResource::Pods, "pods"),
@@ -382,6 +384,13 @@ impl Metrics {
             reservations.clone(),
         );
         reservations.set(input.reservations as i64);
+        let corrections = Counter::<u64>::default();
+        registry.register(
+            "ledger_corrections",
+            "Whole-device pods moved in the ledger to the devices kubelet really allocated (vramfit.io/allocated-devices)",
+            corrections.clone(),
+        );
+        corrections.inc_by(input.ledger_corrections);
         for (resource, age, errors) in &input.watch {
             let labels = ResourceLabels {
                 resource: (*resource).into(),

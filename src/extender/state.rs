@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use dashmap::DashMap;
 use rustc_hash::FxBuildHasher;
 
+use crate::core::reconcile::{corrections, AllocatedDevices, ANNOTATION_ALLOCATED_DEVICES};
 use crate::core::{
     build_node, Catalog, Config, Demand, Inventory, Observed, Placement, PodFacts, ReserveError,
 };
@@ -194,6 +195,7 @@ pub struct ExtenderState {
     binder: Box<dyn Binder>,
     /// Watch progress in live mode (unused with a snapshot).
     pub health: WatchHealth,
+    ledger_corrections: AtomicU64,
 }
 
 impl ExtenderState {
@@ -207,6 +209,7 @@ impl ExtenderState {
             ready: AtomicBool::new(false),
             binder,
             health: WatchHealth::default(),
+            ledger_corrections: Default::default(),
         }
     }
 
@@ -320,11 +323,39 @@ impl ExtenderState {
 
     /// A Node was added or changed.
     pub fn apply_node(&self, node: &Node, now: SystemTime) {
-        let info = build_node(&node.facts(), &self.config, now);
+        let facts = node.facts();
+        let info = build_node(&facts, &self.config, now);
         for note in &info.notes {
             tracing::debug!(node = %info.name, "{note}");
         }
-        self.write().upsert_node(info);
+        let mut inventory = self.write();
+        inventory.upsert_node(info);
+        if let Some(raw) = facts.annotations.get(ANNOTATION_ALLOCATED_DEVICES) {
+            self.follow_kubelet(&mut inventory, &facts.name, raw);
+        }
+    }
+
+    /// Moves whole-device pods on `node` to the devices kubelet really gave them, as the agent
+    /// reports in `vramfit.io/allocated-devices` (`core::reconcile`).
+    fn follow_kubelet(&self, inventory: &mut Inventory, node: &str, raw: &str) {
+        let report = match AllocatedDevices::parse(raw) {
+            Ok(report) => report,
+            Err(error) => {
+                tracing::warn!(node, %error, "ignoring the allocation report");
+                return;
+            }
+        };
+        for c in corrections(node, inventory.placements(), &report) {
+            if inventory.relocate(&c.id, &c.real).is_ok() {
+                self.ledger_corrections.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(node, pod = %c.pod, recorded = ?c.recorded, real = ?c.real, "ledger moved to the devices kubelet allocated");
+            }
+        }
+    }
+
+    /// Ledger entries moved to the devices kubelet really allocated, since start.
+    pub fn ledger_corrections(&self) -> u64 {
+        self.ledger_corrections.load(Ordering::Relaxed)
     }
 
     /// A Node was deleted.

@@ -148,6 +148,15 @@ fn rbac_is_exactly_the_calls_the_plugin_makes() {
             .list()
             .await
             .unwrap();
+        use vramfit::agent::run::{AnnotationWriter, NodeAnnotationWriter};
+        NodeAnnotationWriter::for_annotation(
+            api.client(),
+            "gpu-1",
+            vramfit::agent::allocated::ANNOTATION_ALLOCATED_DEVICES,
+        )
+        .write("{}")
+        .await
+        .unwrap();
     });
     let calls: BTreeSet<(String, String)> = api
         .requests()
@@ -164,6 +173,15 @@ fn rbac_is_exactly_the_calls_the_plugin_makes() {
             ("GET", path) if path.starts_with("/api/v1/nodes/") => {
                 ("get".to_string(), "nodes".to_string())
             }
+            ("PATCH", "/api/v1/nodes/gpu-1") => {
+                assert_eq!(r.content_type, "application/merge-patch+json");
+                assert!(
+                    r.body.contains("vramfit.io/allocated-devices"),
+                    "{}",
+                    r.body
+                );
+                ("patch".to_string(), "nodes".to_string())
+            }
             other => panic!("unexpected call {other:?}"),
         })
         .collect();
@@ -177,6 +195,7 @@ fn rbac_is_exactly_the_calls_the_plugin_makes() {
         calls,
         BTreeSet::from([
             ("get".to_string(), "nodes".to_string()),
+            ("patch".to_string(), "nodes".to_string()),
             ("list".to_string(), "pods".to_string())
         ])
     );

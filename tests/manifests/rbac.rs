@@ -23,14 +23,16 @@ use crate::common::objects::{node_json, pod_json};
 /// * extender (`vramfit-extender`; live mode, `src/extender/watch.rs`): the watchers list and watch nodes
 ///   and pods, `KubeBinder` creates pods/binding (`src/extender/binder.rs`; `src/kubernetes/client.rs`, for `place`, only lists). No
 ///   get: nothing reads one object by name.
-/// * device plugin (`src/agent/node_pods.rs`): get its Node (the sharing label), list the pods
-///   bound to it; checked in `device_plugin.rs`.
+/// * device plugin (`src/agent/node_pods.rs`, `allocated.rs`): get its Node (the sharing
+///   label), list the pods bound to it, patch its Node (one annotation); checked in
+///   `device_plugin.rs`.
 /// * the second kube-scheduler: its leader-election Lease, get and update (create comes with
 ///   system:kube-scheduler).
 const GRANTS: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("vramfit-agent", "cluster", "", "nodes", "get", ""),
     ("vramfit-agent", "cluster", "", "nodes", "patch", ""),
     ("vramfit-device-plugin", "cluster", "", "nodes", "get", ""),
+    ("vramfit-device-plugin", "cluster", "", "nodes", "patch", ""),
     ("vramfit-device-plugin", "cluster", "", "pods", "list", ""),
     ("vramfit-scheduler", "cluster", "", "nodes", "list", ""),
     ("vramfit-scheduler", "cluster", "", "nodes", "watch", ""),

@@ -328,24 +328,28 @@ impl ExtenderState {
         for note in &info.notes {
             tracing::debug!(node = %info.name, "{note}");
         }
+        // Parsed before the lock is taken.
+        let report = facts
+            .annotations
+            .get(ANNOTATION_ALLOCATED_DEVICES)
+            .and_then(|raw| match AllocatedDevices::parse(raw) {
+                Ok(report) => Some(report),
+                Err(error) => {
+                    tracing::warn!(node = %facts.name, %error, "ignoring the allocation report");
+                    None
+                }
+            });
         let mut inventory = self.write();
         inventory.upsert_node(info);
-        if let Some(raw) = facts.annotations.get(ANNOTATION_ALLOCATED_DEVICES) {
-            self.follow_kubelet(&mut inventory, &facts.name, raw);
+        if let Some(report) = report {
+            self.follow_kubelet(&mut inventory, &facts.name, &report);
         }
     }
 
     /// Moves whole-device pods on `node` to the devices kubelet really gave them, as the agent
     /// reports in `vramfit.io/allocated-devices` (`core::reconcile`).
-    fn follow_kubelet(&self, inventory: &mut Inventory, node: &str, raw: &str) {
-        let report = match AllocatedDevices::parse(raw) {
-            Ok(report) => report,
-            Err(error) => {
-                tracing::warn!(node, %error, "ignoring the allocation report");
-                return;
-            }
-        };
-        for c in corrections(node, inventory.placements(), &report) {
+    fn follow_kubelet(&self, inventory: &mut Inventory, node: &str, report: &AllocatedDevices) {
+        for c in corrections(node, inventory.placements(), report) {
             if inventory.relocate(&c.id, &c.real).is_ok() {
                 self.ledger_corrections.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(node, pod = %c.pod, recorded = ?c.recorded, real = ?c.real, "ledger moved to the devices kubelet allocated");

@@ -141,8 +141,8 @@ pub enum AllocateError {
     },
     #[error(
         "ambiguous: pods {candidates:?} each request {units} {RESOURCE_VRAM_GIB}, were bound in the \
-         same second and were assigned different devices; refusing to guess (kubelet retries \
-         the pod)"
+         same second and were assigned different devices; refusing to guess (the pod fails admission; its controller replaces \
+         it)"
     )]
     Ambiguous { units: u64, candidates: Vec<String> },
     #[error("{pod} is assigned device {index}, which this node does not have")]

@@ -200,3 +200,51 @@ fn rbac_is_exactly_the_calls_the_plugin_makes() {
         ])
     );
 }
+
+#[test]
+fn troubleshooting_quotes_every_allocation_refusal() {
+    use vramfit::agent::sharing::AllocateError;
+    let doc = read("docs/troubleshooting.md");
+    let refusals = [
+        (
+            AllocateError::NoCandidate { units: 4 },
+            "no pending pod on this node has a container requesting",
+        ),
+        (
+            AllocateError::NoAssignment {
+                pod: "ml/p".into(),
+                units: 4,
+                reason: "absent".into(),
+            },
+            "has no valid vramfit.io/assigned-devices",
+        ),
+        (
+            AllocateError::Ambiguous {
+                units: 4,
+                candidates: vec!["ml/a".into(), "ml/b".into()],
+            },
+            "were bound in the same second and were assigned different devices",
+        ),
+        (
+            AllocateError::UnknownDevice {
+                pod: "ml/p".into(),
+                index: 3,
+            },
+            "which this node does not have",
+        ),
+        (
+            AllocateError::UnhealthyDevice {
+                pod: "ml/p".into(),
+                index: 3,
+            },
+            "which is unhealthy now",
+        ),
+    ];
+    for (error, quoted) in refusals {
+        assert!(error.to_string().contains(quoted), "{error}");
+        assert!(
+            doc.contains(quoted),
+            "docs/troubleshooting.md quotes {quoted:?}"
+        );
+    }
+}

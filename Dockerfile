@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 #
-# vramfit's image: the one binary (`vramfit serve | agent | place | probe | replay`) on
+# vramfit's image: the one binary (`vramfit serve | agent | device-plugin | place | probe | replay`) on
 # distroless/cc (glibc, no shell, uid 65532). Build and push, then point the `images:` entry
 # `vramfit` in manifests/kustomization.yaml at it:
 #

@@ -248,3 +248,17 @@ fn troubleshooting_quotes_every_allocation_refusal() {
         );
     }
 }
+
+#[test]
+fn the_image_build_context_keeps_the_protos() {
+    let ignore = read(".dockerignore");
+    for needed in ["build.rs", "proto"] {
+        assert!(
+            !ignore
+                .lines()
+                .any(|l| l.trim().trim_end_matches('/') == needed),
+            "{needed} stays in the build context (build.rs compiles proto/)"
+        );
+        assert!(root().join(needed).exists(), "{needed}");
+    }
+}

@@ -13,7 +13,8 @@
 //! same answer (the same devices and limit), that answer is right whichever pod it is. When
 //! answers differ, kubelet admits pods in the order they were bound, so the earliest-bound
 //! candidate is taken only if it was bound strictly (a whole second) before every candidate with
-//! another answer; otherwise the allocation fails as ambiguous. A candidate without an assignment
+//! another answer (an unknown bind time is never "later"); otherwise the allocation fails as
+//! ambiguous. A candidate without an assignment
 //! is never given a device.
 
 use std::collections::{BTreeMap, HashSet};
@@ -225,7 +226,7 @@ pub fn choose(
     let strictly_first = match first.bound_at {
         Some(t) => others_differ
             .iter()
-            .all(|(p, _, _)| p.bound_at.is_none_or(|other| other > t)),
+            .all(|(p, _, _)| p.bound_at.is_some_and(|other| other > t)),
         None => others_differ.is_empty(),
     };
     if !strictly_first {
@@ -465,6 +466,15 @@ mod tests {
         let e = choose(4, &tied, &HashSet::new()).unwrap_err();
         assert!(matches!(e, AllocateError::Ambiguous { .. }), "{e}");
         assert!(e.to_string().contains("refusing to guess"));
+        // An unknown bind time is not "later".
+        let unknown = [
+            pod("b", 4, Some("1"), None),
+            pod("a", 4, Some("0"), Some(10)),
+        ];
+        assert!(matches!(
+            choose(4, &unknown, &HashSet::new()).unwrap_err(),
+            AllocateError::Ambiguous { .. }
+        ));
     }
 
     #[test]

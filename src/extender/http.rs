@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -127,6 +128,20 @@ impl IntoResponse for BadRequest {
     }
 }
 
+/// A body that could not be read (too large: 413, cut off: 400) answered like every other
+/// client error: its status with `{"error": "…"}`.
+fn unreadable_body(
+    app: &App,
+    verb: &str,
+    rejection: BytesRejection,
+    started: Instant,
+) -> Response {
+    app.metrics
+        .observe(verb, "bad-request", started.elapsed().as_secs_f64());
+    let status = rejection.status();
+    (status, Json(json!({ "error": rejection.body_text() }))).into_response()
+}
+
 fn bad_request(message: impl std::fmt::Display) -> BadRequest {
     BadRequest(message.to_string())
 }
@@ -211,8 +226,12 @@ fn candidates<'a>(
     Ok(Candidates::Objects(out))
 }
 
-async fn filter(State(app): State<App>, body: Bytes) -> Response {
+async fn filter(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
     let started = Instant::now();
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return unreadable_body(&app, "filter", rejection, started),
+    };
     let (outcome, response) = match filter_inner(&app, &body) {
         Ok((outcome, json)) => (
             outcome,
@@ -297,8 +316,12 @@ fn filter_inner(app: &App, body: &[u8]) -> Result<(&'static str, Vec<u8>), BadRe
     Ok((label, json))
 }
 
-async fn prioritize(State(app): State<App>, body: Bytes) -> Response {
+async fn prioritize(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
     let started = Instant::now();
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return unreadable_body(&app, "prioritize", rejection, started),
+    };
     let (outcome, response) = match prioritize_inner(&app, &body) {
         Ok(list) => ("ok", Json(list).into_response()),
         Err(bad) => ("bad-request", bad.into_response()),
@@ -337,8 +360,12 @@ fn prioritize_inner(app: &App, body: &[u8]) -> Result<Vec<HostPriority>, BadRequ
         .collect())
 }
 
-async fn bind(State(app): State<App>, body: Bytes) -> Response {
+async fn bind(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
     let started = Instant::now();
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return unreadable_body(&app, "bind", rejection, started),
+    };
     let args: ExtenderBindingArgs = match serde_json::from_slice(&body) {
         Ok(args) => args,
         Err(e) => {

@@ -62,7 +62,8 @@ fn captures() -> Vec<(String, Value)> {
 fn state() -> &'static Arc<ExtenderState> {
     static STATE: OnceLock<Arc<ExtenderState>> = OnceLock::new();
     STATE.get_or_init(|| {
-        let snapshot = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/capture-cluster.json");
+        let snapshot =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/capture-cluster.json");
         Arc::new(ExtenderState::from_snapshot(
             &load_file(&snapshot).unwrap(),
             Config::default(),
@@ -245,8 +246,12 @@ fn apply(body: &mut Value, pointer: &str, mutation: Mutation) {
                         Value::Array(items) => items,
                         scalar => vec![scalar],
                     };
-                    let repeated: Vec<Value> =
-                        items.iter().cycle().take(items.len() * n).cloned().collect();
+                    let repeated: Vec<Value> = items
+                        .iter()
+                        .cycle()
+                        .take(items.len() * n)
+                        .cloned()
+                        .collect();
                     *target = Value::Array(repeated);
                 }
                 Mutation::Nest(depth) => {
@@ -376,6 +381,9 @@ fn mutated_captured_requests_get_a_2xx_or_a_4xx_with_a_json_error() {
     }
     // Still answering.
     runtime
-        .block_on(check("filter", br#"{"Pod":{"metadata":{"name":"p"}}}"#.to_vec()))
+        .block_on(check(
+            "filter",
+            br#"{"Pod":{"metadata":{"name":"p"}}}"#.to_vec(),
+        ))
         .unwrap();
 }

@@ -130,12 +130,7 @@ impl IntoResponse for BadRequest {
 
 /// A body that could not be read (too large: 413, cut off: 400) answered like every other
 /// client error: its status with `{"error": "…"}`.
-fn unreadable_body(
-    app: &App,
-    verb: &str,
-    rejection: BytesRejection,
-    started: Instant,
-) -> Response {
+fn unreadable_body(app: &App, verb: &str, rejection: BytesRejection, started: Instant) -> Response {
     app.metrics
         .observe(verb, "bad-request", started.elapsed().as_secs_f64());
     let status = rejection.status();

@@ -334,7 +334,7 @@ fn a_real_kube_scheduler_places_pods_through_vramfit() {
         );
     let scheduler_config = plane.state.join("kube-scheduler.yaml");
     std::fs::write(&scheduler_config, config).unwrap();
-    let _scheduler = plane.spawn(
+    let mut scheduler = plane.spawn(
         "kube-scheduler",
         Command::new(bin.join("kube-scheduler"))
             .arg("--config")
@@ -437,6 +437,7 @@ fn a_real_kube_scheduler_places_pods_through_vramfit() {
         });
     }));
     stop(&mut vramfit);
+    stop(&mut scheduler);
     if let Err(panic) = result {
         eprintln!("--- vramfit log ---\n{}", plane.tail("vramfit.err"));
         eprintln!(

@@ -5,14 +5,10 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vramfit::core::{filter, pod_demand, prioritize, Catalog, Config};
-use vramfit::extender::http::{router, App, ServerConfig};
-use vramfit::extender::metrics::Metrics;
-use vramfit::extender::state::ExtenderState;
 
 fn percentiles(mut samples: Vec<Duration>) -> String {
     samples.sort();
@@ -53,64 +49,30 @@ fn core_latency(nodes: usize, iterations: usize) -> String {
     percentiles(samples)
 }
 
-async fn http_latency(nodes: usize, iterations: usize) -> String {
-    let state = ExtenderState::new(
-        Config::default(),
-        Catalog::default(),
-        Box::new(vramfit::extender::binder::RecordOnly),
+/// Filter then prioritize through the HTTP stack on loopback, with a lean client
+/// ([`common::RawClient`]) on one keep-alive connection, as kube-scheduler keeps one.
+fn http_latency(runtime: &tokio::runtime::Runtime, nodes: usize, iterations: usize) -> String {
+    let addr = common::serve(runtime, common::cluster(nodes, 7));
+    let mut client = common::RawClient::connect(addr);
+    let filter = common::RawClient::request(
+        "/scheduler/filter",
+        &common::extender_args(nodes).to_string(),
     );
-    {
-        let cluster = common::cluster(nodes, 7);
-        let mut inventory = state.write();
-        *inventory = cluster;
-    }
-    state.set_ready(true);
-    let app = App {
-        cluster: Arc::new(state),
-        metrics: Arc::new(Metrics::default()),
-    };
-    let server = ServerConfig {
-        path_prefix: "/scheduler".into(),
-        ..ServerConfig::default()
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(async move { axum::serve(listener, router(app, &server)).await });
-    let client = reqwest::Client::new();
-    let filter_url = format!("http://{addr}/scheduler/filter");
-    let prioritize_url = format!("http://{addr}/scheduler/prioritize");
-    let filter_body = common::extender_args(nodes).to_string();
     // Filter does not change state, so the survivors are the same every time: build the
     // prioritize body once, outside the timed loop, as kube-scheduler would between the calls.
-    let reply: Value = client
-        .post(&filter_url)
-        .header("content-type", "application/json")
-        .body(filter_body.clone())
-        .send()
-        .await
-        .expect("filter")
-        .json()
-        .await
-        .expect("filter reply");
+    let (status, reply) = client.send(&filter);
+    assert_eq!(status, 200);
+    let reply: Value = serde_json::from_slice(reply).expect("filter reply");
     let mut args = common::extender_args(0);
     args["NodeNames"] = reply["NodeNames"].clone();
-    let prioritize_body = args.to_string();
+    let prioritize = common::RawClient::request("/scheduler/prioritize", &args.to_string());
     let mut samples = Vec::with_capacity(iterations);
     for i in 0..iterations + iterations / 10 {
-        let (f, p) = (filter_body.clone(), prioritize_body.clone());
         let started = Instant::now();
-        for (url, body) in [(&filter_url, f), (&prioritize_url, p)] {
-            let response = client
-                .post(url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .expect("request");
-            assert!(response.status().is_success());
-            std::hint::black_box(response.bytes().await.expect("reply body"));
+        for request in [&filter, &prioritize] {
+            let (status, body) = client.send(request);
+            assert_eq!(status, 200);
+            std::hint::black_box(body);
         }
         if i >= iterations / 10 {
             samples.push(started.elapsed());
@@ -135,7 +97,7 @@ fn main() {
             "core  filter+prioritize {nodes:>6} nodes x 8 devices: {}",
             core_latency(nodes, iterations)
         );
-        let http = runtime.block_on(http_latency(nodes, iterations.min(200)));
+        let http = http_latency(&runtime, nodes, iterations);
         println!("http  filter+prioritize {nodes:>6} nodes x 8 devices: {http}");
     }
 }

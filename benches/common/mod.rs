@@ -112,3 +112,102 @@ pub fn extender_args(nodes: usize) -> Value {
         "NodeNames": names
     })
 }
+
+/// A minimal blocking HTTP/1.1 client on one keep-alive connection: it writes a prepared request
+/// and reads the reply by its Content-Length, so the client's own cost stays small beside the
+/// server's (kube-scheduler's Go client runs in another process).
+pub struct RawClient {
+    stream: std::net::TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl RawClient {
+    /// Connects to `addr` (TCP_NODELAY, as Go's client sets it).
+    pub fn connect(addr: std::net::SocketAddr) -> Self {
+        let stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        RawClient {
+            stream,
+            buffer: Vec::with_capacity(1 << 20),
+        }
+    }
+
+    /// The bytes of a POST of `body` to `path`, with kube-scheduler's headers.
+    pub fn request(path: &str, body: &str) -> Vec<u8> {
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: Go-http-client/1.1\r\n\
+             Content-Length: {}\r\nContent-Type: application/json\r\nAccept-Encoding: gzip\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body.as_bytes());
+        request
+    }
+
+    /// Sends a prepared request; the status and the reply body.
+    pub fn send(&mut self, request: &[u8]) -> (u16, &[u8]) {
+        use std::io::{Read, Write};
+        self.stream.write_all(request).expect("write");
+        self.buffer.clear();
+        let mut chunk = [0u8; 64 * 1024];
+        let (head_end, length) = loop {
+            let n = self.stream.read(&mut chunk).expect("read");
+            assert!(n > 0, "the server closed the connection");
+            self.buffer.extend_from_slice(&chunk[..n]);
+            if let Some(at) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buffer[..at]).expect("ASCII head");
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .expect("a Content-Length");
+                break (at + 4, length);
+            }
+        };
+        while self.buffer.len() < head_end + length {
+            let n = self.stream.read(&mut chunk).expect("read");
+            assert!(n > 0, "the server closed the connection");
+            self.buffer.extend_from_slice(&chunk[..n]);
+        }
+        let status = std::str::from_utf8(&self.buffer[9..12])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .expect("a status line");
+        (status, &self.buffer[head_end..head_end + length])
+    }
+}
+
+/// Serves the extender over `inventory` on a loopback port of `runtime`; its address.
+pub fn serve(
+    runtime: &tokio::runtime::Runtime,
+    inventory: Inventory,
+) -> std::net::SocketAddr {
+    use std::sync::Arc;
+    use vramfit::extender::http::{router, App, ServerConfig};
+    use vramfit::extender::metrics::Metrics;
+    use vramfit::extender::state::ExtenderState;
+    let state = ExtenderState::new(
+        Config::default(),
+        Catalog::default(),
+        Box::new(vramfit::extender::binder::RecordOnly),
+    );
+    *state.write() = inventory;
+    state.set_ready(true);
+    let app = App {
+        cluster: Arc::new(state),
+        metrics: Arc::new(Metrics::default()),
+    };
+    let server = ServerConfig {
+        path_prefix: "/scheduler".into(),
+        ..ServerConfig::default()
+    };
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    runtime.spawn(async move { axum::serve(listener, router(app, &server)).await });
+    addr
+}

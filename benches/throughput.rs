@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// CPU seconds used so far by this process's threads: (tokio workers, everything else).
+/// CPU seconds used so far by this process's threads: (the server's, the clients').
 fn cpu_seconds() -> (f64, f64) {
     let ticks = 100.0; // USER_HZ on Linux
-    let (mut workers, mut others) = (0.0, 0.0);
+    let (mut server, mut clients) = (0.0, 0.0);
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return (0.0, 0.0);
     };
@@ -33,13 +33,13 @@ fn cpu_seconds() -> (f64, f64) {
             .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum::<f64>())
             .unwrap_or(0.0)
             / ticks;
-        if head.contains("tokio-runtime-w") {
-            workers += used;
+        if head.contains("bench-client") {
+            clients += used;
         } else {
-            others += used;
+            server += used;
         }
     }
-    (workers, others)
+    (server, clients)
 }
 
 fn run(nodes: usize, clients: usize, seconds: f64) -> String {
@@ -57,19 +57,26 @@ fn run(nodes: usize, clients: usize, seconds: f64) -> String {
     let done = Arc::new(AtomicU64::new(0));
     let threads: Vec<_> = (0..clients)
         .map(|_| {
-            let (request, counting, stop, done) =
-                (request.clone(), counting.clone(), stop.clone(), done.clone());
-            std::thread::spawn(move || {
-                let mut client = common::RawClient::connect(addr);
-                while !stop.load(Ordering::Relaxed) {
-                    let (status, body) = client.send(&request);
-                    assert_eq!(status, 200);
-                    std::hint::black_box(body);
-                    if counting.load(Ordering::Relaxed) {
-                        done.fetch_add(1, Ordering::Relaxed);
+            let (request, counting, stop, done) = (
+                request.clone(),
+                counting.clone(),
+                stop.clone(),
+                done.clone(),
+            );
+            std::thread::Builder::new()
+                .name("bench-client".into())
+                .spawn(move || {
+                    let mut client = common::RawClient::connect(addr);
+                    while !stop.load(Ordering::Relaxed) {
+                        let (status, body) = client.send(&request);
+                        assert_eq!(status, 200);
+                        std::hint::black_box(body);
+                        if counting.load(Ordering::Relaxed) {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
-                }
-            })
+                })
+                .expect("client thread")
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500)); // warm-up
@@ -86,7 +93,7 @@ fn run(nodes: usize, clients: usize, seconds: f64) -> String {
     }
     let requests = done.load(Ordering::Relaxed);
     format!(
-        "{:>7.0} filter requests/s  (n={requests} in {elapsed:.1} s; server workers {:.2} cores, clients {:.2} cores)",
+        "{:>7.0} filter requests/s  (n={requests} in {elapsed:.1} s; server {:.2} cores, clients {:.2} cores)",
         requests as f64 / elapsed,
         (workers_after - workers_before) / elapsed,
         (others_after - others_before) / elapsed,

@@ -181,10 +181,7 @@ impl RawClient {
 }
 
 /// Serves the extender over `inventory` on a loopback port of `runtime`; its address.
-pub fn serve(
-    runtime: &tokio::runtime::Runtime,
-    inventory: Inventory,
-) -> std::net::SocketAddr {
+pub fn serve(runtime: &tokio::runtime::Runtime, inventory: Inventory) -> std::net::SocketAddr {
     use std::sync::Arc;
     use vramfit::extender::http::{router, App, ServerConfig};
     use vramfit::extender::metrics::Metrics;

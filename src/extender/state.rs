@@ -106,10 +106,6 @@ impl DemandCache {
         self.by_id.remove(id);
     }
 
-    fn retain(&self, keep: impl Fn(&str) -> bool) {
-        self.by_id.retain(|id, _| keep(id));
-    }
-
     fn len(&self) -> usize {
         self.by_id.len()
     }
@@ -398,10 +394,10 @@ impl ExtenderState {
     }
 
     /// After a full relist of Pods: releases placements of pods the list no longer has, except
-    /// reservations still in flight, and forgets their demands.
+    /// reservations still in flight. Remembered demands stay (a pod filtered after the list was
+    /// taken is not in it); the cache's bound covers those of pods gone meanwhile.
     pub fn retain_pods(&self, seen: &HashSet<String>) {
         self.write().retain_pods(|id| seen.contains(id));
-        self.demands.retain(|id| seen.contains(id));
     }
 
     /// Releases reservations older than `ttl` at `now` that no pod event confirmed (a bind

@@ -118,8 +118,8 @@ fn round_trip(reader: &dyn DeviceReader, resource: &str, class: &str, vendor: Ve
         .map(|d| {
             (
                 d.index,
-                d.uuid.as_deref().map(str::to_string),
-                d.product.to_string(),
+                d.uuid().map(str::to_string),
+                d.product().to_string(),
                 d.total_mib,
                 d.measured_used_mib,
                 d.healthy,
@@ -127,7 +127,7 @@ fn round_trip(reader: &dyn DeviceReader, resource: &str, class: &str, vendor: Ve
         })
         .collect();
     assert_eq!(seen, read);
-    assert!(node.devices.iter().all(|d| &*d.class == class));
+    assert!(node.devices.iter().all(|d| &**d.class() == class));
 }
 
 #[test]

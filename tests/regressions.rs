@@ -362,7 +362,7 @@ fn a_hundred_thousand_character_product_label_is_cut_to_a_name() {
         .insert("nvidia.com/gpu.product".into(), "A".repeat(100_000));
     let node = build_node(&facts, &Config::default(), SystemTime::now());
     assert_eq!(
-        node.devices[0].product.len(),
+        node.devices[0].product().len(),
         vramfit::core::node::MAX_PRODUCT_NAME_LEN
     );
 }

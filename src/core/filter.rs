@@ -221,13 +221,13 @@ pub fn fit_node(node: &NodeInfo, demand: &PodDemand) -> Result<Fit, Reason> {
         busy_before += u32::from(busy);
         if !demand.products.is_empty() {
             let allowed_here = match last_product {
-                Some((product, verdict)) if std::sync::Arc::ptr_eq(product, &d.product) => verdict,
+                Some((product, verdict)) if std::sync::Arc::ptr_eq(product, d.product()) => verdict,
                 _ => {
                     let verdict = demand
                         .products
                         .iter()
                         .any(|p| product_matches(p, d, vendor));
-                    last_product = Some((&d.product, verdict));
+                    last_product = Some((d.product(), verdict));
                     verdict
                 }
             };
@@ -317,7 +317,7 @@ pub fn fit_node(node: &NodeInfo, demand: &PodDemand) -> Result<Fit, Reason> {
 }
 
 fn product_not_allowed(node: &NodeInfo, demand: &PodDemand) -> Reason {
-    let mut present: Vec<&str> = node.devices.iter().map(|d| d.product.as_ref()).collect();
+    let mut present: Vec<&str> = node.devices.iter().map(|d| d.product().as_ref()).collect();
     present.dedup();
     Reason::ProductNotAllowed {
         allowed: demand.products.join(","),

@@ -112,29 +112,53 @@ pub enum CapacitySource {
     Unknown,
 }
 
-/// One accelerator device with its capacity and current occupancy.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Device {
-    pub index: u32,
-    /// Names are shared (`Arc`) between a node's devices and kept small, so the fields a filter
-    /// reads for each device sit close together.
-    pub uuid: Option<Arc<str>>,
+/// A device's names: read for allow-lists, metrics and reports, never per device in a filter's
+/// hot loop, so they sit behind one pointer (shared by a node's devices of one product when no
+/// UUID tells them apart).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceNames {
+    pub uuid: Option<Box<str>>,
     pub product: Arc<str>,
     /// Short model name used for allow-lists and metrics (`A100`, `T4`, `910B3`).
     pub class: Arc<str>,
+}
+
+/// One accelerator device with its capacity and current occupancy: the numbers a filter reads
+/// for every device (48 bytes, so a node's eight devices span six cache lines), its names
+/// behind one pointer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Device {
     pub total_mib: u64,
     /// Measured use (from a fresh report), by anything on the device.
     pub measured_used_mib: u64,
-    pub healthy: bool,
     /// VRAM reserved by placed pods (ledger).
     pub reserved_mib: u64,
+    #[serde(flatten)]
+    pub names: Arc<DeviceNames>,
+    pub index: u32,
     /// Pods holding the whole device (normally 0 or 1).
     pub exclusive_holders: u32,
     /// Pods sharing the device by VRAM.
     pub sharers: u32,
+    pub healthy: bool,
 }
 
 impl Device {
+    /// The product name, GFD-style (`NVIDIA-A100-SXM4-80GB`, `Ascend910B3`).
+    pub fn product(&self) -> &Arc<str> {
+        &self.names.product
+    }
+
+    /// The short model name (`A100`, `T4`, `910B3`).
+    pub fn class(&self) -> &Arc<str> {
+        &self.names.class
+    }
+
+    /// The device's UUID, when a report gave one.
+    pub fn uuid(&self) -> Option<&str> {
+        self.names.uuid.as_deref()
+    }
+
     /// VRAM counted as used: the larger of what was measured and what is reserved.
     pub fn used_mib(&self) -> u64 {
         self.measured_used_mib.max(self.reserved_mib)
@@ -541,14 +565,22 @@ pub fn product_class(product: &str, vendor: Vendor) -> String {
 struct Names {
     product: Arc<str>,
     class: Arc<str>,
+    /// The names of this product's devices without a UUID, shared.
+    shared: Arc<DeviceNames>,
 }
 
 impl Names {
     fn new(product: &str, vendor: Vendor) -> Self {
-        let product = sanitize_product(product);
+        let product: Arc<str> = sanitize_product(product).into();
+        let class: Arc<str> = product_class(&product, vendor).into();
         Names {
-            class: product_class(&product, vendor).into(),
-            product: product.into(),
+            shared: Arc::new(DeviceNames {
+                uuid: None,
+                product: product.clone(),
+                class: class.clone(),
+            }),
+            product,
+            class,
         }
     }
 }
@@ -561,17 +593,23 @@ fn mk_device(
     measured_used_mib: u64,
     healthy: bool,
 ) -> Device {
+    let names = match uuid {
+        None => names.shared.clone(),
+        Some(uuid) => Arc::new(DeviceNames {
+            uuid: Some(uuid.into()),
+            product: names.product.clone(),
+            class: names.class.clone(),
+        }),
+    };
     Device {
-        index,
-        uuid: uuid.map(Arc::from),
-        product: names.product.clone(),
-        class: names.class.clone(),
         total_mib,
         measured_used_mib,
-        healthy,
         reserved_mib: 0,
+        names,
+        index,
         exclusive_holders: 0,
         sharers: 0,
+        healthy,
     }
 }
 
@@ -586,8 +624,8 @@ pub fn product_matches(entry: &str, device: &Device, vendor: Vendor) -> bool {
     if entry.is_empty() {
         return false;
     }
-    let product: &str = &device.product;
-    let class: &str = &device.class;
+    let product: &str = device.product();
+    let class: &str = device.class();
     let vendor_name = match vendor {
         Vendor::Nvidia => "NVIDIA",
         Vendor::Ascend => "ASCEND",
@@ -628,4 +666,13 @@ fn bare_ascend_chip(entry: &str) -> &str {
         return &bare[..4];
     }
     bare
+}
+
+#[cfg(test)]
+mod tests {
+    /// The per-device numbers a filter reads stay within 48 bytes (names behind one pointer).
+    #[test]
+    fn a_device_is_48_bytes() {
+        assert_eq!(std::mem::size_of::<super::Device>(), 48);
+    }
 }

@@ -113,7 +113,7 @@ fn panel(
                     "{} #{} {}: {} ({} MiB of {} MiB){}",
                     node.name,
                     device.index,
-                    device.product,
+                    device.product(),
                     o.models.iter().cloned().collect::<Vec<_>>().join(", "),
                     used,
                     device.total_mib,
@@ -125,7 +125,10 @@ fn panel(
                 ),
                 None => format!(
                     "{} #{} {}: free ({} MiB)",
-                    node.name, device.index, device.product, device.total_mib
+                    node.name,
+                    device.index,
+                    device.product(),
+                    device.total_mib
                 ),
             };
             let _ = writeln!(

@@ -283,7 +283,7 @@ impl DryRun {
                         index: share.index,
                         product: info
                             .and_then(|n| n.devices.iter().find(|d| d.index == share.index))
-                            .map(|d| d.product.to_string())
+                            .map(|d| d.product().to_string())
                             .unwrap_or_default(),
                         vram_mib: share.vram_mib,
                         shared: !p.exclusive,
@@ -325,7 +325,7 @@ fn describe(
             let device = node.and_then(|n| n.devices.iter().find(|d| d.index == share.index));
             DeviceOut {
                 index: share.index,
-                product: device.map(|d| d.product.to_string()).unwrap_or_default(),
+                product: device.map(|d| d.product().to_string()).unwrap_or_default(),
                 vram_mib: share.vram_mib,
                 shared: !decision.exclusive,
             }

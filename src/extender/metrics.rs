@@ -136,7 +136,7 @@ impl ScrapeInput {
             input.devices.extend(node.devices.iter().map(|d| DeviceRow {
                 node: node_row,
                 index: d.index,
-                class: d.class.clone(),
+                class: d.class().clone(),
                 total_mib: d.total_mib,
                 measured_used_mib: d.measured_used_mib,
                 reserved_mib: d.reserved_mib,

@@ -13,7 +13,9 @@ use rand_chacha::ChaCha8Rng;
 use super::sim::{Choice, Cluster, Policy};
 use super::workload::PodReq;
 use crate::core::demand::VramSource;
-use crate::core::node::{CapacitySource, Device, Devices, NodeInfo, Vendor, RESOURCE_NVIDIA_GPU};
+use crate::core::node::{
+    CapacitySource, Device, DeviceNames, Devices, NodeInfo, Vendor, RESOURCE_NVIDIA_GPU,
+};
 use crate::core::score::score_candidates;
 use crate::core::{fit_node, Config, Fit, Inventory, Placement, PodDemand};
 
@@ -49,15 +51,18 @@ impl VramfitPolicy {
             } else {
                 "".into()
             };
+            let device_names = std::sync::Arc::new(DeviceNames {
+                uuid: None,
+                product: product.clone(),
+                class: product,
+            });
             let devices: Devices = node
                 .gpu_free()
                 .iter()
                 .enumerate()
                 .map(|(index, free)| Device {
                     index: index as u32,
-                    uuid: None,
-                    product: product.clone(),
-                    class: product.clone(),
+                    names: device_names.clone(),
                     total_mib: UNITS_PER_GPU,
                     measured_used_mib: UNITS_PER_GPU.saturating_sub(u64::from(*free)),
                     healthy: true,

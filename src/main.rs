@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use vramfit::dryrun::place::{render_table, DryRun};
 use vramfit::extender::http::{serve_with_ops, App};
@@ -53,182 +53,222 @@ enum SharingBackend {
 enum Command {
     /// Run the scheduler extender (filter, prioritize, bind) over HTTP: against the live
     /// cluster (watching Nodes and Pods, creating Bindings), or a static snapshot.
-    Serve {
-        /// Serve from this snapshot (Nodes and Pods, YAML or JSON) instead of the live cluster;
-        /// binds are then recorded in memory only.
-        #[arg(long)]
-        snapshot: Option<PathBuf>,
-        /// Kubeconfig for live mode (default: in-cluster service account, KUBECONFIG, ~/.kube/config).
-        #[arg(long, conflicts_with = "snapshot")]
-        kubeconfig: Option<PathBuf>,
-        /// Kubeconfig context for live mode.
-        #[arg(long, conflicts_with = "snapshot")]
-        context: Option<String>,
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8888")]
-        listen: SocketAddr,
-        /// Also serve only /metrics, /healthz, /readyz and /version here (overrides
-        /// server.metricsListen), e.g. 0.0.0.0:9090 for Prometheus and kubelet probes.
-        #[arg(long)]
-        metrics_listen: Option<SocketAddr>,
-        /// Config file (placement and server sections).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Model catalog file.
-        #[arg(long)]
-        catalog: Option<PathBuf>,
-    },
+    Serve(ServeArgs),
     /// Place pods on a cluster snapshot or a live cluster (read-only), one after another, and
     /// show where and why not.
-    Place {
-        /// Cluster snapshot (e.g. `kubectl get nodes,pods -A -o yaml`); without it the live
-        /// cluster is read (list only, never written).
-        #[arg(long)]
-        snapshot: Option<PathBuf>,
-        /// Kubeconfig for the live cluster (default: KUBECONFIG, ~/.kube/config, or in-cluster).
-        #[arg(long, conflicts_with = "snapshot")]
-        kubeconfig: Option<PathBuf>,
-        /// Kubeconfig context for the live cluster.
-        #[arg(long, conflicts_with = "snapshot")]
-        context: Option<String>,
-        /// Pods to place, in order.
-        #[arg(long)]
-        pods: PathBuf,
-        #[arg(long, value_enum, default_value = "table")]
-        output: Output,
-        /// Config file (placement and server sections).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Model catalog file.
-        #[arg(long)]
-        catalog: Option<PathBuf>,
-        /// Draw every node and device before and after as an SVG picture.
-        #[arg(long)]
-        svg: Option<PathBuf>,
-        /// What-if capacity: `[N x] CLASS[:DEVICES][@ZONE]` (e.g. `2x T4`, `1x A100:8`) or
-        /// `[N x] NODE.yaml`; repeatable.
-        #[arg(long = "add-nodes", value_name = "SPEC")]
-        add_nodes: Vec<String>,
-    },
+    Place(PlaceArgs),
     /// Node agent: reads this node's GPUs (NVML) or NPUs (npu-smi) and keeps the node's
     /// `vramfit.io/gpu-status` annotation current.
-    Agent {
-        /// This node's name (from the downward API in the DaemonSet).
-        #[arg(long, env = "NODE_NAME")]
-        node_name: String,
-        /// Kubeconfig (default: in-cluster service account, KUBECONFIG, ~/.kube/config).
-        #[arg(long)]
-        kubeconfig: Option<PathBuf>,
-        /// Kubeconfig context.
-        #[arg(long)]
-        context: Option<String>,
-        /// Seconds between device reads.
-        #[arg(long, default_value_t = 5)]
-        poll_seconds: u64,
-        /// Rewrite the report at least this often (keep it under the core's reportTtlSeconds).
-        #[arg(long, default_value_t = 30)]
-        heartbeat_seconds: u64,
-        /// Also report the devices kubelet allocated to whole-device pods
-        /// (vramfit.io/allocated-devices), read from this PodResources socket (needs the socket
-        /// mounted and uid 0; `vramfit device-plugin` does this on sharing nodes).
-        #[arg(long)]
-        pod_resources_socket: Option<PathBuf>,
-    },
+    Agent(AgentArgs),
     /// Kubelet device plugin for VRAM sharing (`vramfit.io/vram-gib`, 1 GiB units) on nodes
     /// labelled `vramfit.io/sharing: vram`: hands each sharing container the device vramfit
     /// assigned it, with its VRAM limit for the node's enforcement backend.
-    DevicePlugin {
-        /// This node's name (from the downward API in the DaemonSet).
-        #[arg(long, env = "NODE_NAME")]
-        node_name: String,
-        /// Kubeconfig (default: in-cluster service account, KUBECONFIG, ~/.kube/config).
-        #[arg(long)]
-        kubeconfig: Option<PathBuf>,
-        /// Kubeconfig context.
-        #[arg(long)]
-        context: Option<String>,
-        /// How the VRAM limit is enforced: CUDA MPS, HAMi-core, or none (placement only).
-        #[arg(
-            long,
-            value_enum,
-            env = "VRAMFIT_SHARING_BACKEND",
-            default_value = "none"
-        )]
-        backend: SharingBackend,
-        /// MPS control daemon's pipe directory on the host (backend mps).
-        #[arg(long, default_value = "/run/nvidia/mps")]
-        mps_pipe_dir: String,
-        /// Host directory with HAMi-core's libvgpu.so and an ld.so.preload naming it
-        /// (backend hami-core).
-        #[arg(long, default_value = "/usr/local/vgpu")]
-        hami_core_dir: String,
-        /// Hand NVIDIA devices over as CDI names (nvidia.com/gpu=<uuid>) instead of
-        /// NVIDIA_VISIBLE_DEVICES.
-        #[arg(long)]
-        cdi: bool,
-        /// kubelet's device plugin directory.
-        #[arg(long, default_value = vramfit::agent::kubelet_api::DEVICE_PLUGIN_DIR)]
-        device_plugin_dir: PathBuf,
-        /// kubelet's PodResources socket.
-        #[arg(long, default_value = vramfit::agent::kubelet_api::POD_RESOURCES_SOCKET)]
-        pod_resources_socket: PathBuf,
-        /// Seconds between device reads (health reaches kubelet this fast).
-        #[arg(long, default_value_t = 5)]
-        poll_seconds: u64,
-        /// Advertise without waiting for the node label vramfit.io/sharing=vram (for clusters
-        /// with placement.sharingAllNodes).
-        #[arg(long)]
-        ignore_sharing_label: bool,
-        /// Do not write the node annotation vramfit.io/allocated-devices (whole-device pods'
-        /// devices as kubelet allocated them, for the extender's ledger).
-        #[arg(long)]
-        no_allocation_report: bool,
-    },
+    DevicePlugin(DevicePluginArgs),
     /// Health probe for Kubernetes exec probes: GETs http://ADDR/PATH on the local server and
     /// exits 0 on status 200, 1 otherwise (the server listens on loopback, which httpGet probes
     /// cannot reach).
-    Probe {
-        /// Address the server listens on (`serve --listen`).
-        #[arg(long, default_value = "127.0.0.1:8888")]
-        addr: SocketAddr,
-        /// Path to GET: `/healthz` (liveness) or `/readyz` (readiness).
-        #[arg(long, default_value = "/healthz")]
-        path: String,
-        /// Connect, write and read timeout.
-        #[arg(long, default_value_t = 2)]
-        timeout_seconds: u64,
-    },
+    Probe(ProbeArgs),
     /// Replay GPU-sharing traces (Alibaba openb) and measure packing quality per policy.
-    Replay {
-        /// Node list CSV (`sn,cpu_milli,memory_mib,gpu,model`), e.g. openb_node_list_gpu_node.csv.
-        #[arg(long)]
-        nodes: PathBuf,
-        /// Pod list CSVs, one run set per file (e.g. openb_pod_list_default.csv).
-        #[arg(required = true)]
-        pods: Vec<PathBuf>,
-        /// Seeds: a range `42-51` or a list `42,43`.
-        #[arg(long, default_value = "42-51")]
-        seeds: String,
-        /// Policies, comma separated: vramfit and the paper's Random, DotProd, Clustering,
-        /// Packing, BestFit, FGD; `all` for every one.
-        #[arg(long, default_value = "all")]
-        policies: String,
-        /// Load is inflated to this multiple of cluster GPU capacity (the paper's 1.3).
-        #[arg(long, default_value_t = 1.3)]
-        tune_ratio: f64,
-        /// Worker threads (default: available cores).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Per-bucket results CSV to write.
-        #[arg(long)]
-        csv: Option<PathBuf>,
-        /// The paper's reference results (fgd_atc23_reference_results.csv) to print beside ours.
-        #[arg(long)]
-        reference: Option<PathBuf>,
-        /// Config file whose placement section drives the vramfit policy.
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
+    Replay(ReplayArgs),
+}
+
+/// `vramfit serve`.
+#[derive(Args)]
+struct ServeArgs {
+    /// Serve from this snapshot (Nodes and Pods, YAML or JSON) instead of the live cluster;
+    /// binds are then recorded in memory only.
+    #[arg(long)]
+    snapshot: Option<PathBuf>,
+    /// Kubeconfig for live mode (default: in-cluster service account, KUBECONFIG, ~/.kube/config).
+    #[arg(long, conflicts_with = "snapshot")]
+    kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context for live mode.
+    #[arg(long, conflicts_with = "snapshot")]
+    context: Option<String>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8888")]
+    listen: SocketAddr,
+    /// Also serve only /metrics, /healthz, /readyz and /version here (overrides
+    /// server.metricsListen), e.g. 0.0.0.0:9090 for Prometheus and kubelet probes.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// Config file (placement and server sections).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Model catalog file.
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+}
+
+/// `vramfit place`.
+#[derive(Args)]
+struct PlaceArgs {
+    /// Cluster snapshot (e.g. `kubectl get nodes,pods -A -o yaml`); without it the live
+    /// cluster is read (list only, never written).
+    #[arg(long)]
+    snapshot: Option<PathBuf>,
+    /// Kubeconfig for the live cluster (default: KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, conflicts_with = "snapshot")]
+    kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context for the live cluster.
+    #[arg(long, conflicts_with = "snapshot")]
+    context: Option<String>,
+    /// Pods to place, in order.
+    #[arg(long)]
+    pods: PathBuf,
+    #[arg(long, value_enum, default_value = "table")]
+    output: Output,
+    /// Config file (placement and server sections).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Model catalog file.
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+    /// Draw every node and device before and after as an SVG picture.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// What-if capacity: `[N x] CLASS[:DEVICES][@ZONE]` (e.g. `2x T4`, `1x A100:8`) or
+    /// `[N x] NODE.yaml`; repeatable.
+    #[arg(long = "add-nodes", value_name = "SPEC")]
+    add_nodes: Vec<String>,
+}
+
+/// `vramfit agent`.
+#[derive(Args)]
+struct AgentArgs {
+    /// This node's name (from the downward API in the DaemonSet).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Kubeconfig (default: in-cluster service account, KUBECONFIG, ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context.
+    #[arg(long)]
+    context: Option<String>,
+    /// Seconds between device reads.
+    #[arg(long, default_value_t = 5)]
+    poll_seconds: u64,
+    /// Rewrite the report at least this often (keep it under the core's reportTtlSeconds).
+    #[arg(long, default_value_t = 30)]
+    heartbeat_seconds: u64,
+    /// Also report the devices kubelet allocated to whole-device pods
+    /// (vramfit.io/allocated-devices), read from this PodResources socket (needs the socket
+    /// mounted and uid 0; `vramfit device-plugin` does this on sharing nodes).
+    #[arg(long)]
+    pod_resources_socket: Option<PathBuf>,
+}
+
+/// `vramfit device-plugin`.
+#[derive(Args)]
+struct DevicePluginArgs {
+    /// This node's name (from the downward API in the DaemonSet).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Kubeconfig (default: in-cluster service account, KUBECONFIG, ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context.
+    #[arg(long)]
+    context: Option<String>,
+    /// How the VRAM limit is enforced: CUDA MPS, HAMi-core, or none (placement only).
+    #[arg(
+        long,
+        value_enum,
+        env = "VRAMFIT_SHARING_BACKEND",
+        default_value = "none"
+    )]
+    backend: SharingBackend,
+    /// MPS control daemon's pipe directory on the host (backend mps).
+    #[arg(long, default_value = "/run/nvidia/mps")]
+    mps_pipe_dir: String,
+    /// Host directory with HAMi-core's libvgpu.so and an ld.so.preload naming it
+    /// (backend hami-core).
+    #[arg(long, default_value = "/usr/local/vgpu")]
+    hami_core_dir: String,
+    /// Hand NVIDIA devices over as CDI names (nvidia.com/gpu=<uuid>) instead of
+    /// NVIDIA_VISIBLE_DEVICES.
+    #[arg(long)]
+    cdi: bool,
+    /// kubelet's device plugin directory.
+    #[arg(long, default_value = vramfit::agent::kubelet_api::DEVICE_PLUGIN_DIR)]
+    device_plugin_dir: PathBuf,
+    /// kubelet's PodResources socket.
+    #[arg(long, default_value = vramfit::agent::kubelet_api::POD_RESOURCES_SOCKET)]
+    pod_resources_socket: PathBuf,
+    /// Seconds between device reads (health reaches kubelet this fast).
+    #[arg(long, default_value_t = 5)]
+    poll_seconds: u64,
+    /// Advertise without waiting for the node label vramfit.io/sharing=vram (for clusters
+    /// with placement.sharingAllNodes).
+    #[arg(long)]
+    ignore_sharing_label: bool,
+    /// Do not write the node annotation vramfit.io/allocated-devices (whole-device pods'
+    /// devices as kubelet allocated them, for the extender's ledger).
+    #[arg(long)]
+    no_allocation_report: bool,
+}
+
+impl DevicePluginArgs {
+    /// The enforcement backend with its host paths.
+    fn backend(&self) -> vramfit::agent::sharing::Backend {
+        use vramfit::agent::sharing::Backend;
+        match self.backend {
+            SharingBackend::Mps => Backend::Mps {
+                pipe_dir: self.mps_pipe_dir.clone(),
+            },
+            SharingBackend::HamiCore => Backend::HamiCore {
+                library_dir: self.hami_core_dir.clone(),
+            },
+            SharingBackend::None => Backend::None,
+        }
+    }
+}
+
+/// `vramfit probe`.
+#[derive(Args)]
+struct ProbeArgs {
+    /// Address the server listens on (`serve --listen`).
+    #[arg(long, default_value = "127.0.0.1:8888")]
+    addr: SocketAddr,
+    /// Path to GET: `/healthz` (liveness) or `/readyz` (readiness).
+    #[arg(long, default_value = "/healthz")]
+    path: String,
+    /// Connect, write and read timeout.
+    #[arg(long, default_value_t = 2)]
+    timeout_seconds: u64,
+}
+
+/// `vramfit replay`.
+#[derive(Args)]
+struct ReplayArgs {
+    /// Node list CSV (`sn,cpu_milli,memory_mib,gpu,model`), e.g. openb_node_list_gpu_node.csv.
+    #[arg(long)]
+    nodes: PathBuf,
+    /// Pod list CSVs, one run set per file (e.g. openb_pod_list_default.csv).
+    #[arg(required = true)]
+    pods: Vec<PathBuf>,
+    /// Seeds: a range `42-51` or a list `42,43`.
+    #[arg(long, default_value = "42-51")]
+    seeds: String,
+    /// Policies, comma separated: vramfit and the paper's Random, DotProd, Clustering,
+    /// Packing, BestFit, FGD; `all` for every one.
+    #[arg(long, default_value = "all")]
+    policies: String,
+    /// Load is inflated to this multiple of cluster GPU capacity (the paper's 1.3).
+    #[arg(long, default_value_t = 1.3)]
+    tune_ratio: f64,
+    /// Worker threads (default: available cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Per-bucket results CSV to write.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// The paper's reference results (fgd_atc23_reference_results.csv) to print beside ours.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// Config file whose placement section drives the vramfit policy.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
@@ -249,141 +289,31 @@ fn init_logging(format: LogFormat, default_level: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve {
-            snapshot,
-            kubeconfig,
-            context,
-            listen,
-            metrics_listen,
-            config,
-            catalog,
-        } => {
+        Command::Serve(args) => {
             init_logging(cli.log_format, "info");
-            run_serve(ServeArgs {
-                snapshot,
-                kubeconfig,
-                context,
-                listen,
-                metrics_listen,
-                config,
-                catalog,
-            })
+            run_serve(args)
         }
-        Command::Place {
-            snapshot,
-            kubeconfig,
-            context,
-            pods,
-            output,
-            config,
-            catalog,
-            svg,
-            add_nodes,
-        } => {
+        Command::Place(args) => {
             init_logging(cli.log_format, "warn");
-            run_place(PlaceArgs {
-                snapshot,
-                kubeconfig,
-                context,
-                pods,
-                output,
-                config,
-                catalog,
-                svg,
-                add_nodes,
-            })
+            run_place(args)
         }
-        Command::Agent {
-            node_name,
-            kubeconfig,
-            context,
-            poll_seconds,
-            heartbeat_seconds,
-            pod_resources_socket,
-        } => {
+        Command::Agent(args) => {
             init_logging(cli.log_format, "info");
-            run_agent(
-                node_name,
-                kubeconfig,
-                context,
-                poll_seconds,
-                heartbeat_seconds,
-                pod_resources_socket,
-            )
+            run_agent(args)
         }
-        Command::DevicePlugin {
-            node_name,
-            kubeconfig,
-            context,
-            backend,
-            mps_pipe_dir,
-            hami_core_dir,
-            cdi,
-            device_plugin_dir,
-            pod_resources_socket,
-            poll_seconds,
-            ignore_sharing_label,
-            no_allocation_report,
-        } => {
+        Command::DevicePlugin(args) => {
             init_logging(cli.log_format, "info");
-            let backend = match backend {
-                SharingBackend::Mps => vramfit::agent::sharing::Backend::Mps {
-                    pipe_dir: mps_pipe_dir,
-                },
-                SharingBackend::HamiCore => vramfit::agent::sharing::Backend::HamiCore {
-                    library_dir: hami_core_dir,
-                },
-                SharingBackend::None => vramfit::agent::sharing::Backend::None,
-            };
-            run_device_plugin(DevicePluginArgs {
-                node_name,
-                kubeconfig,
-                context,
-                backend,
-                cdi,
-                device_plugin_dir,
-                pod_resources_socket,
-                poll_seconds,
-                ignore_sharing_label,
-                allocation_report: !no_allocation_report,
-            })
+            run_device_plugin(args)
         }
-        Command::Probe {
-            addr,
-            path,
-            timeout_seconds,
-        } => {
-            let timeout = std::time::Duration::from_secs(timeout_seconds.max(1));
-            vramfit::extender::probe::check(addr, &path, timeout)
+        Command::Probe(args) => {
+            let timeout = std::time::Duration::from_secs(args.timeout_seconds.max(1));
+            vramfit::extender::probe::check(args.addr, &args.path, timeout)
                 .map(|_| ExitCode::SUCCESS)
                 .map_err(anyhow::Error::from)
         }
-        Command::Replay {
-            nodes,
-            pods,
-            seeds,
-            policies,
-            tune_ratio,
-            threads,
-            csv,
-            reference,
-            config,
-        } => {
+        Command::Replay(args) => {
             init_logging(cli.log_format, "warn");
-            let settings = Settings::load(config.as_deref());
-            settings.map_err(anyhow::Error::from).and_then(|settings| {
-                vramfit::replay::cli::run(vramfit::replay::cli::ReplayArgs {
-                    nodes,
-                    pods,
-                    seeds,
-                    policies,
-                    tune_ratio,
-                    threads,
-                    csv,
-                    reference,
-                    config: settings.placement,
-                })
-            })
+            run_replay(args)
         }
     };
     match result {
@@ -395,14 +325,18 @@ fn main() -> ExitCode {
     }
 }
 
-struct ServeArgs {
-    snapshot: Option<PathBuf>,
-    kubeconfig: Option<PathBuf>,
-    context: Option<String>,
-    listen: SocketAddr,
-    metrics_listen: Option<SocketAddr>,
-    config: Option<PathBuf>,
-    catalog: Option<PathBuf>,
+/// The async runtime the long-running commands and live reads run on.
+fn async_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("starting the async runtime")
+}
+
+/// A client for the cluster `--kubeconfig` / `--context` name (in-cluster, KUBECONFIG or
+/// ~/.kube/config when unset).
+async fn kube_client(
+    kubeconfig: &Option<PathBuf>,
+    context: &Option<String>,
+) -> Result<kube::Client, vramfit::kubernetes::client::LiveError> {
+    vramfit::kubernetes::client::client(kubeconfig.as_deref(), context.as_deref()).await
 }
 
 fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -417,7 +351,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     } = args;
     let settings = Settings::load(config.as_deref())?;
     let catalog = load_catalog(catalog.as_deref())?;
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let runtime = async_runtime()?;
     runtime.block_on(async {
         let state = match &snapshot {
             Some(path) => {
@@ -426,7 +360,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 Arc::new(ExtenderState::from_snapshot(&objects, settings.placement, catalog, SystemTime::now()))
             }
             None => {
-                let client = vramfit::kubernetes::client::client(kubeconfig.as_deref(), context.as_deref()).await?;
+                let client = kube_client(&kubeconfig, &context).await?;
                 let binder = vramfit::extender::binder::KubeBinder::new(
                     client.clone(),
                     std::time::Duration::from_millis(settings.server.bind_timeout_millis),
@@ -448,19 +382,20 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn run_agent(
-    node_name: String,
-    kubeconfig: Option<PathBuf>,
-    context: Option<String>,
-    poll_seconds: u64,
-    heartbeat_seconds: u64,
-    pod_resources_socket: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
+fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    let AgentArgs {
+        node_name,
+        kubeconfig,
+        context,
+        poll_seconds,
+        heartbeat_seconds,
+        pod_resources_socket,
+    } = args;
     use vramfit::agent::run::{run, AgentOptions, NodeAnnotationWriter};
     if poll_seconds == 0 || heartbeat_seconds == 0 {
         anyhow::bail!("--poll-seconds and --heartbeat-seconds must be positive");
     }
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let runtime = async_runtime()?;
     runtime.block_on(async {
         let reader = match vramfit::agent::find_runtime() {
             Ok(reader) => reader,
@@ -471,8 +406,7 @@ fn run_agent(
             }
         };
         tracing::info!(runtime = reader.runtime(), node = %node_name, "reading devices");
-        let client =
-            vramfit::kubernetes::client::client(kubeconfig.as_deref(), context.as_deref()).await?;
+        let client = kube_client(&kubeconfig, &context).await?;
         let reader: std::sync::Arc<dyn vramfit::agent::DeviceReader> = reader.into();
         if let Some(socket) = pod_resources_socket {
             tokio::spawn(report_allocations(
@@ -504,19 +438,6 @@ fn run_agent(
     })
 }
 
-struct DevicePluginArgs {
-    node_name: String,
-    kubeconfig: Option<PathBuf>,
-    context: Option<String>,
-    backend: vramfit::agent::sharing::Backend,
-    cdi: bool,
-    device_plugin_dir: PathBuf,
-    pod_resources_socket: PathBuf,
-    poll_seconds: u64,
-    ignore_sharing_label: bool,
-    allocation_report: bool,
-}
-
 fn run_device_plugin(args: DevicePluginArgs) -> anyhow::Result<ExitCode> {
     use futures::FutureExt;
     use vramfit::agent::device_plugin::{poll_devices, PluginSettings, VramPlugin};
@@ -524,7 +445,8 @@ fn run_device_plugin(args: DevicePluginArgs) -> anyhow::Result<ExitCode> {
     if args.poll_seconds == 0 {
         anyhow::bail!("--poll-seconds must be positive");
     }
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let backend = args.backend();
+    let runtime = async_runtime()?;
     runtime.block_on(async {
         let shutdown = vramfit::shutdown::shutdown_signal().boxed().shared();
         let reader = match vramfit::agent::find_runtime() {
@@ -536,15 +458,13 @@ fn run_device_plugin(args: DevicePluginArgs) -> anyhow::Result<ExitCode> {
             }
         };
         let vendor = match reader.runtime() {
-            "npu-smi" if args.backend != Backend::None => {
+            "npu-smi" if backend != Backend::None => {
                 anyhow::bail!("Ascend NPUs support --backend none only (MPS and HAMi-core are CUDA)")
             }
             "npu-smi" => Vendor::Ascend,
             _ => Vendor::Nvidia { cdi: args.cdi },
         };
-        let client =
-            vramfit::kubernetes::client::client(args.kubeconfig.as_deref(), args.context.as_deref())
-                .await?;
+        let client = kube_client(&args.kubeconfig, &args.context).await?;
         if !args.ignore_sharing_label {
             let recheck = std::time::Duration::from_secs(60);
             let labelled = vramfit::agent::node_pods::wait_for_sharing_label(
@@ -571,7 +491,7 @@ fn run_device_plugin(args: DevicePluginArgs) -> anyhow::Result<ExitCode> {
         let pod_resources = std::sync::Arc::new(vramfit::agent::pod_resources::PodResourcesSocket::new(
             args.pod_resources_socket,
         ));
-        if args.allocation_report {
+        if !args.no_allocation_report {
             tokio::spawn(report_allocations(
                 client.clone(),
                 args.node_name.clone(),
@@ -588,7 +508,7 @@ fn run_device_plugin(args: DevicePluginArgs) -> anyhow::Result<ExitCode> {
         let plugin = VramPlugin::new(
             Handover {
                 vendor,
-                backend: args.backend,
+                backend,
             },
             readings,
             std::sync::Arc::new(vramfit::agent::node_pods::KubeNodePods::new(client, &args.node_name)),
@@ -621,31 +541,15 @@ async fn report_allocations(
     tracing::info!(?stats, "allocation report stopped");
 }
 
-struct PlaceArgs {
-    snapshot: Option<PathBuf>,
-    kubeconfig: Option<PathBuf>,
-    context: Option<String>,
-    pods: PathBuf,
-    output: Output,
-    config: Option<PathBuf>,
-    catalog: Option<PathBuf>,
-    svg: Option<PathBuf>,
-    add_nodes: Vec<String>,
-}
-
 fn run_place(args: PlaceArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(args.config.as_deref())?;
     let catalog = load_catalog(args.catalog.as_deref())?;
     let mut cluster = match &args.snapshot {
         Some(path) => load_file(path)?,
         None => {
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let runtime = async_runtime()?;
             runtime.block_on(async {
-                let client = vramfit::kubernetes::client::client(
-                    args.kubeconfig.as_deref(),
-                    args.context.as_deref(),
-                )
-                .await?;
+                let client = kube_client(&args.kubeconfig, &args.context).await?;
                 vramfit::kubernetes::client::read_cluster(client).await
             })?
         }
@@ -682,5 +586,20 @@ fn run_place(args: PlaceArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)
+    })
+}
+
+fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(args.config.as_deref())?;
+    vramfit::replay::cli::run(vramfit::replay::cli::ReplayArgs {
+        nodes: args.nodes,
+        pods: args.pods,
+        seeds: args.seeds,
+        policies: args.policies,
+        tune_ratio: args.tune_ratio,
+        threads: args.threads,
+        csv: args.csv,
+        reference: args.reference,
+        config: settings.placement,
     })
 }

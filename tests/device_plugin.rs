@@ -309,6 +309,18 @@ impl Kubelet {
         DevicePluginClient::new(connect(&self.plugin_socket()).await.unwrap())
     }
 
+    /// kubelet's ListAndWatch stream on the plugin's current socket.
+    async fn list_and_watch(
+        &self,
+    ) -> tonic::Streaming<vramfit::agent::kubelet_api::deviceplugin::ListAndWatchResponse> {
+        self.client()
+            .await
+            .list_and_watch(Empty {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// kubelet's Allocate for one container that was given `units` unit IDs.
     async fn allocate(&self, units: &[String]) -> Result<AllocateResponse, Status> {
         self.client()
@@ -363,13 +375,7 @@ async fn first_devices(
 #[tokio::test]
 async fn registers_and_advertises_gib_units() {
     let kubelet = Kubelet::start(vec![t4(0), t4(1)], Backend::None).await;
-    let mut stream = kubelet
-        .client()
-        .await
-        .list_and_watch(Empty {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = kubelet.list_and_watch().await;
     let devices = first_devices(&mut stream).await;
     assert_eq!(devices.len(), 30, "two T4s of 15360 MiB: 15 units each");
     assert!(devices.iter().all(|d| d.health == HEALTHY));
@@ -386,13 +392,7 @@ async fn re_registers_after_the_socket_disappears_or_kubelet_restarts() {
     let again = kubelet.next_registration().await;
     assert_eq!(again.resource_name, RESOURCE_VRAM_GIB);
     // The new socket answers.
-    let mut stream = kubelet
-        .client()
-        .await
-        .list_and_watch(Empty {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = kubelet.list_and_watch().await;
     assert_eq!(first_devices(&mut stream).await.len(), 15);
 
     // kubelet comes back with a new socket of its own while the plugin's stays.
@@ -548,13 +548,7 @@ async fn a_pod_without_an_assignment_fails_clearly() {
 #[tokio::test]
 async fn health_changes_reach_list_and_watch() {
     let kubelet = Kubelet::start(vec![t4(0), t4(1)], Backend::None).await;
-    let mut stream = kubelet
-        .client()
-        .await
-        .list_and_watch(Empty {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = kubelet.list_and_watch().await;
     assert!(first_devices(&mut stream)
         .await
         .iter()

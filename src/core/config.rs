@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::workload::{WorkloadParams, WorkloadParamsError};
+
 /// Weights of the named score terms. Each term is in `0..=1`; a node's score is
 /// `round(10 × Σ weight·term / Σ weight)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,11 +24,21 @@ pub struct Weights {
     /// Prefer nodes holding no replica of the same model.
     #[serde(default)]
     pub node_spread: f64,
+    /// Prefer the node (and device) whose fragmentation against the expected workload grows
+    /// least (see `core::frag`).
+    #[serde(default)]
+    pub frag: f64,
 }
 
 impl Weights {
     fn is_valid(&self) -> bool {
-        let all = [self.fit, self.packing, self.zone_spread, self.node_spread];
+        let all = [
+            self.fit,
+            self.packing,
+            self.zone_spread,
+            self.node_spread,
+            self.frag,
+        ];
         all.iter().all(|w| w.is_finite() && *w >= 0.0) && all.iter().sum::<f64>() > 0.0
     }
 }
@@ -49,6 +61,11 @@ pub struct Config {
     pub profiles: BTreeMap<String, Weights>,
     /// Profile used for a scheduler name that has none of its own.
     pub default_profile: String,
+    /// The workload model the fragmentation term measures against.
+    pub workload: WorkloadParams,
+    /// Resolution of the `frag` term: it is rounded down to a multiple of this, so changes too
+    /// small to matter tie and the other terms decide (0: exact).
+    pub frag_step: f64,
 }
 
 /// Name of the bin-packing profile.
@@ -67,6 +84,7 @@ impl Default for Config {
                 packing: 0.0,
                 zone_spread: 4.0,
                 node_spread: 3.0,
+                frag: 4.0,
             },
         );
         Config {
@@ -77,6 +95,8 @@ impl Default for Config {
             sharing_all_nodes: false,
             profiles,
             default_profile: PROFILE_BINPACK.to_string(),
+            workload: WorkloadParams::default(),
+            frag_step: 0.04,
         }
     }
 }
@@ -94,13 +114,18 @@ pub enum ConfigError {
     DefaultVram,
     #[error("ascendHbmMib[{0:?}] must be positive")]
     AscendHbm(String),
+    #[error(transparent)]
+    Workload(#[from] WorkloadParamsError),
+    #[error("fragStep must be in 0..=0.5, got {0}")]
+    FragStep(f64),
 }
 
 const FALLBACK_WEIGHTS: Weights = Weights {
-    fit: 6.0,
-    packing: 3.0,
-    zone_spread: 1.0,
-    node_spread: 0.5,
+    fit: 0.2,
+    packing: 0.0,
+    zone_spread: 0.1,
+    node_spread: 0.05,
+    frag: 10.0,
 };
 
 /// Largest headroom a config or pod may ask for.
@@ -125,6 +150,10 @@ impl Config {
         }
         if let Some((chip, _)) = self.ascend_hbm_mib.iter().find(|(_, mib)| **mib == 0) {
             return Err(ConfigError::AscendHbm(chip.clone()));
+        }
+        self.workload.validate()?;
+        if !(0.0..=0.5).contains(&self.frag_step) {
+            return Err(ConfigError::FragStep(self.frag_step));
         }
         Ok(())
     }

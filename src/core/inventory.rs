@@ -10,7 +10,9 @@ use rustc_hash::FxHashMap as HashMap;
 
 use serde::Serialize;
 
+use super::frag::{Host, NodeFrag, Packing};
 use super::node::NodeInfo;
+use super::workload::{Shape, WorkloadParams};
 
 /// VRAM a pod holds on one device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -76,6 +78,8 @@ pub struct Inventory {
     pub(super) ledger: HashMap<String, Entry>,
     pods_by_node: HashMap<String, BTreeSet<String>>,
     models: HashMap<String, ModelReplicas>,
+    /// The workload model and each node's cached fragmentation, slot for slot with `nodes`.
+    packing: Packing,
 }
 
 impl Inventory {
@@ -87,22 +91,28 @@ impl Inventory {
     /// Adds or replaces a node's capacity; placements recorded on it are applied again.
     pub fn upsert_node(&mut self, mut node: NodeInfo) {
         self.apply_ledger(&mut node);
-        match self.index.get(node.name.as_bytes()) {
-            Some(&slot) => self.nodes[slot as usize] = node,
+        let slot = match self.index.get(node.name.as_bytes()) {
+            Some(&slot) => {
+                self.nodes[slot as usize] = node;
+                slot as usize
+            }
             None => {
                 self.index.insert(
                     NameKey::from_slice(node.name.as_bytes()),
                     self.nodes.len() as u32,
                 );
                 self.nodes.push(node);
+                self.nodes.len() - 1
             }
-        }
+        };
+        self.packing.node_changed(slot, &self.nodes[slot]);
     }
 
     /// Removes a node. Its placements stay in the ledger until their pods are released.
     pub fn remove_node(&mut self, name: &str) -> Option<NodeInfo> {
         let slot = self.index.remove(name.as_bytes())? as usize;
         let removed = self.nodes.swap_remove(slot);
+        self.packing.node_removed(slot, name);
         if let Some(moved) = self.nodes.get(slot) {
             self.index
                 .insert(NameKey::from_slice(moved.name.as_bytes()), slot as u32);
@@ -120,6 +130,60 @@ impl Inventory {
     fn node_mut(&mut self, name: &str) -> Option<&mut NodeInfo> {
         let slot = *self.index.get(name.as_bytes())? as usize;
         self.nodes.get_mut(slot)
+    }
+
+    /// Recomputes the cached fragmentation of a node after its occupancy changed.
+    fn node_touched(&mut self, name: &str) {
+        if let Some(&slot) = self.index.get(name.as_bytes()) {
+            self.packing
+                .node_changed(slot as usize, &self.nodes[slot as usize]);
+        }
+    }
+
+    /// The workload model and the fragmentation caches.
+    pub fn packing(&self) -> &Packing {
+        &self.packing
+    }
+
+    /// The cached fragmentation of `node` when it is this inventory's own (not a copy).
+    pub fn frag_state(&self, node: &NodeInfo) -> Option<&NodeFrag> {
+        let base = self.nodes.as_ptr() as usize;
+        let offset = (node as *const NodeInfo as usize).checked_sub(base)?;
+        let slot = offset / std::mem::size_of::<NodeInfo>().max(1);
+        let own = self.nodes.get(slot).is_some_and(|n| std::ptr::eq(n, node));
+        own.then(|| self.packing.cached(slot)).flatten()
+    }
+
+    /// Counts a pod in the workload model (once per id); refreshes every node's fragmentation
+    /// when the published profile changes.
+    pub fn observe(&mut self, id: &str, shape: Shape) {
+        if self.packing.model_mut().observe(id, shape) {
+            self.packing.refresh_all(&self.nodes);
+        }
+    }
+
+    /// Adds many observations at once (a trace, a pods file, the catalog), then publishes.
+    pub fn observe_batch(&mut self, shapes: impl IntoIterator<Item = (Shape, f64)>) {
+        let model = self.packing.model_mut();
+        for (shape, count) in shapes {
+            model.add_batch(shape, count);
+        }
+        if model.publish() {
+            self.packing.refresh_all(&self.nodes);
+        }
+    }
+
+    /// Sets the workload model's parameters.
+    pub fn configure_workload(&mut self, params: &WorkloadParams) {
+        if self.packing.configure(params) {
+            self.packing.refresh_all(&self.nodes);
+        }
+    }
+
+    /// Records a node's free cpu/memory for the fragmentation term (`None`: unknown).
+    pub fn set_host(&mut self, name: &str, host: Option<Host>) {
+        self.packing.set_host(name, host);
+        self.node_touched(name);
     }
 
     /// All nodes, in no particular order.
@@ -161,6 +225,7 @@ impl Inventory {
         if let Some(node) = self.node_mut(&placement.node) {
             occupy(node, &placement, 1);
         }
+        self.node_touched(&placement.node);
         self.pods_by_node
             .entry(placement.node.clone())
             .or_default()
@@ -182,6 +247,7 @@ impl Inventory {
         if let Some(node) = self.node_mut(&placement.node) {
             occupy(node, &placement, -1);
         }
+        self.node_touched(&placement.node);
         if let Some(ids) = self.pods_by_node.get_mut(&placement.node) {
             ids.remove(id);
             if ids.is_empty() {

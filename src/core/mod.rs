@@ -10,6 +10,7 @@ pub mod config;
 pub mod demand;
 pub mod facts;
 pub mod filter;
+pub mod frag;
 pub mod inventory;
 pub mod ledger;
 pub mod node;
@@ -17,6 +18,7 @@ pub mod quantity;
 pub mod reconcile;
 pub mod schedule;
 pub mod score;
+pub mod workload;
 
 pub use catalog::Catalog;
 pub use config::{Config, Weights};

@@ -8,9 +8,11 @@ use serde::Serialize;
 use super::config::Config;
 use super::demand::{DemandError, PodDemand};
 use super::filter::{fit_node, Fit, Reason};
+use super::frag::{assess, Assessment, Host};
 use super::inventory::{DeviceShare, Inventory, Placement};
 use super::node::NodeInfo;
 use super::score::{score_candidates, Scored};
+use super::workload::Shape;
 
 /// A pod's demand, or why it is invalid.
 pub type Demand = Result<PodDemand, DemandError>;
@@ -127,7 +129,7 @@ pub fn prioritize<'a>(
         .iter()
         .filter_map(|(_, fit)| fit.as_ref().map(|(n, f)| (*n, f)))
         .collect();
-    let mut scores = rank(&candidates, demand, inventory, config).into_iter();
+    let mut scores = rank(&candidates, demand, inventory, config).0.into_iter();
     verdicts
         .iter()
         .map(|(name, fit)| {
@@ -145,10 +147,40 @@ fn rank(
     demand: &PodDemand,
     inventory: &Inventory,
     config: &Config,
-) -> Vec<Scored> {
+) -> (Vec<Scored>, Vec<Fit>) {
     let (_, weights) = config.profile_for(demand.scheduler_name.as_deref());
     let replicas = demand.model.as_deref().and_then(|m| inventory.replicas(m));
-    score_candidates(candidates, replicas, weights)
+    if weights.frag == 0.0 {
+        let fits = candidates.iter().map(|(_, f)| (*f).clone()).collect();
+        return (
+            score_candidates(candidates, &[], replicas, weights, config.frag_step),
+            fits,
+        );
+    }
+    let assessed: Vec<Assessment> = candidates
+        .iter()
+        .map(|(node, fit)| {
+            assess(
+                node,
+                fit,
+                demand,
+                Host::default(),
+                inventory.packing(),
+                inventory.frag_state(node),
+            )
+        })
+        .collect();
+    let deltas: Vec<f64> = assessed.iter().map(|a| a.delta).collect();
+    let fits: Vec<Fit> = assessed.into_iter().map(|a| a.fit).collect();
+    let chosen: Vec<(&NodeInfo, &Fit)> = candidates
+        .iter()
+        .zip(&fits)
+        .map(|((node, _), fit)| (*node, fit))
+        .collect();
+    (
+        score_candidates(&chosen, &deltas, replicas, weights, config.frag_step),
+        fits,
+    )
 }
 
 /// The outcome of placing one pod.
@@ -190,6 +222,10 @@ pub fn place_where(
             .ok()
             .and_then(|d| d.scheduler_name.as_deref()),
     );
+    inventory.configure_workload(&config.workload);
+    if let Ok(pod) = demand {
+        observe(inventory, pod);
+    }
     let mut decision = Decision {
         pod: match demand {
             Ok(d) => d.key.clone(),
@@ -217,7 +253,7 @@ pub fn place_where(
         return decision;
     };
     let candidates: Vec<(&NodeInfo, &Fit)> = fits.iter().map(|(n, f)| (*n, f)).collect();
-    let scores = rank(&candidates, pod, inventory, config);
+    let (scores, chosen) = rank(&candidates, pod, inventory, config);
     // Highest score wins; ties go to the node whose name sorts first, so results are deterministic.
     let best = scores
         .iter()
@@ -231,7 +267,8 @@ pub fn place_where(
     let Some((best, scored)) = best else {
         return decision;
     };
-    let (node, fit) = &fits[best];
+    let node = fits[best].0;
+    let fit = &chosen[best];
     let placement = Placement::from_fit(pod, node, fit);
     decision.node = Some(node.name.clone());
     decision.zone = node.zone.clone();
@@ -244,6 +281,13 @@ pub fn place_where(
         inventory.commit(&pod.id, placement);
     }
     decision
+}
+
+/// Counts a pod in the inventory's workload model (pods asked about, placed or seen bound).
+pub fn observe(inventory: &mut Inventory, demand: &PodDemand) {
+    if let Some(shape) = Shape::of(demand, 0, 0) {
+        inventory.observe(&demand.id, shape);
+    }
 }
 
 /// Pod annotation listing the device indices a bound pod holds (`0,1`), written at bind.
@@ -272,6 +316,7 @@ pub fn record_bound(
     if demand.is_accelerator_free() {
         return;
     }
+    observe(inventory, demand);
     let node = inventory.node(node_name);
     let count = demand.devices.max(1) as usize;
     let indices: Vec<u32> = if let Some(assigned) = assigned {

@@ -232,6 +232,7 @@ pub struct Cluster {
     models: Arc<[String]>,
     typical: Arc<[TypicalPod]>,
     num_pod_shapes: u32,
+    pod_shapes: Arc<[(PodReq, u32)]>,
     total_gpu_milli: u64,
     allocated_gpu_milli: u64,
     node_frag: Vec<f64>,
@@ -260,12 +261,14 @@ impl Cluster {
                 NodeState::new(&n.name, model, n.cpu_milli, n.memory_mib, &gpus)
             })
             .collect();
-        Ok(Self::from_states(
+        let mut cluster = Self::from_states(
             nodes,
             models.into(),
             workload.typical_shared(),
             workload.num_pod_shapes(),
-        ))
+        );
+        cluster.pod_shapes = workload.shape_counts();
+        Ok(cluster)
     }
 
     /// Builds a cluster from explicit node states (e.g. a hand-built or partly used cluster).
@@ -297,6 +300,7 @@ impl Cluster {
             models,
             typical,
             num_pod_shapes,
+            pod_shapes: Arc::from(Vec::new()),
             total_gpu_milli,
             allocated_gpu_milli,
             memo,
@@ -328,6 +332,11 @@ impl Cluster {
     /// Number of distinct pod shapes ([`PodReq::shape`] is below it).
     pub fn num_pod_shapes(&self) -> u32 {
         self.num_pod_shapes
+    }
+    /// One pod of each distinct shape of the workload and its count in the trace (empty for a
+    /// cluster built from explicit states).
+    pub fn pod_shapes(&self) -> &[(PodReq, u32)] {
+        &self.pod_shapes
     }
     /// GPU capacity in milli-GPU.
     pub fn total_gpu_milli(&self) -> u64 {

@@ -7,20 +7,40 @@
 //! VRAM-sharing node (every openb node shares). `gpu_spec` becomes the product allow-list;
 //! headroom is 0 (the trace's shares are already what pods use). CPU and memory are checked by
 //! the simulator before the policy is asked, as kube-scheduler does before calling the extender.
+//!
+//! The workload model is seeded from the trace (every pod's shape, with cpu and memory) before
+//! the first pod, as `place` seeds it from its pods file; the mirror also tells the core each
+//! node's free cpu and memory, so fragmentation counts GPUs stranded without cpu.
+//! A node's score for a pod shape only changes when the node does, so it is kept per (shape,
+//! node) and recomputed when the simulator's node epoch moves: the same core computation, done
+//! once per change instead of once per pod.
 
 use rand_chacha::ChaCha8Rng;
 
 use super::sim::{Choice, Cluster, Policy};
 use super::workload::PodReq;
 use crate::core::demand::VramSource;
+use crate::core::frag::{assess, Host};
 use crate::core::node::{
     CapacitySource, Device, DeviceNames, Devices, NodeInfo, Vendor, RESOURCE_NVIDIA_GPU,
 };
-use crate::core::score::score_candidates;
-use crate::core::{fit_node, Config, Fit, Inventory, Placement, PodDemand};
+use crate::core::score::{score_one, Context};
+use crate::core::workload::Shape;
+use crate::core::{fit_node, Config, Fit, Inventory, Placement, PodDemand, Weights};
 
 /// Units of one GPU in the core's device model.
 pub const UNITS_PER_GPU: u64 = 1000;
+
+/// A node's score for one pod shape, valid while the node's epoch is unchanged.
+#[derive(Debug, Clone, Copy, Default)]
+struct Memo {
+    epoch: u64,
+    exact: f64,
+    /// Chosen devices (at most 8 on openb nodes).
+    devices: [u8; 8],
+    count: u8,
+    fits: bool,
+}
 
 /// The core's default profile, deciding pod by pod on a mirror of the simulator's cluster.
 pub struct VramfitPolicy {
@@ -28,6 +48,7 @@ pub struct VramfitPolicy {
     inventory: Option<Inventory>,
     names: Vec<String>,
     placed: u64,
+    memo: Vec<Vec<Memo>>,
 }
 
 impl VramfitPolicy {
@@ -38,16 +59,18 @@ impl VramfitPolicy {
             inventory: None,
             names: Vec::new(),
             placed: 0,
+            memo: Vec::new(),
         }
     }
 
-    fn mirror(cluster: &Cluster) -> (Inventory, Vec<String>) {
+    fn mirror(&self, cluster: &Cluster) -> (Inventory, Vec<String>) {
         let mut inventory = Inventory::new();
+        inventory.configure_workload(&self.config.workload);
         let mut names = Vec::with_capacity(cluster.nodes().len());
         for (i, node) in cluster.nodes().iter().enumerate() {
             let name = format!("{i:05}-{}", node.name());
             let product: std::sync::Arc<str> = if node.num_gpus() > 0 {
-                cluster.model_name(usize::from(node.model_id())).into()
+                cluster.model_name(i).into()
             } else {
                 "".into()
             };
@@ -71,6 +94,13 @@ impl VramfitPolicy {
                     sharers: 0,
                 })
                 .collect();
+            inventory.set_host(
+                &name,
+                Some(Host {
+                    cpu_milli: u64::from(node.cpu_free()),
+                    memory_mib: node.mem_free(),
+                }),
+            );
             inventory.upsert_node(NodeInfo {
                 name: name.clone(),
                 zone: None,
@@ -85,40 +115,89 @@ impl VramfitPolicy {
             });
             names.push(name);
         }
+        let shapes: Vec<(Shape, f64)> = cluster
+            .pod_shapes()
+            .iter()
+            .filter_map(|(pod, count)| {
+                let demand = demand(cluster, pod);
+                Shape::of(&demand, u64::from(pod.cpu_milli), pod.memory_mib)
+                    .map(|s| (s, f64::from(*count)))
+            })
+            .collect();
+        inventory.observe_batch(shapes);
         (inventory, names)
     }
+}
 
-    fn demand(&self, cluster: &Cluster, pod: &PodReq) -> PodDemand {
-        let whole = pod.num_gpu > 0 && u64::from(pod.gpu_milli) >= UNITS_PER_GPU;
-        let products = if pod.models.is_any() {
-            Vec::new()
+/// The core's demand for a trace pod.
+fn demand(cluster: &Cluster, pod: &PodReq) -> PodDemand {
+    let whole = pod.num_gpu > 0 && u64::from(pod.gpu_milli) >= UNITS_PER_GPU;
+    let products = if pod.models.is_any() {
+        Vec::new()
+    } else {
+        (0..cluster.models().len())
+            .filter(|m| pod.models.allows(*m as u8))
+            .map(|m| cluster.models()[m].clone())
+            .collect()
+    };
+    PodDemand {
+        key: String::new(),
+        id: String::new(),
+        resource: whole.then_some(RESOURCE_NVIDIA_GPU),
+        devices: if whole { u32::from(pod.num_gpu) } else { 0 },
+        vram_mib: if pod.num_gpu == 0 {
+            0
         } else {
-            (0..cluster.models().len())
-                .filter(|m| pod.models.allows(*m as u8))
-                .map(|m| cluster.model_name(m).to_string())
-                .collect()
-        };
-        PodDemand {
-            key: String::new(),
-            id: String::new(),
-            resource: whole.then_some(RESOURCE_NVIDIA_GPU),
-            devices: if whole { u32::from(pod.num_gpu) } else { 0 },
-            vram_mib: if pod.num_gpu == 0 {
-                0
-            } else {
-                u64::from(pod.gpu_milli)
-            },
-            vram_source: if pod.num_gpu == 0 {
-                VramSource::Undeclared
-            } else {
-                VramSource::Annotation
-            },
-            products,
-            headroom_percent: 0,
-            model: None,
-            scheduler_name: None,
-        }
+            u64::from(pod.gpu_milli)
+        },
+        vram_source: if pod.num_gpu == 0 {
+            VramSource::Undeclared
+        } else {
+            VramSource::Annotation
+        },
+        products,
+        headroom_percent: 0,
+        model: None,
+        scheduler_name: None,
     }
+}
+
+/// The core's verdict and score of one node for one pod.
+fn judge(
+    inventory: &Inventory,
+    node: &NodeInfo,
+    demand: &PodDemand,
+    request: Host,
+    weights: &Weights,
+    frag_step: f64,
+) -> Option<(f64, Fit)> {
+    let fit = if demand.is_accelerator_free() {
+        Fit::default()
+    } else {
+        fit_node(node, demand).ok()?
+    };
+    let (delta, fit) = if weights.frag > 0.0 {
+        let a = assess(
+            node,
+            &fit,
+            demand,
+            request,
+            inventory.packing(),
+            inventory.frag_state(node),
+        );
+        (Some(a.delta), a.fit)
+    } else {
+        (None, fit)
+    };
+    // Every openb device has the same size, so the references every candidate would share are
+    // the pod's own request in whole devices and one device.
+    let context = Context {
+        reference: fit.chosen_total_mib,
+        frag_reference: UNITS_PER_GPU,
+        frag_step,
+        ..Context::default()
+    };
+    Some((score_one(node, &fit, delta, &context, weights).exact, fit))
 }
 
 impl Policy for VramfitPolicy {
@@ -134,52 +213,107 @@ impl Policy for VramfitPolicy {
         _: &mut ChaCha8Rng,
     ) -> Option<Choice> {
         if self.inventory.is_none() {
-            let (inventory, names) = Self::mirror(cluster);
+            let (inventory, names) = self.mirror(cluster);
             self.inventory = Some(inventory);
             self.names = names;
+            self.memo = vec![Vec::new(); cluster.num_pod_shapes() as usize];
         }
-        let demand = self.demand(cluster, pod);
-        let inventory = self.inventory.as_mut()?;
-        let fits: Vec<(usize, &NodeInfo, Fit)> = feasible
-            .iter()
-            .filter_map(|&i| {
-                let node = inventory.node(&self.names[i])?;
-                let fit = if demand.is_accelerator_free() {
-                    Fit::default()
-                } else {
-                    fit_node(node, &demand).ok()?
-                };
-                Some((i, node, fit))
-            })
-            .collect();
-        let candidates: Vec<(&NodeInfo, &Fit)> = fits.iter().map(|(_, n, f)| (*n, f)).collect();
-        let (_, weights) = self.config.profile_for(None);
-        let scores = score_candidates(&candidates, None, weights);
-        // Highest score wins; ties go the way the simulator breaks them for every policy.
-        let best = (0..fits.len()).max_by(|&a, &b| {
-            scores[a].exact.total_cmp(&scores[b].exact).then_with(|| {
-                cluster
-                    .tie_rank(fits[b].0)
-                    .cmp(&cluster.tie_rank(fits[a].0))
-            })
-        })?;
-        let (node_index, _, fit) = &fits[best];
-        let choice = Choice {
-            node: *node_index,
-            gpus: fit.devices.iter().map(|&d| d as u8).collect(),
+        let demand = demand(cluster, pod);
+        let request = Host {
+            cpu_milli: u64::from(pod.cpu_milli),
+            memory_mib: pod.memory_mib,
         };
+        let (_, weights) = self.config.profile_for(None);
+        let inventory = self.inventory.as_mut()?;
+        let shape = pod.shape as usize;
+        if shape >= self.memo.len() {
+            self.memo.resize(shape + 1, Vec::new());
+        }
+        let memo = &mut self.memo[shape];
+        if memo.is_empty() {
+            memo.resize(cluster.nodes().len(), Memo::default());
+        }
+        let mut best: Option<(f64, usize)> = None;
+        for &i in feasible {
+            let epoch = cluster.node(i).epoch();
+            if memo[i].epoch != epoch {
+                let node = inventory.node(&self.names[i])?;
+                memo[i] = match judge(
+                    inventory,
+                    node,
+                    &demand,
+                    request,
+                    weights,
+                    self.config.frag_step,
+                ) {
+                    Some((exact, fit)) => {
+                        let mut devices = [0u8; 8];
+                        for (slot, &d) in devices.iter_mut().zip(&fit.devices) {
+                            *slot = d as u8;
+                        }
+                        Memo {
+                            epoch,
+                            exact,
+                            devices,
+                            count: fit.devices.len().min(8) as u8,
+                            fits: true,
+                        }
+                    }
+                    None => Memo {
+                        epoch,
+                        ..Memo::default()
+                    },
+                };
+            }
+            if !memo[i].fits {
+                continue;
+            }
+            // Highest score wins; ties go the way the simulator breaks them for every policy.
+            let better = match best {
+                None => true,
+                Some((score, j)) => memo[i]
+                    .exact
+                    .total_cmp(&score)
+                    .then_with(|| cluster.tie_rank(j).cmp(&cluster.tie_rank(i)))
+                    .is_gt(),
+            };
+            if better {
+                best = Some((memo[i].exact, i));
+            }
+        }
+        let (_, node_index) = best?;
+        let chosen = memo[node_index];
+        let gpus: Vec<u8> = chosen.devices[..usize::from(chosen.count)].to_vec();
+        let name = self.names[node_index].clone();
+        let state = cluster.node(node_index);
+        inventory.set_host(
+            &name,
+            Some(Host {
+                cpu_milli: u64::from(state.cpu_free()).saturating_sub(request.cpu_milli),
+                memory_mib: state.mem_free().saturating_sub(request.memory_mib),
+            }),
+        );
         if !demand.is_accelerator_free() {
             self.placed += 1;
             let placement = Placement {
                 pod: String::new(),
-                node: self.names[*node_index].clone(),
+                node: name,
                 zone: None,
                 model: None,
-                shares: fit.shares(),
-                exclusive: fit.exclusive,
+                shares: gpus
+                    .iter()
+                    .map(|&index| crate::core::DeviceShare {
+                        index: u32::from(index),
+                        vram_mib: demand.vram_mib,
+                    })
+                    .collect(),
+                exclusive: !demand.is_sharing(),
             };
             inventory.commit(&self.placed.to_string(), placement);
         }
-        Some(choice)
+        Some(Choice {
+            node: node_index,
+            gpus,
+        })
     }
 }

@@ -105,6 +105,7 @@ pub struct Workload {
     reqs: Vec<PodReq>,
     typical: Arc<[TypicalPod]>,
     num_pod_shapes: u32,
+    shape_counts: Arc<[(PodReq, u32)]>,
     models: Vec<String>,
 }
 
@@ -138,10 +139,19 @@ impl Workload {
                     shape,
                 }
             })
-            .collect();
+            .collect::<Vec<PodReq>>();
+        let mut counts: Vec<Option<(PodReq, u32)>> = vec![None; shapes.len()];
+        for r in &reqs {
+            match &mut counts[r.shape as usize] {
+                Some((_, n)) => *n += 1,
+                slot => *slot = Some((r.clone(), 1)),
+            }
+        }
+        let shape_counts: Arc<[(PodReq, u32)]> = counts.into_iter().flatten().collect();
         Ok(Self {
             label: label.to_string(),
             num_pod_shapes: shapes.len() as u32,
+            shape_counts,
             pods,
             reqs,
             typical,
@@ -162,6 +172,11 @@ impl Workload {
     /// Number of distinct pod shapes ([`PodReq::shape`] is below it).
     pub fn num_pod_shapes(&self) -> u32 {
         self.num_pod_shapes
+    }
+
+    /// One pod of each distinct shape and how many pods of the trace have it.
+    pub fn shape_counts(&self) -> Arc<[(PodReq, u32)]> {
+        self.shape_counts.clone()
     }
 
     /// GPU model names of the node list the workload was resolved against.

@@ -1,0 +1,676 @@
+//! The fragmentation term: how much accelerator capacity the expected workload could not use.
+//!
+//! For one node and one expected [`Shape`] s, the node's *fragment* is
+//!
+//! * all of its free VRAM, when s cannot land there at all: no device of an allowed product or
+//!   of the right resource, fewer usable devices than s needs, or too little free cpu/memory
+//!   (when the host's free resources are known);
+//! * otherwise the free VRAM of the devices s cannot use (too little free, shared when s wants
+//!   whole devices, product not allowed).
+//!
+//! A node's fragmentation is the share-weighted sum over the published [`WorkloadProfile`]; the
+//! term prefers the node (and, for a sharing pod, the device) whose fragmentation grows least when
+//! the pod lands. This is the fragmentation-gradient idea of Weng et al. (USENIX ATC'23), measured
+//! in VRAM MiB so that devices of different sizes compare: with 40 GiB models in the workload, a
+//! T4's 16 GB is fragment already, an idle A100's 80 GB is not, so a small model placed on the T4
+//! lowers fragmentation and on the A100 raises it — the class best-fit rule follows.
+//!
+//! Cost: a node's per-shape aggregates are cached by [`Packing`] (inside the inventory) and
+//! recomputed only when the node, its host resources or the published profile change; scoring a
+//! candidate then costs one pass over the shapes per distinct device it could take.
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
+
+use super::demand::PodDemand;
+use super::filter::Fit;
+use super::node::{product_matches, Device, NodeInfo, NodeProblem, Vendor};
+use super::workload::{Shape, WorkloadModel, WorkloadParams, WorkloadProfile};
+
+/// Host resources (cpu milli-cores, memory MiB): free on a node, or requested by a pod.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Host {
+    pub cpu_milli: u64,
+    pub memory_mib: u64,
+}
+
+impl Host {
+    fn lacks(&self, shape: &Shape) -> bool {
+        self.cpu_milli < shape.cpu_milli || self.memory_mib < shape.memory_mib
+    }
+
+    fn minus(self, request: Host) -> Host {
+        Host {
+            cpu_milli: self.cpu_milli.saturating_sub(request.cpu_milli),
+            memory_mib: self.memory_mib.saturating_sub(request.memory_mib),
+        }
+    }
+}
+
+/// The occupancy of one device that fragmentation depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Dev {
+    total: u64,
+    used: u64,
+    holders: u32,
+    sharers: u32,
+    healthy: bool,
+}
+
+impl Dev {
+    fn of(d: &Device) -> Dev {
+        Dev {
+            total: d.total_mib,
+            used: d.used_mib(),
+            holders: d.exclusive_holders,
+            sharers: d.sharers,
+            healthy: d.healthy,
+        }
+    }
+
+    /// VRAM a pod could still use on this device (none when held whole or unhealthy).
+    fn free(&self) -> u64 {
+        if self.holders > 0 || !self.healthy {
+            0
+        } else {
+            self.total.saturating_sub(self.used)
+        }
+    }
+
+    /// Whether a pod of `shape` could take this device (product and resource checked elsewhere).
+    fn hosts(&self, shape: &Shape) -> bool {
+        if self.holders > 0 || !self.healthy || (!shape.is_sharing() && self.sharers > 0) {
+            return false;
+        }
+        let usable = self.total * u64::from(100 - shape.headroom_percent.min(100)) / 100;
+        usable >= self.used.saturating_add(shape.vram_mib)
+    }
+
+    fn place(&mut self, vram_mib: u64, exclusive: bool) {
+        if exclusive {
+            self.holders += 1;
+        } else {
+            self.sharers += 1;
+        }
+        self.used = self.used.saturating_add(vram_mib);
+    }
+}
+
+/// Which devices each profile shape may use on one node (bit i: device at position i).
+type Masks = SmallVec<[u64; 16]>;
+
+/// One shape's view of a node (or of one device): devices it could take, free VRAM on the
+/// others, free VRAM on the ones it could take, and how many pods of it those could still hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct PerShape {
+    usable: u32,
+    unusable: u64,
+    usable_free: u64,
+    slots: u64,
+}
+
+impl PerShape {
+    fn of(d: Dev, allowed: bool, shape: &Shape) -> PerShape {
+        if allowed && d.hosts(shape) {
+            let slots = if shape.is_sharing() {
+                let usable =
+                    d.total * u64::from(100 - shape.headroom_percent.min(100)) / 100 - d.used;
+                usable / shape.vram_mib.max(1)
+            } else {
+                1
+            };
+            PerShape {
+                usable: 1,
+                unusable: 0,
+                usable_free: d.free(),
+                slots,
+            }
+        } else {
+            PerShape {
+                unusable: d.free(),
+                ..PerShape::default()
+            }
+        }
+    }
+
+    fn add(&mut self, o: PerShape) {
+        self.usable += o.usable;
+        self.unusable += o.unusable;
+        self.usable_free += o.usable_free;
+        self.slots += o.slots;
+    }
+
+    fn sub(&mut self, o: PerShape) {
+        self.usable -= o.usable;
+        self.unusable -= o.unusable;
+        self.usable_free -= o.usable_free;
+        self.slots -= o.slots;
+    }
+}
+
+/// Per shape, over a node's devices.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Aggregate {
+    total_free: u64,
+    per_shape: SmallVec<[PerShape; 16]>,
+}
+
+fn masks(node: &NodeInfo, profile: &WorkloadProfile) -> Masks {
+    let vendor = node.vendor.unwrap_or(Vendor::Nvidia);
+    profile
+        .shapes
+        .iter()
+        .map(|e| {
+            let shape = &e.shape;
+            let compatible = node.problem != Some(NodeProblem::VramUnknown)
+                && if shape.is_sharing() {
+                    node.sharing
+                } else {
+                    match shape.resource {
+                        Some(r) => node.resource == Some(r),
+                        None => node.resource.is_some(),
+                    }
+                };
+            if !compatible {
+                return 0;
+            }
+            let mut mask = 0u64;
+            // Devices of one node mostly share a product: match each distinct product once.
+            let mut last: Option<(&Arc<str>, bool)> = None;
+            for (i, d) in node.devices.iter().enumerate().take(64) {
+                let allowed = shape.products.is_empty()
+                    || match last {
+                        Some((product, allowed)) if Arc::ptr_eq(product, d.product()) => allowed,
+                        _ => {
+                            let allowed =
+                                shape.products.iter().any(|p| product_matches(p, d, vendor));
+                            last = Some((d.product(), allowed));
+                            allowed
+                        }
+                    };
+                if allowed {
+                    mask |= 1 << i;
+                }
+            }
+            mask
+        })
+        .collect()
+}
+
+fn aggregate(devs: &[Dev], masks: &Masks, profile: &WorkloadProfile) -> Aggregate {
+    let total_free = devs.iter().map(Dev::free).sum();
+    let per_shape = profile
+        .shapes
+        .iter()
+        .zip(masks)
+        .map(|(e, &mask)| {
+            let mut sum = PerShape::default();
+            for (i, d) in devs.iter().enumerate() {
+                sum.add(PerShape::of(*d, i < 64 && mask >> i & 1 == 1, &e.shape));
+            }
+            sum
+        })
+        .collect();
+    Aggregate {
+        total_free,
+        per_shape,
+    }
+}
+
+/// Moves one device from `before` to `after` in an aggregate.
+fn update(
+    agg: &mut Aggregate,
+    i: usize,
+    before: Dev,
+    after: Dev,
+    masks: &Masks,
+    p: &WorkloadProfile,
+) {
+    agg.total_free = agg.total_free - before.free() + after.free();
+    for ((e, &mask), sum) in p.shapes.iter().zip(masks).zip(&mut agg.per_shape) {
+        let allowed = i < 64 && mask >> i & 1 == 1;
+        sum.sub(PerShape::of(before, allowed, &e.shape));
+        sum.add(PerShape::of(after, allowed, &e.shape));
+    }
+}
+
+fn frag_of(
+    agg: &Aggregate,
+    profile: &WorkloadProfile,
+    host: Option<Host>,
+    measure: FragMeasure,
+) -> f64 {
+    if agg.total_free == 0 {
+        return 0.0;
+    }
+    let total = agg.total_free as f64;
+    profile
+        .shapes
+        .iter()
+        .zip(&agg.per_shape)
+        .map(|(e, sum)| {
+            let shape = &e.shape;
+            let need = shape.devices.max(1);
+            let lost = match measure {
+                FragMeasure::Reach => {
+                    if host.is_some_and(|h| h.lacks(shape)) || sum.usable < need {
+                        total
+                    } else {
+                        sum.unusable as f64
+                    }
+                }
+                FragMeasure::Fill => {
+                    let by_devices = if shape.is_sharing() {
+                        sum.slots
+                    } else {
+                        u64::from(sum.usable / need)
+                    };
+                    let by_host = host.map_or(u64::MAX, |h| {
+                        let cpu = h.cpu_milli.checked_div(shape.cpu_milli).unwrap_or(u64::MAX);
+                        let mem = h
+                            .memory_mib
+                            .checked_div(shape.memory_mib)
+                            .unwrap_or(u64::MAX);
+                        cpu.min(mem)
+                    });
+                    let pods = by_devices.min(by_host) as f64;
+                    let per_pod = if shape.is_sharing() {
+                        shape.vram_mib as f64
+                    } else if sum.usable > 0 {
+                        f64::from(need) * sum.usable_free as f64 / f64::from(sum.usable)
+                    } else {
+                        0.0
+                    };
+                    (total - pods * per_pod).max(0.0)
+                }
+            };
+            e.share * lost
+        })
+        .sum()
+}
+
+/// How a node's capacity counts as lost to one expected shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FragMeasure {
+    /// FGD's measure: all free VRAM when the shape cannot land even once, else the free VRAM of
+    /// the devices it cannot use.
+    #[default]
+    Reach,
+    /// Free VRAM left over if the node were filled with the shape alone: what does not divide
+    /// into whole pods, on devices or by host cpu/memory.
+    Fill,
+}
+
+/// A node's fragmentation (MiB of VRAM) against `profile`; `host` is its free cpu/memory when
+/// known. Never negative; zero for an empty profile or a node with nothing free.
+pub fn node_frag(
+    node: &NodeInfo,
+    profile: &WorkloadProfile,
+    host: Option<Host>,
+    measure: FragMeasure,
+) -> f64 {
+    let devs: SmallVec<[Dev; 8]> = node.devices.iter().map(Dev::of).collect();
+    frag_of(
+        &aggregate(&devs, &masks(node, profile), profile),
+        profile,
+        host,
+        measure,
+    )
+}
+
+/// A node's cached fragmentation state for the published profile.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeFrag {
+    version: u64,
+    masks: Masks,
+    agg: Aggregate,
+    /// The node's fragmentation now.
+    pub frag: f64,
+}
+
+impl NodeFrag {
+    fn compute(
+        node: &NodeInfo,
+        profile: &WorkloadProfile,
+        host: Option<Host>,
+        measure: FragMeasure,
+    ) -> NodeFrag {
+        let devs: SmallVec<[Dev; 8]> = node.devices.iter().map(Dev::of).collect();
+        let masks = masks(node, profile);
+        let agg = aggregate(&devs, &masks, profile);
+        NodeFrag {
+            version: profile.version,
+            frag: frag_of(&agg, profile, host, measure),
+            masks,
+            agg,
+        }
+    }
+}
+
+/// What placing a pod on one node does to its fragmentation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assessment {
+    /// Fragmentation after minus before (MiB; negative when the pod fills a fragment).
+    pub delta: f64,
+    /// The fit, with the device that fragments least for a sharing pod.
+    pub fit: Fit,
+}
+
+/// Assesses placing `demand` on `node` as `fit` proposes. For a pod sharing one device, every
+/// device that fits is tried and the one whose use raises fragmentation least is kept (ties keep
+/// the filter's best-fit choice). `request` is the pod's cpu/memory (zero when unknown).
+pub fn assess(
+    node: &NodeInfo,
+    fit: &Fit,
+    demand: &PodDemand,
+    request: Host,
+    packing: &Packing,
+    cached: Option<&NodeFrag>,
+) -> Assessment {
+    let profile = packing.model.profile();
+    let host = packing.host(&node.name);
+    let fresh;
+    let state = match cached.filter(|c| c.version == profile.version) {
+        Some(c) => c,
+        None => {
+            fresh = NodeFrag::compute(node, profile, host, packing.measure);
+            &fresh
+        }
+    };
+    if profile.shapes.is_empty() {
+        return Assessment {
+            delta: 0.0,
+            fit: fit.clone(),
+        };
+    }
+    let host_after = host.map(|h| h.minus(request));
+    let devs: SmallVec<[Dev; 8]> = node.devices.iter().map(Dev::of).collect();
+    let position = |index: u32| node.devices.iter().position(|d| d.index == index);
+    let after = |chosen: &[u32]| -> f64 {
+        let mut agg = state.agg.clone();
+        for &index in chosen {
+            if let Some(i) = position(index) {
+                let mut changed = devs[i];
+                changed.place(fit.vram_mib, fit.exclusive);
+                update(&mut agg, i, devs[i], changed, &state.masks, profile);
+            }
+        }
+        frag_of(&agg, profile, host_after, packing.measure)
+    };
+    let mut best_fit = fit.clone();
+    let mut best = after(&fit.devices);
+    if !fit.exclusive && fit.devices.len() == 1 {
+        let mut tried: SmallVec<[Dev; 8]> = SmallVec::new();
+        tried.push(position(fit.devices[0]).map_or(devs[0], |i| devs[i]));
+        for (i, d) in node.devices.iter().enumerate() {
+            let dev = devs[i];
+            if d.index == fit.devices[0] || tried.contains(&dev) || !shares_fit(node, d, demand) {
+                continue;
+            }
+            tried.push(dev);
+            let frag = after(&[d.index]);
+            if frag < best - 1e-9 {
+                best = frag;
+                best_fit.devices = SmallVec::from_slice(&[d.index]);
+                best_fit.idle_after_mib = d.free_mib(0).saturating_sub(fit.vram_mib);
+                best_fit.chosen_total_mib = d.total_mib;
+                best_fit.newly_busy = u32::from(!d.is_busy());
+            }
+        }
+    }
+    Assessment {
+        delta: best - state.frag,
+        fit: best_fit,
+    }
+}
+
+/// Whether a sharing pod may take device `d` (the filter's per-device checks).
+fn shares_fit(node: &NodeInfo, d: &Device, demand: &PodDemand) -> bool {
+    let vendor = node.vendor.unwrap_or(Vendor::Nvidia);
+    d.healthy
+        && d.exclusive_holders == 0
+        && d.free_mib(demand.headroom_percent) >= demand.vram_mib
+        && (demand.products.is_empty()
+            || demand
+                .products
+                .iter()
+                .any(|p| product_matches(p, d, vendor)))
+}
+
+/// The workload model plus every node's cached fragmentation, kept by the inventory in step
+/// with its nodes (slot for slot).
+#[derive(Debug, Clone, Default)]
+pub struct Packing {
+    model: WorkloadModel,
+    hosts: FxHashMap<String, Host>,
+    slots: Vec<NodeFrag>,
+    measure: FragMeasure,
+}
+
+impl Packing {
+    /// The workload model.
+    pub fn model(&self) -> &WorkloadModel {
+        &self.model
+    }
+
+    /// The published profile.
+    pub fn profile(&self) -> &WorkloadProfile {
+        self.model.profile()
+    }
+
+    /// A node's free host resources, when they were given.
+    pub fn host(&self, node: &str) -> Option<Host> {
+        self.hosts.get(node).copied()
+    }
+
+    /// The cached state of the node in `slot`, if current.
+    pub fn cached(&self, slot: usize) -> Option<&NodeFrag> {
+        self.slots
+            .get(slot)
+            .filter(|c| c.version == self.model.profile().version)
+    }
+
+    /// Recomputes the node in `slot` (appending when `slot` is new).
+    pub fn node_changed(&mut self, slot: usize, node: &NodeInfo) {
+        let state = NodeFrag::compute(
+            node,
+            self.model.profile(),
+            self.host(&node.name),
+            self.measure,
+        );
+        match self.slots.get_mut(slot) {
+            Some(s) => *s = state,
+            None => self.slots.push(state),
+        }
+    }
+
+    /// Forgets the node in `slot`; the last slot moves into it (as the inventory's nodes do).
+    pub fn node_removed(&mut self, slot: usize, name: &str) {
+        if slot < self.slots.len() {
+            self.slots.swap_remove(slot);
+        }
+        self.hosts.remove(name);
+    }
+
+    /// Recomputes every node (after the profile changed).
+    pub fn refresh_all(&mut self, nodes: &[NodeInfo]) {
+        let profile = self.model.profile().clone();
+        self.slots = nodes
+            .iter()
+            .map(|n| NodeFrag::compute(n, &profile, self.host(&n.name), self.measure))
+            .collect();
+    }
+
+    /// Records a node's free host resources (`None` forgets them).
+    pub fn set_host(&mut self, node: &str, host: Option<Host>) {
+        match host {
+            Some(h) => self.hosts.insert(node.to_string(), h),
+            None => self.hosts.remove(node),
+        };
+    }
+
+    /// The model, for changes; the caller refreshes nodes when a change reports `true`.
+    pub fn model_mut(&mut self) -> &mut WorkloadModel {
+        &mut self.model
+    }
+
+    /// Applies new workload parameters; returns whether the profile changed.
+    pub fn configure(&mut self, params: &WorkloadParams) -> bool {
+        let measure_changed = self.measure != params.measure;
+        self.measure = params.measure;
+        self.model.set_params(params.clone()) || measure_changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::node::{CapacitySource, Devices, RESOURCE_NVIDIA_GPU};
+    use crate::core::workload::Expected;
+
+    const R: FragMeasure = FragMeasure::Reach;
+
+    pub(crate) fn node(name: &str, sizes: &[u64], used: &[u64]) -> NodeInfo {
+        let devices: Devices = sizes
+            .iter()
+            .zip(used)
+            .enumerate()
+            .map(|(i, (&total, &used))| Device {
+                index: i as u32,
+                names: Arc::new(crate::core::node::DeviceNames {
+                    uuid: None,
+                    product: "X".into(),
+                    class: "X".into(),
+                }),
+                total_mib: total,
+                measured_used_mib: 0,
+                healthy: true,
+                reserved_mib: used,
+                exclusive_holders: 0,
+                sharers: u32::from(used > 0),
+            })
+            .collect();
+        NodeInfo {
+            name: name.into(),
+            zone: None,
+            resource: Some(RESOURCE_NVIDIA_GPU),
+            vendor: Some(Vendor::Nvidia),
+            allocatable_devices: sizes.len() as u32,
+            devices,
+            sharing: true,
+            source: CapacitySource::Report,
+            problem: None,
+            notes: Vec::new(),
+        }
+    }
+
+    fn profile(shapes: &[(u64, u32, f64)]) -> WorkloadProfile {
+        WorkloadProfile {
+            version: 1,
+            shapes: shapes
+                .iter()
+                .map(|&(vram, devices, share)| Expected {
+                    shape: Shape::new(vram, devices, None, &[], 0, 0, 0),
+                    share,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn fragmentation_by_hand() {
+        // Half the pods want 500 of a device (shared), half a whole device.
+        let p = profile(&[(500, 0, 0.5), (1000, 1, 0.5)]);
+        // Free 300 and 1000: the share fits device 1 (fragment 300); a whole device fits
+        // device 1 (fragment 300: device 0 is shared) → 300.
+        assert_eq!(
+            node_frag(&node("n", &[1000, 1000], &[700, 0]), &p, None, R),
+            300.0
+        );
+        // Free 300 and 600: the share fits (fragment 300); no whole device (all 900 lost).
+        assert_eq!(
+            node_frag(&node("n", &[1000, 1000], &[700, 400]), &p, None, R),
+            0.5 * 300.0 + 0.5 * 900.0
+        );
+        // Host too small for the shapes: everything free is fragment.
+        let mut cpu = p.clone();
+        for e in &mut cpu.shapes {
+            e.shape.cpu_milli = 4000;
+        }
+        let host = Some(Host {
+            cpu_milli: 1000,
+            memory_mib: 1 << 20,
+        });
+        assert_eq!(
+            node_frag(&node("n", &[1000, 1000], &[700, 0]), &cpu, host, R),
+            1300.0
+        );
+        assert_eq!(node_frag(&node("n", &[1000], &[1000]), &p, None, R), 0.0);
+        assert_eq!(
+            node_frag(&node("n", &[1000], &[0]), &profile(&[]), None, R),
+            0.0
+        );
+    }
+
+    #[test]
+    fn small_model_fragments_a_big_device_more() {
+        // 40 GiB models and 10 GiB models, whole devices.
+        let p = profile(&[(40_960, 1, 0.5), (10_240, 1, 0.5)]);
+        let mut packing = Packing::default();
+        packing.model = WorkloadModel::default();
+        for e in &p.shapes {
+            packing.model.add_batch(e.shape.clone(), 10.0);
+        }
+        packing.model.publish();
+        let demand = PodDemand {
+            key: "ml/small".into(),
+            id: "small".into(),
+            resource: Some(RESOURCE_NVIDIA_GPU),
+            devices: 1,
+            vram_mib: 10_240,
+            vram_source: crate::core::demand::VramSource::Annotation,
+            products: Vec::new(),
+            headroom_percent: 0,
+            model: None,
+            scheduler_name: None,
+        };
+        let a100 = node("a100", &[81_920], &[0]);
+        let t4 = node("t4", &[16_384], &[0]);
+        let on = |n: &NodeInfo| {
+            let fit = crate::core::fit_node(n, &demand).unwrap();
+            assess(n, &fit, &demand, Host::default(), &packing, None).delta
+        };
+        assert!(on(&t4) < on(&a100), "t4 {} a100 {}", on(&t4), on(&a100));
+    }
+
+    #[test]
+    fn sharing_pod_takes_the_device_that_fragments_least() {
+        let mut packing = Packing::default();
+        packing
+            .model
+            .add_batch(Shape::new(500, 0, None, &[], 0, 0, 0), 1.0);
+        packing.model.publish();
+        // Free 500 and 400; a 300 pod on device 0 leaves 200+400 (fragment 600), on device 1
+        // leaves 500+100 (fragment 100).
+        let n = node("n", &[1000, 1000], &[500, 600]);
+        let demand = PodDemand {
+            key: "a/b".into(),
+            id: "b".into(),
+            resource: None,
+            devices: 0,
+            vram_mib: 300,
+            vram_source: crate::core::demand::VramSource::Annotation,
+            products: Vec::new(),
+            headroom_percent: 0,
+            model: None,
+            scheduler_name: None,
+        };
+        let fit = crate::core::fit_node(&n, &demand).unwrap();
+        let a = assess(&n, &fit, &demand, Host::default(), &packing, None);
+        assert_eq!(a.fit.devices.as_slice(), &[1]);
+        assert_eq!(a.delta, 100.0 - 400.0);
+    }
+}

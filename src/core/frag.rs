@@ -620,7 +620,6 @@ mod tests {
         // 40 GiB models and 10 GiB models, whole devices.
         let p = profile(&[(40_960, 1, 0.5), (10_240, 1, 0.5)]);
         let mut packing = Packing::default();
-        packing.model = WorkloadModel::default();
         for e in &p.shapes {
             packing.model.add_batch(e.shape.clone(), 10.0);
         }

@@ -392,7 +392,7 @@ impl WorkloadModel {
             WeighBy::Vram => e.weight * e.shape.total_vram_mib().max(1.0),
         };
         let total: f64 = self.entries.iter().map(mass).sum();
-        if !(total > 0.0) {
+        if total.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             return Vec::new();
         }
         let mut order: Vec<(&Entry, f64)> = self.entries.iter().map(|e| (e, mass(e))).collect();
@@ -438,7 +438,8 @@ impl WorkloadModel {
                 distance += c.share;
             }
         }
-        if distance / 2.0 <= REPUBLISH_DISTANCE && !(current.is_empty() && !next.is_empty()) {
+        let first = current.is_empty() && !next.is_empty();
+        if distance / 2.0 <= REPUBLISH_DISTANCE && !first {
             return false;
         }
         self.set_profile(next);

@@ -70,6 +70,15 @@ impl Dev {
         }
     }
 
+    /// VRAM a whole-device pod holds but does not use: lost to every shape.
+    fn stranded(&self) -> u64 {
+        if self.holders > 0 {
+            self.total.saturating_sub(self.used)
+        } else {
+            0
+        }
+    }
+
     /// VRAM a pod could still use on this device (none when held whole or unhealthy).
     fn free(&self) -> u64 {
         if self.holders > 0 || !self.healthy {
@@ -154,6 +163,7 @@ impl PerShape {
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Aggregate {
     total_free: u64,
+    stranded: u64,
     per_shape: SmallVec<[PerShape; 16]>,
 }
 
@@ -201,6 +211,7 @@ fn masks(node: &NodeInfo, profile: &WorkloadProfile) -> Masks {
 
 fn aggregate(devs: &[Dev], masks: &Masks, profile: &WorkloadProfile) -> Aggregate {
     let total_free = devs.iter().map(Dev::free).sum();
+    let stranded = devs.iter().map(Dev::stranded).sum();
     let per_shape = profile
         .shapes
         .iter()
@@ -215,6 +226,7 @@ fn aggregate(devs: &[Dev], masks: &Masks, profile: &WorkloadProfile) -> Aggregat
         .collect();
     Aggregate {
         total_free,
+        stranded,
         per_shape,
     }
 }
@@ -229,6 +241,7 @@ fn update(
     p: &WorkloadProfile,
 ) {
     agg.total_free = agg.total_free - before.free() + after.free();
+    agg.stranded = agg.stranded - before.stranded() + after.stranded();
     for ((e, &mask), sum) in p.shapes.iter().zip(masks).zip(&mut agg.per_shape) {
         let allowed = i < 64 && mask >> i & 1 == 1;
         sum.sub(PerShape::of(before, allowed, &e.shape));
@@ -242,53 +255,59 @@ fn frag_of(
     host: Option<Host>,
     measure: FragMeasure,
 ) -> f64 {
-    if agg.total_free == 0 {
-        return 0.0;
+    let stranded = agg.stranded as f64;
+    if agg.total_free == 0 || profile.shapes.is_empty() {
+        return if profile.shapes.is_empty() {
+            0.0
+        } else {
+            stranded
+        };
     }
     let total = agg.total_free as f64;
-    profile
-        .shapes
-        .iter()
-        .zip(&agg.per_shape)
-        .map(|(e, sum)| {
-            let shape = &e.shape;
-            let need = shape.devices.max(1);
-            let lost = match measure {
-                FragMeasure::Reach => {
-                    if host.is_some_and(|h| h.lacks(shape)) || sum.usable < need {
-                        total
-                    } else {
-                        sum.unusable as f64
+    stranded
+        + profile
+            .shapes
+            .iter()
+            .zip(&agg.per_shape)
+            .map(|(e, sum)| {
+                let shape = &e.shape;
+                let need = shape.devices.max(1);
+                let lost = match measure {
+                    FragMeasure::Reach => {
+                        if host.is_some_and(|h| h.lacks(shape)) || sum.usable < need {
+                            total
+                        } else {
+                            sum.unusable as f64
+                        }
                     }
-                }
-                FragMeasure::Fill => {
-                    let by_devices = if shape.is_sharing() {
-                        sum.slots
-                    } else {
-                        u64::from(sum.usable / need)
-                    };
-                    let by_host = host.map_or(u64::MAX, |h| {
-                        let cpu = h.cpu_milli.checked_div(shape.cpu_milli).unwrap_or(u64::MAX);
-                        let mem = h
-                            .memory_mib
-                            .checked_div(shape.memory_mib)
-                            .unwrap_or(u64::MAX);
-                        cpu.min(mem)
-                    });
-                    let pods = by_devices.min(by_host) as f64;
-                    let per_pod = if shape.is_sharing() {
-                        shape.vram_mib as f64
-                    } else if sum.usable > 0 {
-                        f64::from(need) * sum.usable_free as f64 / f64::from(sum.usable)
-                    } else {
-                        0.0
-                    };
-                    (total - pods * per_pod).max(0.0)
-                }
-            };
-            e.share * lost
-        })
-        .sum()
+                    FragMeasure::Fill => {
+                        let by_devices = if shape.is_sharing() {
+                            sum.slots
+                        } else {
+                            u64::from(sum.usable / need)
+                        };
+                        let by_host = host.map_or(u64::MAX, |h| {
+                            let cpu = h.cpu_milli.checked_div(shape.cpu_milli).unwrap_or(u64::MAX);
+                            let mem = h
+                                .memory_mib
+                                .checked_div(shape.memory_mib)
+                                .unwrap_or(u64::MAX);
+                            cpu.min(mem)
+                        });
+                        let pods = by_devices.min(by_host) as f64;
+                        let per_pod = if shape.is_sharing() {
+                            shape.vram_mib as f64
+                        } else if sum.usable > 0 {
+                            f64::from(need) * sum.usable_free as f64 / f64::from(sum.usable)
+                        } else {
+                            0.0
+                        };
+                        (total - pods * per_pod).max(0.0)
+                    }
+                };
+                e.share * lost
+            })
+            .sum::<f64>()
 }
 
 /// How a node's capacity counts as lost to one expected shape.

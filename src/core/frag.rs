@@ -114,6 +114,8 @@ type Masks = SmallVec<[u64; 16]>;
 /// others, free VRAM on the ones it could take, and how many pods of it those could still hold.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct PerShape {
+    /// Free VRAM under the shape's headroom, on every device.
+    free: u64,
     usable: u32,
     unusable: u64,
     usable_free: u64,
@@ -122,6 +124,13 @@ struct PerShape {
 
 impl PerShape {
     fn of(d: Dev, allowed: bool, shape: &Shape) -> PerShape {
+        // The headroom is kept free on purpose: it is not fragment.
+        let free = if d.free() == 0 {
+            0
+        } else {
+            (d.total * u64::from(100 - shape.headroom_percent.min(100)) / 100)
+                .saturating_sub(d.used)
+        };
         if allowed && d.hosts(shape) {
             let slots = if shape.is_sharing() {
                 let usable =
@@ -131,20 +140,23 @@ impl PerShape {
                 1
             };
             PerShape {
+                free,
                 usable: 1,
                 unusable: 0,
-                usable_free: d.free(),
+                usable_free: free,
                 slots,
             }
         } else {
             PerShape {
-                unusable: d.free(),
+                free,
+                unusable: free,
                 ..PerShape::default()
             }
         }
     }
 
     fn add(&mut self, o: PerShape) {
+        self.free += o.free;
         self.usable += o.usable;
         self.unusable += o.unusable;
         self.usable_free += o.usable_free;
@@ -152,6 +164,7 @@ impl PerShape {
     }
 
     fn sub(&mut self, o: PerShape) {
+        self.free -= o.free;
         self.usable -= o.usable;
         self.unusable -= o.unusable;
         self.usable_free -= o.usable_free;

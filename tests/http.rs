@@ -142,21 +142,22 @@ async fn prioritize_prefers_the_smallest_device_class_and_answers_a_bare_array()
             let score = entry["Score"].as_i64().unwrap();
             assert!((0..=10).contains(&score));
         }
-        // undeclared VRAM, 1 device: fit = 1 - 15360/81920 on the T4, 0 on the A100s;
-        // packing 1/4 everywhere; no model to spread. (6·0.8125 + 3·0.25 + 1 + 0.5)/10.5 → 7.
+        // undeclared VRAM, 1 device: fit = 1 - 15360/81920 on the T4, 0 on the A100s; no model
+        // to spread; the workload model is empty, so `frag` is left out (vramfit-binpack: fit
+        // 0.2, zone 0.1, node 0.05). T4 (0.2·0.8125 + 0.15)/0.35 → 9; A100 0.15/0.35 → 4.
         assert_eq!(
             list[0],
-            json!({"Host": "gpu-node-a100-a", "Score": 2}),
+            json!({"Host": "gpu-node-a100-a", "Score": 4}),
             "{name}"
         );
         assert_eq!(
             list[1],
-            json!({"Host": "gpu-node-a100-b", "Score": 2}),
+            json!({"Host": "gpu-node-a100-b", "Score": 4}),
             "{name}"
         );
         assert_eq!(
             list[2],
-            json!({"Host": "gpu-node-t4-b", "Score": 7}),
+            json!({"Host": "gpu-node-t4-b", "Score": 9}),
             "{name}"
         );
     }

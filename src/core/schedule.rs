@@ -150,7 +150,7 @@ fn rank(
 ) -> (Vec<Scored>, Vec<Fit>) {
     let (_, weights) = config.profile_for(demand.scheduler_name.as_deref());
     let replicas = demand.model.as_deref().and_then(|m| inventory.replicas(m));
-    if weights.frag == 0.0 {
+    if weights.frag == 0.0 || inventory.packing().profile().shapes.is_empty() {
         let fits = candidates.iter().map(|(_, f)| (*f).clone()).collect();
         return (
             score_candidates(candidates, &[], replicas, weights, config.frag_step),

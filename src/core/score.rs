@@ -143,14 +143,21 @@ pub fn score_one(
             _ => 0.5,
         },
     };
+    // Without a fragmentation change (no workload model yet) the term is left out, so the
+    // other terms keep their full range on the wire.
+    let frag_weight = if frag_delta.is_some() {
+        weights.frag
+    } else {
+        0.0
+    };
     let weight_sum =
-        weights.fit + weights.packing + weights.zone_spread + weights.node_spread + weights.frag;
+        weights.fit + weights.packing + weights.zone_spread + weights.node_spread + frag_weight;
     let exact = if weight_sum > 0.0 {
         (weights.fit * terms.fit
             + weights.packing * terms.packing
             + weights.zone_spread * terms.zone_spread
             + weights.node_spread * terms.node_spread
-            + weights.frag * terms.frag)
+            + frag_weight * terms.frag)
             / weight_sum
     } else {
         0.0

@@ -219,6 +219,12 @@ impl DryRun {
                 None
             }
         };
+        // The workload model counts the pod before it is scored (place_where would count it
+        // anyway), so the scores below are the ones the placement sees.
+        self.inventory.configure_workload(&config.workload);
+        if let Ok(d) = &demand {
+            crate::core::schedule::observe(&mut self.inventory, d);
+        }
         // Every feasible node's 0–10 score as kube-scheduler would receive it, to name the
         // nodes tied with the winner.
         let scores: Vec<(String, u8)> = {

@@ -93,8 +93,9 @@ impl Dev {
         if self.holders > 0 || !self.healthy || (!shape.is_sharing() && self.sharers > 0) {
             return false;
         }
-        let usable = self.total * u64::from(100 - shape.headroom_percent.min(100)) / 100;
-        usable >= self.used.saturating_add(shape.vram_mib)
+        let usable =
+            u128::from(self.total) * u128::from(100 - shape.headroom_percent.min(100)) / 100;
+        usable >= u128::from(self.used) + u128::from(shape.vram_mib)
     }
 
     fn place(&mut self, vram_mib: u64, exclusive: bool) {
@@ -115,27 +116,25 @@ type Masks = SmallVec<[u64; 16]>;
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct PerShape {
     /// Free VRAM under the shape's headroom, on every device.
-    free: u64,
+    free: u128,
     usable: u32,
-    unusable: u64,
-    usable_free: u64,
-    slots: u64,
+    unusable: u128,
+    usable_free: u128,
+    slots: u128,
 }
 
 impl PerShape {
     fn of(d: Dev, allowed: bool, shape: &Shape) -> PerShape {
         // The headroom is kept free on purpose: it is not fragment.
+        let cap = u128::from(d.total) * u128::from(100 - shape.headroom_percent.min(100)) / 100;
         let free = if d.free() == 0 {
             0
         } else {
-            (d.total * u64::from(100 - shape.headroom_percent.min(100)) / 100)
-                .saturating_sub(d.used)
+            cap.saturating_sub(u128::from(d.used))
         };
         if allowed && d.hosts(shape) {
             let slots = if shape.is_sharing() {
-                let usable =
-                    d.total * u64::from(100 - shape.headroom_percent.min(100)) / 100 - d.used;
-                usable / shape.vram_mib.max(1)
+                free / u128::from(shape.vram_mib.max(1))
             } else {
                 1
             };
@@ -175,8 +174,8 @@ impl PerShape {
 /// Per shape, over a node's devices.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Aggregate {
-    total_free: u64,
-    stranded: u64,
+    total_free: u128,
+    stranded: u128,
     per_shape: SmallVec<[PerShape; 16]>,
 }
 
@@ -223,8 +222,8 @@ fn masks(node: &NodeInfo, profile: &WorkloadProfile) -> Masks {
 }
 
 fn aggregate(devs: &[Dev], masks: &Masks, profile: &WorkloadProfile) -> Aggregate {
-    let total_free = devs.iter().map(Dev::free).sum();
-    let stranded = devs.iter().map(Dev::stranded).sum();
+    let total_free = devs.iter().map(|d| u128::from(d.free())).sum();
+    let stranded = devs.iter().map(|d| u128::from(d.stranded())).sum();
     let per_shape = profile
         .shapes
         .iter()
@@ -253,8 +252,8 @@ fn update(
     masks: &Masks,
     p: &WorkloadProfile,
 ) {
-    agg.total_free = agg.total_free - before.free() + after.free();
-    agg.stranded = agg.stranded - before.stranded() + after.stranded();
+    agg.total_free = agg.total_free - u128::from(before.free()) + u128::from(after.free());
+    agg.stranded = agg.stranded - u128::from(before.stranded()) + u128::from(after.stranded());
     for ((e, &mask), sum) in p.shapes.iter().zip(masks).zip(&mut agg.per_shape) {
         let allowed = i < 64 && mask >> i & 1 == 1;
         sum.sub(PerShape::of(before, allowed, &e.shape));
@@ -297,15 +296,15 @@ fn frag_of(
                         let by_devices = if shape.is_sharing() {
                             sum.slots
                         } else {
-                            u64::from(sum.usable / need)
+                            u128::from(sum.usable / need)
                         };
-                        let by_host = host.map_or(u64::MAX, |h| {
+                        let by_host = host.map_or(u128::MAX, |h| {
                             let cpu = h.cpu_milli.checked_div(shape.cpu_milli).unwrap_or(u64::MAX);
                             let mem = h
                                 .memory_mib
                                 .checked_div(shape.memory_mib)
                                 .unwrap_or(u64::MAX);
-                            cpu.min(mem)
+                            u128::from(cpu.min(mem))
                         });
                         let pods = by_devices.min(by_host) as f64;
                         let per_pod = if shape.is_sharing() {

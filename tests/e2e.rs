@@ -365,6 +365,24 @@ fn a_real_kube_scheduler_places_pods_through_vramfit() {
             assert!(node_of(&bound["small"]).starts_with("e2e-t4-"));
             assert_no_device_booked_twice(&client).await;
 
+            // `place --kubeconfig --pods` run after the pods exist shows them where they are.
+            let output = Command::new(env!("CARGO_BIN_EXE_vramfit"))
+                .arg("place")
+                .arg("--kubeconfig")
+                .arg(plane.kubeconfig())
+                .arg("--pods")
+                .arg(Path::new(ROOT).join("tests/e2e/scenarios/placement.yaml"))
+                .args(["--output", "json"])
+                .output()
+                .unwrap();
+            let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+                .unwrap_or_else(|e| panic!("place: {e}: {}", String::from_utf8_lossy(&output.stderr)));
+            for placed in report["pods"].as_array().unwrap() {
+                let name = placed["pod"].as_str().unwrap().trim_start_matches("default/");
+                assert_eq!(placed["existing"], json!(true), "{placed}");
+                assert_eq!(placed["node"].as_str(), Some(node_of(&bound[name])), "{placed}");
+            }
+
             // 2. A pod that fits nowhere: the event carries vramfit's reason unmangled.
             create_pods(&client, "too-big.yaml").await;
             let events: Api<Event> = Api::namespaced(client.clone(), NAMESPACE);

@@ -751,3 +751,59 @@ mod dry_run {
         assert!(node.devices.iter().all(|d| d.exclusive_holders == 1));
     }
 }
+
+// ---- item 10: a 503 from /readyz is an answer, not an ERROR line ---------------------------
+
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[test]
+fn readyz_before_ready_logs_no_error() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(captured.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
+    let not_ready = Arc::new(ExtenderState::new(
+        Config::default(),
+        Catalog::default(),
+        Box::new(vramfit::extender::binder::RecordOnly),
+    ));
+    let router = app(not_ready);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tracing::subscriber::with_default(subscriber, || {
+        runtime.block_on(async {
+            for _ in 0..3 {
+                let response = router
+                    .clone()
+                    .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            }
+        })
+    });
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(!log.contains("ERROR"), "{log}");
+}

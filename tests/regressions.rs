@@ -807,3 +807,25 @@ fn readyz_before_ready_logs_no_error() {
     let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(!log.contains("ERROR"), "{log}");
 }
+
+// ---- found by tests/fuzz_http.rs: device sizes near u64::MAX --------------------------------
+
+#[tokio::test]
+async fn a_gpu_memory_label_near_u64_max_is_ignored_not_overflowed() {
+    let app = app(state());
+    let body = json!({"Pod": {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c",
+            "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}},
+        "Nodes": {"items": [{"metadata": {"name": "huge", "labels": {
+            "nvidia.com/gpu.product": "Tesla-T4", "nvidia.com/gpu.memory": u64::MAX.to_string()}},
+            "status": {"allocatable": {"nvidia.com/gpu": "2"}}}]}})
+    .to_string();
+    for verb in ["/filter", "/prioritize"] {
+        let (status, reply) = post(&app, verb, body.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{verb}: {reply}");
+    }
+    let (_, reply) = post(&app, "/filter", body).await;
+    let reason = reply["FailedAndUnresolvableNodes"]["huge"]
+        .as_str()
+        .unwrap();
+    assert!(reason.contains("VRAM unknown"), "{reason}");
+}

@@ -309,8 +309,8 @@ pub fn fit_node(node: &NodeInfo, demand: &PodDemand) -> Result<Fit, Reason> {
         devices: chosen.iter().map(|c| c.1).collect(),
         vram_mib: vram,
         exclusive: !sharing,
-        idle_after_mib: chosen.iter().map(|c| c.0).sum(),
-        chosen_total_mib: chosen.iter().map(|c| c.2).sum(),
+        idle_after_mib: chosen.iter().fold(0u64, |sum, c| sum.saturating_add(c.0)),
+        chosen_total_mib: chosen.iter().fold(0u64, |sum, c| sum.saturating_add(c.2)),
         busy_before,
         newly_busy: chosen.iter().filter(|c| !c.3).count() as u32,
     })

@@ -33,6 +33,10 @@ pub const LABEL_ASCEND_ACCELERATOR: &str = "accelerator";
 /// the node is treated as invalid instead of allocating one entry per claimed device.
 pub const MAX_DEVICES_PER_NODE: u64 = 64;
 
+/// Largest VRAM one device may report (16 TiB, in MiB). Larger values in a label or a report are
+/// ignored as unreadable, so arithmetic on device sizes never overflows.
+pub const MAX_DEVICE_VRAM_MIB: u64 = 16 * 1024 * 1024;
+
 /// Longest label value Kubernetes allows; a longer zone label is ignored.
 pub const MAX_LABEL_VALUE_LEN: usize = 63;
 
@@ -166,7 +170,8 @@ impl Device {
 
     /// VRAM usable by pods when `headroom_percent` must stay free.
     pub fn usable_mib(&self, headroom_percent: u8) -> u64 {
-        self.total_mib * u64::from(100 - headroom_percent.min(100)) / 100
+        let kept = u128::from(100 - headroom_percent.min(100));
+        (u128::from(self.total_mib) * kept / 100) as u64
     }
 
     /// VRAM still available to a new pod under `headroom_percent`.
@@ -371,6 +376,17 @@ fn devices_from_report(
         notes.push(format!("{ANNOTATION_GPU_STATUS} ignored: no devices"));
         return None;
     }
+    if let Some(d) = report
+        .devices
+        .iter()
+        .find(|d| d.total_mib > MAX_DEVICE_VRAM_MIB)
+    {
+        notes.push(format!(
+            "{ANNOTATION_GPU_STATUS} ignored: device {} reports {} MiB, more than {MAX_DEVICE_VRAM_MIB}",
+            d.index, d.total_mib
+        ));
+        return None;
+    }
     if report.devices.len() as u64 > MAX_DEVICES_PER_NODE {
         notes.push(format!(
             "{ANNOTATION_GPU_STATUS} ignored: {} devices, more than {MAX_DEVICES_PER_NODE}",
@@ -420,9 +436,14 @@ fn devices_from_gfd(
     ) else {
         return Ok(None);
     };
-    let Ok(total_mib) = memory.trim().parse::<u64>() else {
+    let Some(total_mib) = memory
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|mib| *mib <= MAX_DEVICE_VRAM_MIB)
+    else {
         notes.push(format!(
-            "{LABEL_GFD_MEMORY}={:?} ignored: not a MiB integer",
+            "{LABEL_GFD_MEMORY}={:?} ignored: not a MiB integer up to {MAX_DEVICE_VRAM_MIB}",
             clip(memory)
         ));
         return Ok(None);
@@ -602,7 +623,8 @@ fn mk_device(
         }),
     };
     Device {
-        total_mib,
+        // Labels and reports are checked against this; a configured size is clamped here.
+        total_mib: total_mib.min(MAX_DEVICE_VRAM_MIB),
         measured_used_mib,
         reserved_mib: 0,
         names,

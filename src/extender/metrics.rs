@@ -197,7 +197,7 @@ fn placeable_mib(device: &DeviceRow, sharing: bool, slot_free: bool, headroom: u
     if !device.healthy || device.exclusive_holders > 0 {
         return 0;
     }
-    let usable = device.total_mib * u64::from(100 - headroom.min(100)) / 100;
+    let usable = (u128::from(device.total_mib) * u128::from(100 - headroom.min(100)) / 100) as u64;
     let free = usable.saturating_sub(device.measured_used_mib.max(device.reserved_mib));
     let idle = device.sharers == 0 && device.reserved_mib == 0;
     if sharing || (idle && slot_free) {
@@ -210,7 +210,9 @@ fn placeable_mib(device: &DeviceRow, sharing: bool, slot_free: bool, headroom: u
 /// Devices held whole by a pod whose need would fit a smaller device class of the same
 /// resource: rows of `input.devices`.
 fn stranded_rows(input: &ScrapeInput, headroom: u8) -> Vec<bool> {
-    let usable = |d: &DeviceRow| d.total_mib * u64::from(100 - headroom.min(100)) / 100;
+    let usable = |d: &DeviceRow| {
+        (u128::from(d.total_mib) * u128::from(100 - headroom.min(100)) / 100) as u64
+    };
     let mut sizes: HashMap<Option<&'static str>, Vec<u64>> = HashMap::new();
     for d in &input.devices {
         sizes

@@ -462,6 +462,37 @@ async fn health_readiness_metrics_and_version() {
 }
 
 #[tokio::test]
+async fn debug_workload_shows_each_asked_about_pod_once() {
+    let app = capture_app();
+    let (status, body) = get(&app, "/debug/workload").await;
+    assert_eq!(status, StatusCode::OK);
+    let before: Value = serde_json::from_str(&body).unwrap();
+    let observed = before["observed"].as_u64().expect("observed count");
+    let request = pod_request(
+        json!({"vramfit.io/vram": "6Gi"}),
+        "1",
+        json!(["gpu-node-t4-b"]),
+    );
+    // kube-scheduler retries a pending pod: it is counted once.
+    for _ in 0..3 {
+        assert_eq!(
+            post(&app, "/scheduler/filter", request.clone()).await.0,
+            StatusCode::OK
+        );
+    }
+    let (_, body) = get(&app, "/debug/workload").await;
+    let after: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(after["observed"].as_u64(), Some(observed + 1), "{after}");
+    let shapes = after["live"].as_array().expect("live shapes");
+    assert!(
+        shapes
+            .iter()
+            .any(|s| s["vramMib"] == json!(6144) && s["devices"] == json!(1)),
+        "{after}"
+    );
+}
+
+#[tokio::test]
 async fn inventory_gauges_and_bind_conflicts_are_exported() {
     let app = capture_app();
     post(

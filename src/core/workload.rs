@@ -323,6 +323,11 @@ impl WorkloadModel {
         self.maybe_publish()
     }
 
+    /// Whether the pod `id` was counted already (empty ids never are).
+    pub fn has_seen(&self, id: &str) -> bool {
+        !id.is_empty() && self.recent.contains(id)
+    }
+
     /// Counts one pod, once per `id` among the last few thousand ids (empty ids always count).
     /// Returns whether the published profile changed.
     pub fn observe(&mut self, id: &str, shape: Shape) -> bool {

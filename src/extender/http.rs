@@ -110,6 +110,7 @@ fn ops_routes() -> Router<App> {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/version", get(version))
+        .route("/debug/workload", get(workload))
 }
 
 /// The operations router alone (`/healthz`, `/readyz`, `/metrics`, `/version`; no extender
@@ -437,6 +438,13 @@ async fn metrics(State(app): State<App>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// `GET /debug/workload`: the workload model the fragmentation term measures against (its
+/// parameters, every kept shape with its share, and the published profile), read-only.
+async fn workload(State(app): State<App>) -> Response {
+    let report = app.cluster.read().packing().model().report();
+    Json(report).into_response()
 }
 
 async fn version() -> Response {

@@ -255,10 +255,13 @@ impl ExtenderState {
     /// Remembers a pod's demand for the bind that may follow.
     pub fn remember(&self, id: &str, demand: Demand) {
         if let Ok(d) = &demand {
-            // The workload model counts each pod once, by UID (core::workload).
-            let mut inventory = self.write();
-            inventory.configure_workload(&self.config.workload);
-            crate::core::schedule::observe(&mut inventory, d);
+            // The workload model counts each pod once, by UID (core::workload): a pod
+            // kube-scheduler asks about again costs a read lock, not the write lock.
+            if !self.read().packing().model().has_seen(&d.id) {
+                let mut inventory = self.write();
+                inventory.configure_workload(&self.config.workload);
+                crate::core::schedule::observe(&mut inventory, d);
+            }
         }
         self.demands.insert(id, demand);
     }

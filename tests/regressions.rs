@@ -91,35 +91,32 @@ fn gpu_pod(devices: &str, annotations: &[(&str, &str)]) -> PodFacts {
 // ---- item 1: one label kills the server -------------------------------------------------
 
 #[tokio::test]
-async fn a_node_claiming_four_billion_devices_is_rejected_with_a_reason_not_allocated() {
+async fn a_node_claiming_four_billion_devices_is_a_bad_request_not_an_allocation() {
     let cluster = state();
     let app = app(cluster.clone());
-    // The reproducer of the review, verbatim.
+    // The reproducer of the review, verbatim: 400 naming the node and the limit.
     let body = r#"{"Pod":{"metadata":{"name":"p"}},"Nodes":{"items":[{"metadata":{"name":"evil","labels":{"nvidia.com/gpu.product":"Tesla-T4","nvidia.com/gpu.memory":"15360"}},"status":{"allocatable":{"nvidia.com/gpu":"4294967295"}}}]}}"#;
     let (status, reply) = post(&app, "/filter", body.into()).await;
-    // The pod asks for no accelerator, so the node passes; the point is that it is read at all.
-    assert_eq!(status, StatusCode::OK, "{reply}");
-    assert!(cluster
-        .read()
-        .node("evil")
-        .is_none_or(|n| n.devices.is_empty()));
-    // A GPU pod gets the node rejected with a reason.
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{reply}");
+    assert_eq!(
+        reply["error"],
+        "invalid Node \"evil\" in Nodes.items: allocatable nvidia.com/gpu claims 4294967295 devices, more than 64"
+    );
+    assert!(cluster.read().node("evil").is_none());
+    // A GPU pod gets the same answer, and the server keeps serving.
     let gpu = body.replace(
         r#""metadata":{"name":"p"}}"#,
         r#""metadata":{"name":"p"},"spec":{"containers":[{"name":"c","resources":{"limits":{"nvidia.com/gpu":"1"}}}]}}"#,
     );
-    let (status, reply) = post(&app, "/filter", gpu).await;
+    let (status, _) = post(&app, "/filter", gpu).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, reply) = post(
+        &app,
+        "/filter",
+        r#"{"Pod":{"metadata":{"name":"p"}},"NodeNames":[]}"#.into(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{reply}");
-    let reason = reply["FailedAndUnresolvableNodes"]["evil"]
-        .as_str()
-        .unwrap();
-    assert!(
-        reason.contains("claims 4294967295 devices, more than 64"),
-        "{reason}"
-    );
-    // Still serving.
-    let (status, _) = post(&app, "/filter", body.into()).await;
-    assert_eq!(status, StatusCode::OK);
 }
 
 #[test]

@@ -22,6 +22,7 @@ use super::wire::{
     ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult, HostPriority,
     Name, NodeListOut, PairMap, RawNodeList,
 };
+use crate::core::node::{NodeProblem, MAX_DEVICES_PER_NODE};
 use crate::core::{build_node, pod_demand, NodeInfo};
 use crate::extender::binder::BindTarget;
 use crate::extender::listener::{self, Drain, Limits};
@@ -195,7 +196,17 @@ fn candidates<'a>(
     for raw in &list.items {
         let node: Node = serde_json::from_str(raw.get())
             .map_err(|e| bad_request(format!("invalid Node in Nodes.items: {e}")))?;
-        parsed.push(build_node(&node.facts(), &app.cluster.config, now));
+        let info = build_node(&node.facts(), &app.cluster.config, now);
+        // A Node object in the request that claims more devices than a node can have is a
+        // malformed request: answered 400 naming the node, nothing kept. (A watched Node, or
+        // one named in NodeNames, is rejected per pod with the same text instead.)
+        if let Some(NodeProblem::TooManyDevices { count, source }) = &info.problem {
+            return Err(bad_request(format!(
+                "invalid Node {:?} in Nodes.items: {source} claims {count} devices, more than {MAX_DEVICES_PER_NODE}",
+                info.name
+            )));
+        }
+        parsed.push(info);
     }
     // The Node objects kube-scheduler sends are the freshest view: keep them, so a later bind
     // (which carries only the node's name) re-checks against the same capacity. What a request

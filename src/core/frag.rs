@@ -93,8 +93,7 @@ impl Dev {
         if self.holders > 0 || !self.healthy || (!shape.is_sharing() && self.sharers > 0) {
             return false;
         }
-        let usable =
-            u128::from(self.total) * u128::from(100 - shape.headroom_percent.min(100)) / 100;
+        let usable = u128::from(below_headroom(self.total, shape.headroom_percent));
         usable >= u128::from(self.used) + u128::from(shape.vram_mib)
     }
 
@@ -106,6 +105,13 @@ impl Dev {
         }
         self.used = self.used.saturating_add(vram_mib);
     }
+}
+
+/// `total × (100 − headroom) / 100`, rounded down, exactly and without a 128-bit division (this
+/// runs for every device and shape of every candidate node).
+fn below_headroom(total: u64, headroom_percent: u8) -> u64 {
+    let keep = u64::from(100 - headroom_percent.min(100));
+    (total / 100) * keep + (total % 100) * keep / 100
 }
 
 /// Which devices each profile shape may use on one node (bit i: device at position i).
@@ -126,18 +132,19 @@ struct PerShape {
 impl PerShape {
     fn of(d: Dev, allowed: bool, shape: &Shape) -> PerShape {
         // The headroom is kept free on purpose: it is not fragment.
-        let cap = u128::from(d.total) * u128::from(100 - shape.headroom_percent.min(100)) / 100;
+        let cap = below_headroom(d.total, shape.headroom_percent);
         let free = if d.free() == 0 {
             0
         } else {
-            cap.saturating_sub(u128::from(d.used))
+            cap.saturating_sub(d.used)
         };
         if allowed && d.hosts(shape) {
             let slots = if shape.is_sharing() {
-                free / u128::from(shape.vram_mib.max(1))
+                u128::from(free / shape.vram_mib.max(1))
             } else {
                 1
             };
+            let free = u128::from(free);
             PerShape {
                 free,
                 usable: 1,
@@ -147,8 +154,8 @@ impl PerShape {
             }
         } else {
             PerShape {
-                free,
-                unusable: free,
+                free: u128::from(free),
+                unusable: u128::from(free),
                 ..PerShape::default()
             }
         }
@@ -559,6 +566,20 @@ impl Packing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn below_headroom_is_exact_for_every_size() {
+        for total in [0, 1, 99, 100, 101, 15_360, 81_920, u64::MAX / 3, u64::MAX] {
+            for headroom in [0u8, 1, 10, 15, 50, 99, 100, 200] {
+                let exact = u128::from(total) * u128::from(100 - headroom.min(100)) / 100;
+                assert_eq!(
+                    u128::from(below_headroom(total, headroom)),
+                    exact,
+                    "{total} {headroom}"
+                );
+            }
+        }
+    }
     use crate::core::node::{CapacitySource, Devices, RESOURCE_NVIDIA_GPU};
     use crate::core::workload::Expected;
 

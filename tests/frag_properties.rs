@@ -381,6 +381,20 @@ fn bad_batch_counts_are_ignored() {
     assert_bounded(&model, 1);
 }
 
+/// Huge finite batch counts count as `MAX_BATCH_COUNT` observations: no overflow, finite shares.
+#[test]
+fn huge_batch_counts_are_capped_not_overflowed() {
+    let mut model = WorkloadModel::default();
+    for count in [1e19, 1e300, f64::MAX, 5.0] {
+        model.add_batch(Shape::new(1000, 1, None, &[], 0, 0, 0), count);
+        model.add_batch(Shape::new(2000, 0, None, &[], 0, 0, 0), count);
+    }
+    assert!(model.publish());
+    assert_bounded(&model, 2);
+    let report = model.report();
+    assert_eq!(report.observed, 2 * (3 * 1_000_000_000_000 + 5));
+}
+
 /// GPU nodes short of cpu (two GPUs, 24 cores) beside cpu-only nodes (64 cores), and a mix of
 /// cpu-only pods (16 cores) and one-GPU pods (12 cores). Best-fit sends a cpu-only pod to the
 /// tightest node, a GPU node, whose 8 cores left then strand both GPUs for every later GPU pod;

@@ -24,6 +24,9 @@ use super::demand::{PodDemand, MAX_DEVICES, MAX_VRAM_MIB};
 
 /// Most shapes a model may be configured to keep.
 pub const MAX_SHAPES_LIMIT: usize = 256;
+/// The most observations one [`WorkloadModel::add_batch`] call counts (10¹²).
+pub const MAX_BATCH_COUNT: f64 = 1e12;
+
 /// Total-variation distance between the live and the published distribution above which a new
 /// profile is published.
 pub const REPUBLISH_DISTANCE: f64 = 0.02;
@@ -349,25 +352,27 @@ impl WorkloadModel {
 
     /// Adds `count` observations of `shape` at once (seeding from a trace or a pods file) without
     /// decay between them. Call [`WorkloadModel::publish`] after a batch.
+    /// Counts above [`MAX_BATCH_COUNT`] count as that many, so weights stay finite.
     pub fn add_batch(&mut self, shape: Shape, count: f64) {
         if count.is_finite() && count > 0.0 {
-            self.add(shape, count);
+            self.add(shape, count.min(MAX_BATCH_COUNT));
         }
     }
 
     fn add(&mut self, shape: Shape, count: f64) {
-        self.observed += count.round().max(1.0) as u64;
+        let whole = count.round().max(1.0) as u64;
+        self.observed = self.observed.saturating_add(whole);
         let amount = self.increment * count;
         match self.entries.iter_mut().find(|e| e.shape == shape) {
             Some(entry) => {
                 entry.weight += amount;
-                entry.seen += count.round().max(1.0) as u64;
+                entry.seen = entry.seen.saturating_add(whole);
             }
             None => {
                 let entry = Entry {
                     shape,
                     weight: amount,
-                    seen: count.round().max(1.0) as u64,
+                    seen: whole,
                 };
                 if self.entries.len() < self.params.max_shapes.max(1) {
                     self.entries.push(entry);

@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::catalog::Catalog;
 use super::config::{Config, MAX_HEADROOM_PERCENT};
 use super::facts::{ContainerResources, PodFacts};
-use super::node::device_resource;
+use super::node::{clip, device_resource};
 use super::quantity::{parse_count, parse_mib};
 
 /// Annotation: VRAM per device, a Kubernetes quantity.
@@ -317,19 +317,6 @@ fn normalize_products<'a>(entries: impl Iterator<Item = &'a str>) -> Result<Vec<
         items.push(entry.to_string());
     }
     Ok(items)
-}
-
-/// A value quoted in an error, cut to a readable length.
-fn clip(value: &str) -> String {
-    const KEEP: usize = 80;
-    if value.len() <= KEEP {
-        return value.to_string();
-    }
-    let mut end = KEEP;
-    while !value.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &value[..end])
 }
 
 fn parse_percent(raw: &str) -> Option<u8> {

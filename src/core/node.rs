@@ -543,8 +543,8 @@ pub fn sanitize_product(raw: &str) -> String {
     name
 }
 
-/// A label or annotation value quoted in a note, cut to a readable length.
-fn clip(value: &str) -> String {
+/// A label, annotation or pod value quoted in a note or an error, cut to a readable length.
+pub(crate) fn clip(value: &str) -> String {
     const KEEP: usize = 80;
     if value.len() <= KEEP {
         return value.to_string();

@@ -72,26 +72,25 @@ enum Command {
     Replay(ReplayArgs),
 }
 
-/// `vramfit serve`.
+/// Where the cluster comes from: a snapshot file or the live API.
 #[derive(Args)]
-struct ServeArgs {
-    /// Serve from this snapshot (Nodes and Pods, YAML or JSON) instead of the live cluster;
-    /// binds are then recorded in memory only.
+struct ClusterSource {
+    /// Cluster snapshot (Nodes and Pods, YAML or JSON, e.g. `kubectl get nodes,pods -A -o yaml`)
+    /// instead of the live cluster (`serve` then records binds in memory only).
     #[arg(long)]
     snapshot: Option<PathBuf>,
-    /// Kubeconfig for live mode (default: in-cluster service account, KUBECONFIG, ~/.kube/config).
+    /// Kubeconfig for the live cluster (default: in-cluster service account, KUBECONFIG,
+    /// ~/.kube/config).
     #[arg(long, conflicts_with = "snapshot")]
     kubeconfig: Option<PathBuf>,
-    /// Kubeconfig context for live mode.
+    /// Kubeconfig context for the live cluster.
     #[arg(long, conflicts_with = "snapshot")]
     context: Option<String>,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8888")]
-    listen: SocketAddr,
-    /// Also serve only /metrics, /healthz, /readyz and /version here (overrides
-    /// server.metricsListen), e.g. 0.0.0.0:9090 for Prometheus and kubelet probes.
-    #[arg(long)]
-    metrics_listen: Option<SocketAddr>,
+}
+
+/// The placement policy's files.
+#[derive(Args)]
+struct PolicyFiles {
     /// Config file (placement and server sections).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -100,30 +99,45 @@ struct ServeArgs {
     catalog: Option<PathBuf>,
 }
 
+impl PolicyFiles {
+    /// The settings (`--config`) and the model catalog (`--catalog`), defaults where unset.
+    fn load(&self) -> anyhow::Result<(Settings, vramfit::core::Catalog)> {
+        Ok((
+            Settings::load(self.config.as_deref())?,
+            load_catalog(self.catalog.as_deref())?,
+        ))
+    }
+}
+
+/// `vramfit serve`.
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    source: ClusterSource,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8888")]
+    listen: SocketAddr,
+    /// Also serve only /metrics, /healthz, /readyz and /version here (overrides
+    /// server.metricsListen), e.g. 0.0.0.0:9090 for Prometheus and kubelet probes.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    files: PolicyFiles,
+}
+
 /// `vramfit place`.
 #[derive(Args)]
 struct PlaceArgs {
-    /// Cluster snapshot (e.g. `kubectl get nodes,pods -A -o yaml`); without it the live
-    /// cluster is read (list only, never written).
-    #[arg(long)]
-    snapshot: Option<PathBuf>,
-    /// Kubeconfig for the live cluster (default: KUBECONFIG, ~/.kube/config, or in-cluster).
-    #[arg(long, conflicts_with = "snapshot")]
-    kubeconfig: Option<PathBuf>,
-    /// Kubeconfig context for the live cluster.
-    #[arg(long, conflicts_with = "snapshot")]
-    context: Option<String>,
+    // Without --snapshot the live cluster is read (list only, never written).
+    #[command(flatten)]
+    source: ClusterSource,
     /// Pods to place, in order.
     #[arg(long)]
     pods: PathBuf,
     #[arg(long, value_enum, default_value = "table")]
     output: Output,
-    /// Config file (placement and server sections).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Model catalog file.
-    #[arg(long)]
-    catalog: Option<PathBuf>,
+    #[command(flatten)]
+    files: PolicyFiles,
     /// Draw every node and device before and after as an SVG picture.
     #[arg(long)]
     svg: Option<PathBuf>,
@@ -341,16 +355,17 @@ async fn kube_client(
 
 fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let ServeArgs {
+        source,
+        listen,
+        metrics_listen,
+        files,
+    } = args;
+    let (settings, catalog) = files.load()?;
+    let ClusterSource {
         snapshot,
         kubeconfig,
         context,
-        listen,
-        metrics_listen,
-        config,
-        catalog,
-    } = args;
-    let settings = Settings::load(config.as_deref())?;
-    let catalog = load_catalog(catalog.as_deref())?;
+    } = source;
     let runtime = async_runtime()?;
     runtime.block_on(async {
         let state = match &snapshot {
@@ -542,14 +557,13 @@ async fn report_allocations(
 }
 
 fn run_place(args: PlaceArgs) -> anyhow::Result<ExitCode> {
-    let settings = Settings::load(args.config.as_deref())?;
-    let catalog = load_catalog(args.catalog.as_deref())?;
-    let mut cluster = match &args.snapshot {
+    let (settings, catalog) = args.files.load()?;
+    let mut cluster = match &args.source.snapshot {
         Some(path) => load_file(path)?,
         None => {
             let runtime = async_runtime()?;
             runtime.block_on(async {
-                let client = kube_client(&args.kubeconfig, &args.context).await?;
+                let client = kube_client(&args.source.kubeconfig, &args.source.context).await?;
                 vramfit::kubernetes::client::read_cluster(client).await
             })?
         }

@@ -147,9 +147,9 @@ struct PlaceArgs {
     add_nodes: Vec<String>,
 }
 
-/// `vramfit agent`.
+/// The node a node-side command runs for, and how it reaches the API server.
 #[derive(Args)]
-struct AgentArgs {
+struct NodeAccess {
     /// This node's name (from the downward API in the DaemonSet).
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
@@ -159,6 +159,13 @@ struct AgentArgs {
     /// Kubeconfig context.
     #[arg(long)]
     context: Option<String>,
+}
+
+/// `vramfit agent`.
+#[derive(Args)]
+struct AgentArgs {
+    #[command(flatten)]
+    node: NodeAccess,
     /// Seconds between device reads.
     #[arg(long, default_value_t = 5)]
     poll_seconds: u64,
@@ -175,15 +182,8 @@ struct AgentArgs {
 /// `vramfit device-plugin`.
 #[derive(Args)]
 struct DevicePluginArgs {
-    /// This node's name (from the downward API in the DaemonSet).
-    #[arg(long, env = "NODE_NAME")]
-    node_name: String,
-    /// Kubeconfig (default: in-cluster service account, KUBECONFIG, ~/.kube/config).
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
-    /// Kubeconfig context.
-    #[arg(long)]
-    context: Option<String>,
+    #[command(flatten)]
+    node: NodeAccess,
     /// How the VRAM limit is enforced: CUDA MPS, HAMi-core, or none (placement only).
     #[arg(
         long,
@@ -399,9 +399,12 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let AgentArgs {
-        node_name,
-        kubeconfig,
-        context,
+        node:
+            NodeAccess {
+                node_name,
+                kubeconfig,
+                context,
+            },
         poll_seconds,
         heartbeat_seconds,
         pod_resources_socket,
@@ -479,12 +482,12 @@ fn run_device_plugin(args: DevicePluginArgs) -> anyhow::Result<ExitCode> {
             "npu-smi" => Vendor::Ascend,
             _ => Vendor::Nvidia { cdi: args.cdi },
         };
-        let client = kube_client(&args.kubeconfig, &args.context).await?;
+        let client = kube_client(&args.node.kubeconfig, &args.node.context).await?;
         if !args.ignore_sharing_label {
             let recheck = std::time::Duration::from_secs(60);
             let labelled = vramfit::agent::node_pods::wait_for_sharing_label(
                 client.clone(),
-                &args.node_name,
+                &args.node.node_name,
                 recheck,
                 shutdown.clone(),
             );
@@ -509,7 +512,7 @@ fn run_device_plugin(args: DevicePluginArgs) -> anyhow::Result<ExitCode> {
         if !args.no_allocation_report {
             tokio::spawn(report_allocations(
                 client.clone(),
-                args.node_name.clone(),
+                args.node.node_name.clone(),
                 reader.clone(),
                 pod_resources.clone(),
                 poll,
@@ -526,11 +529,11 @@ fn run_device_plugin(args: DevicePluginArgs) -> anyhow::Result<ExitCode> {
                 backend,
             },
             readings,
-            std::sync::Arc::new(vramfit::agent::node_pods::KubeNodePods::new(client, &args.node_name)),
+            std::sync::Arc::new(vramfit::agent::node_pods::KubeNodePods::new(client, &args.node.node_name)),
             pod_resources,
             settings.handout_ttl,
         );
-        tracing::info!(runtime = reader.runtime(), node = %args.node_name, "device plugin starting");
+        tracing::info!(runtime = reader.runtime(), node = %args.node.node_name, "device plugin starting");
         let stats = plugin.run(&settings, shutdown).await?;
         tracing::info!(?stats, allocations = plugin.allocations(), "stopped");
         Ok(ExitCode::SUCCESS)

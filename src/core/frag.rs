@@ -49,6 +49,10 @@ impl Host {
     }
 }
 
+/// Device sizes beyond this (4 PiB in MiB) count as this much, so sums over a node's devices
+/// (at most 64) stay far inside `u64`.
+const MAX_DEVICE_MIB: u64 = 1 << 32;
+
 /// The occupancy of one device that fragmentation depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Dev {
@@ -62,8 +66,8 @@ struct Dev {
 impl Dev {
     fn of(d: &Device) -> Dev {
         Dev {
-            total: d.total_mib,
-            used: d.used_mib(),
+            total: d.total_mib.min(MAX_DEVICE_MIB),
+            used: d.used_mib().min(MAX_DEVICE_MIB),
             holders: d.exclusive_holders,
             sharers: d.sharers,
             healthy: d.healthy,
@@ -122,11 +126,11 @@ type Masks = SmallVec<[u64; 16]>;
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct PerShape {
     /// Free VRAM under the shape's headroom, on every device.
-    free: u128,
+    free: u64,
     usable: u32,
-    unusable: u128,
-    usable_free: u128,
-    slots: u128,
+    unusable: u64,
+    usable_free: u64,
+    slots: u64,
 }
 
 impl PerShape {
@@ -140,11 +144,10 @@ impl PerShape {
         };
         if allowed && d.hosts(shape) {
             let slots = if shape.is_sharing() {
-                u128::from(free / shape.vram_mib.max(1))
+                free / shape.vram_mib.max(1)
             } else {
                 1
             };
-            let free = u128::from(free);
             PerShape {
                 free,
                 usable: 1,
@@ -154,8 +157,8 @@ impl PerShape {
             }
         } else {
             PerShape {
-                free: u128::from(free),
-                unusable: u128::from(free),
+                free,
+                unusable: free,
                 ..PerShape::default()
             }
         }
@@ -181,8 +184,8 @@ impl PerShape {
 /// Per shape, over a node's devices.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Aggregate {
-    total_free: u128,
-    stranded: u128,
+    total_free: u64,
+    stranded: u64,
     per_shape: SmallVec<[PerShape; 16]>,
 }
 
@@ -229,8 +232,8 @@ fn masks(node: &NodeInfo, profile: &WorkloadProfile) -> Masks {
 }
 
 fn aggregate(devs: &[Dev], masks: &Masks, profile: &WorkloadProfile) -> Aggregate {
-    let total_free = devs.iter().map(|d| u128::from(d.free())).sum();
-    let stranded = devs.iter().map(|d| u128::from(d.stranded())).sum();
+    let total_free = devs.iter().map(|d| d.free()).sum();
+    let stranded = devs.iter().map(|d| d.stranded()).sum();
     let per_shape = profile
         .shapes
         .iter()
@@ -259,8 +262,8 @@ fn update(
     masks: &Masks,
     p: &WorkloadProfile,
 ) {
-    agg.total_free = agg.total_free - u128::from(before.free()) + u128::from(after.free());
-    agg.stranded = agg.stranded - u128::from(before.stranded()) + u128::from(after.stranded());
+    agg.total_free = agg.total_free - before.free() + after.free();
+    agg.stranded = agg.stranded - before.stranded() + after.stranded();
     for ((e, &mask), sum) in p.shapes.iter().zip(masks).zip(&mut agg.per_shape) {
         let allowed = i < 64 && mask >> i & 1 == 1;
         sum.sub(PerShape::of(before, allowed, &e.shape));
@@ -303,15 +306,15 @@ fn frag_of(
                         let by_devices = if shape.is_sharing() {
                             sum.slots
                         } else {
-                            u128::from(sum.usable / need)
+                            u64::from(sum.usable / need)
                         };
-                        let by_host = host.map_or(u128::MAX, |h| {
+                        let by_host = host.map_or(u64::MAX, |h| {
                             let cpu = h.cpu_milli.checked_div(shape.cpu_milli).unwrap_or(u64::MAX);
                             let mem = h
                                 .memory_mib
                                 .checked_div(shape.memory_mib)
                                 .unwrap_or(u64::MAX);
-                            u128::from(cpu.min(mem))
+                            cpu.min(mem)
                         });
                         let pods = by_devices.min(by_host) as f64;
                         let per_pod = if shape.is_sharing() {
@@ -566,6 +569,12 @@ impl Packing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_shape_entry_is_40_bytes() {
+        // Cached for every node × published shape (up to 20,000 remembered nodes × 256 shapes).
+        assert_eq!(std::mem::size_of::<PerShape>(), 40);
+    }
 
     #[test]
     fn below_headroom_is_exact_for_every_size() {

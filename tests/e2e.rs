@@ -11,8 +11,9 @@
 //! kube-scheduler; etcd from PATH or there). Without them the test prints one `skipped: …` line
 //! and passes. How to build them offline: docs/operations.md, "End-to-end test".
 
+mod common;
+use common::free_port;
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -56,14 +57,6 @@ fn missing_tools(bin: &Path) -> Vec<String> {
         }
     }
     missing
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The control plane, stopped (with every process registered under its state) when dropped.

@@ -178,7 +178,7 @@ proptest! {
         let packing = published(&[], measure);
         prop_assert!(packing.profile().shapes.is_empty());
         prop_assert_eq!(node_frag(&n, packing.profile(), host, measure), 0.0);
-        let demand = sharing_demand(vram);
+        let demand = demand(vram, 0);
         if let Ok(fit) = fit_node(&n, &demand) {
             let a = assess(&n, &fit, &demand, Host::default(), &packing, None);
             prop_assert_eq!(a.delta, 0.0);
@@ -197,7 +197,7 @@ proptest! {
     ) {
         let n = node(&devs);
         let packing = published(&shapes, measure);
-        let demand = if whole == 0 { sharing_demand(vram) } else { whole_demand(vram, whole) };
+        let demand = demand(vram, whole);
         let Ok(fit) = fit_node(&n, &demand) else { return Ok(()) };
         let a = assess(&n, &fit, &demand, Host::default(), &packing, None);
         let mut after = devs.clone();
@@ -215,26 +215,17 @@ proptest! {
     }
 }
 
-fn sharing_demand(vram_mib: u64) -> PodDemand {
+/// A pod needing `vram_mib` per device: on `devices` whole devices, or sharing one when 0.
+fn demand(vram_mib: u64, devices: u32) -> PodDemand {
+    let (name, resource) = if devices == 0 {
+        ("share", None)
+    } else {
+        ("whole", Some(RESOURCE_NVIDIA_GPU))
+    };
     PodDemand {
-        key: "ns/share".into(),
-        id: "share".into(),
-        resource: None,
-        devices: 0,
-        vram_mib,
-        vram_source: VramSource::Annotation,
-        products: Vec::new(),
-        headroom_percent: 0,
-        model: None,
-        scheduler_name: None,
-    }
-}
-
-fn whole_demand(vram_mib: u64, devices: u32) -> PodDemand {
-    PodDemand {
-        key: "ns/whole".into(),
-        id: "whole".into(),
-        resource: Some(RESOURCE_NVIDIA_GPU),
+        key: format!("ns/{name}"),
+        id: name.into(),
+        resource,
         devices,
         vram_mib,
         vram_source: VramSource::Annotation,

@@ -21,3 +21,12 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
     panic!("never happened: {what}");
 }
+
+/// A loopback port free at the time of asking (for servers the test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -16,9 +16,9 @@ use vramfit::extender::settings::{load_catalog, Settings};
 use vramfit::extender::state::ExtenderState;
 
 use crate::base::*;
-use crate::common;
 use crate::common::api::FakeApi;
 use crate::common::objects::node_json;
+use crate::common::{self, free_port};
 use crate::rbac::{effective_grants, Grant};
 use vramfit::extender::probe::ProbeError;
 
@@ -298,14 +298,6 @@ async fn probes_hit_served_routes_on_the_metrics_port() {
             k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(10259)
         );
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Runs the container's command line (paths and ports moved to this machine; a kubeconfig for a

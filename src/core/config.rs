@@ -28,6 +28,12 @@ pub struct Weights {
     /// least (see `core::frag`).
     #[serde(default)]
     pub frag: f64,
+    /// Most a model's replica count may differ between the candidate zones (kube-scheduler's
+    /// `maxSkew` for zones): a node whose zone would hold more than the emptiest candidate zone
+    /// plus this, after the pod lands, scores below every node whose zone keeps within it.
+    /// `None` (omitted): no limit, only the `zoneSpread` term.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_zone_skew: Option<u32>,
 }
 
 impl Weights {
@@ -85,6 +91,7 @@ impl Default for Config {
                 zone_spread: 4.0,
                 node_spread: 3.0,
                 frag: 4.0,
+                max_zone_skew: Some(SPREAD_MAX_ZONE_SKEW),
             },
         );
         Config {
@@ -108,6 +115,8 @@ pub enum ConfigError {
     Headroom(u8),
     #[error("profile {0:?}: weights must be finite, non-negative, and not all zero")]
     Weights(String),
+    #[error("profile {0:?}: maxZoneSkew must be at least 1")]
+    MaxZoneSkew(String),
     #[error("defaultProfile {0:?} is not among the profiles")]
     DefaultProfile(String),
     #[error("defaultDeviceVramMib must be positive")]
@@ -126,7 +135,14 @@ const FALLBACK_WEIGHTS: Weights = Weights {
     zone_spread: 0.1,
     node_spread: 0.05,
     frag: 10.0,
+    max_zone_skew: Some(BINPACK_MAX_ZONE_SKEW),
 };
+
+/// `maxZoneSkew` of the built-in `vramfit-spread` profile: replicas as even as the zones allow.
+pub const SPREAD_MAX_ZONE_SKEW: u32 = 1;
+/// `maxZoneSkew` of the built-in `vramfit-binpack` profile: kube-scheduler's own default for
+/// zones, so packing never puts most replicas of a model in one zone.
+pub const BINPACK_MAX_ZONE_SKEW: u32 = 5;
 
 /// Largest headroom a config or pod may ask for.
 pub const MAX_HEADROOM_PERCENT: u8 = 90;
@@ -140,6 +156,9 @@ impl Config {
         for (name, weights) in &self.profiles {
             if !weights.is_valid() {
                 return Err(ConfigError::Weights(name.clone()));
+            }
+            if weights.max_zone_skew == Some(0) {
+                return Err(ConfigError::MaxZoneSkew(name.clone()));
             }
         }
         if !self.profiles.contains_key(&self.default_profile) {
@@ -239,5 +258,32 @@ mod tests {
         config.default_profile = PROFILE_BINPACK.into();
         config.profiles.get_mut(PROFILE_BINPACK).unwrap().fit = f64::NAN;
         assert!(config.validate().is_err());
+        config.profiles.get_mut(PROFILE_BINPACK).unwrap().fit = 1.0;
+        config
+            .profiles
+            .get_mut(PROFILE_BINPACK)
+            .unwrap()
+            .max_zone_skew = Some(0);
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::MaxZoneSkew(PROFILE_BINPACK.into()))
+        );
+    }
+
+    #[test]
+    fn max_zone_skew_is_optional_per_profile() {
+        let weights: Weights = serde_json::from_str(r#"{"fit": 1}"#).unwrap();
+        assert_eq!(weights.max_zone_skew, None);
+        let weights: Weights = serde_json::from_str(r#"{"fit": 1, "maxZoneSkew": 2}"#).unwrap();
+        assert_eq!(weights.max_zone_skew, Some(2));
+        let config = Config::default();
+        assert_eq!(
+            config.profile_for(Some(PROFILE_SPREAD)).1.max_zone_skew,
+            Some(1)
+        );
+        assert_eq!(
+            config.profile_for(Some(PROFILE_BINPACK)).1.max_zone_skew,
+            Some(5)
+        );
     }
 }

@@ -15,6 +15,12 @@
 //!   nothing else could use, towards 0 when it breaks capacity the workload needs.
 //!
 //! score = round(10 × Σ wᵢ·termᵢ / Σ wᵢ).
+//!
+//! A profile's `maxZoneSkew` then acts like kube-scheduler's `maxSkew` for zones, among the
+//! candidates: a node whose zone would hold more of the model's replicas than the emptiest
+//! candidate zone plus `maxZoneSkew` once the pod lands *breaks* the skew. When some candidate
+//! keeps it, every breaking candidate scores below every keeping one, on the exact value and on
+//! the 0–10 wire ([`limit_zone_skew`]); when none keeps it (or none breaks it) scores are as above.
 
 use serde::Serialize;
 
@@ -73,7 +79,7 @@ pub fn score_candidates(
         .map(|(n, _)| zone_count(n))
         .max()
         .unwrap_or(0);
-    candidates
+    let mut scored: Vec<Scored> = candidates
         .iter()
         .enumerate()
         .map(|(i, (node, fit))| {
@@ -90,7 +96,67 @@ pub fn score_candidates(
             };
             score_one(node, fit, frag_deltas.get(i).copied(), &context, weights)
         })
+        .collect();
+    if let (Some(max_skew), Some(replicas)) = (weights.max_zone_skew, replicas) {
+        let zones: Vec<Option<&str>> = candidates.iter().map(|(n, _)| n.zone.as_deref()).collect();
+        let keeps = keeps_zone_skew(
+            &zones,
+            |zone| replicas.by_zone.get(zone).copied().unwrap_or(0),
+            max_skew,
+        );
+        limit_zone_skew(&mut scored, &keeps);
+    }
+    scored
+}
+
+/// For each candidate (by its zone; `count` gives a zone's replicas of the model): whether the model's replicas stay within `max_skew` of the
+/// emptiest candidate zone once one more lands in that zone, i.e. `count(zone) + 1 − min ≤
+/// max_skew` with `min` the fewest replicas in any candidate zone. Zones with no candidate node
+/// (full, or excluded by kube-scheduler's filters) are not counted: no placement can fill them.
+/// A candidate without a zone always keeps the skew.
+pub fn keeps_zone_skew(
+    zones: &[Option<&str>],
+    count: impl Fn(&str) -> u32,
+    max_skew: u32,
+) -> Vec<bool> {
+    let count = |zone: &str| u64::from(count(zone));
+    let Some(min) = zones.iter().flatten().map(|z| count(z)).min() else {
+        return vec![true; zones.len()];
+    };
+    zones
+        .iter()
+        .map(|zone| zone.is_none_or(|z| count(z) + 1 - min <= u64::from(max_skew)))
         .collect()
+}
+
+/// Puts every candidate that breaks the zone skew (`keeps[i] == false`) below every candidate
+/// that keeps it, when there are both: a breaker's exact score is scaled into
+/// `[0, min(k, (w − 0.5) / 10))`, where k and w are the lowest exact and wire scores among the
+/// keepers, so its wire score is below w too; order among breakers is kept. Should a keeper's
+/// wire score be 0, keepers below 0.05 are lifted to 0.05 (wire 1) so the breakers' 0 is below.
+pub fn limit_zone_skew(scored: &mut [Scored], keeps: &[bool]) {
+    let kept = |i: &usize| keeps.get(*i).copied().unwrap_or(true);
+    let (keepers, breakers): (Vec<usize>, Vec<usize>) = (0..scored.len()).partition(kept);
+    if keepers.is_empty() || breakers.is_empty() {
+        return;
+    }
+    for &i in &keepers {
+        if scored[i].score == 0 {
+            scored[i].exact = scored[i].exact.max(0.05);
+            scored[i].score = 1;
+        }
+    }
+    let lowest_exact = keepers
+        .iter()
+        .map(|&i| scored[i].exact)
+        .fold(f64::INFINITY, f64::min);
+    let lowest_wire = keepers.iter().map(|&i| scored[i].score).min().unwrap_or(1);
+    let cap = lowest_exact.min((f64::from(lowest_wire) - 0.5) / 10.0) * 0.999;
+    for &i in &breakers {
+        let exact = scored[i].exact * cap;
+        scored[i].exact = exact;
+        scored[i].score = (exact * 10.0).round() as u8;
+    }
 }
 
 /// What a node's score depends on beyond the node and its fit: the candidates' reference size
@@ -179,4 +245,157 @@ fn packing_after(node: &NodeInfo, fit: &Fit) -> f64 {
         return 0.0;
     }
     f64::from(fit.busy_before + fit.newly_busy) / node.devices.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::core::config::{Config, PROFILE_BINPACK, PROFILE_SPREAD};
+    use crate::core::node::{CapacitySource, Device, DeviceNames, Vendor, RESOURCE_NVIDIA_GPU};
+
+    fn node(name: &str, zone: &str, mib: u64) -> NodeInfo {
+        let names = Arc::new(DeviceNames {
+            uuid: None,
+            product: "GPU".into(),
+            class: "GPU".into(),
+        });
+        NodeInfo {
+            name: name.into(),
+            zone: Some(zone.into()),
+            resource: Some(RESOURCE_NVIDIA_GPU),
+            vendor: Some(Vendor::Nvidia),
+            allocatable_devices: 1,
+            devices: std::iter::once(Device {
+                total_mib: mib,
+                measured_used_mib: 0,
+                reserved_mib: 0,
+                names,
+                index: 0,
+                exclusive_holders: 0,
+                sharers: 0,
+                healthy: true,
+            })
+            .collect(),
+            sharing: false,
+            source: CapacitySource::Report,
+            problem: None,
+            notes: Vec::new(),
+        }
+    }
+
+    fn fit(total: u64, need: u64) -> Fit {
+        Fit {
+            devices: std::iter::once(0).collect(),
+            vram_mib: need,
+            exclusive: true,
+            idle_after_mib: total - need,
+            chosen_total_mib: total,
+            busy_before: 0,
+            newly_busy: 1,
+        }
+    }
+
+    fn replicas(zones: &[(&str, u32)]) -> ModelReplicas {
+        ModelReplicas {
+            by_node: Default::default(),
+            by_zone: zones.iter().map(|(z, n)| (z.to_string(), *n)).collect(),
+        }
+    }
+
+    #[test]
+    fn keeps_zone_skew_counts_against_the_emptiest_candidate_zone() {
+        let r = replicas(&[("a", 4), ("b", 3), ("c", 0)]);
+        let counts = |z: &str| r.by_zone.get(z).copied().unwrap_or(0);
+        let zones = [Some("a"), Some("b"), Some("c"), None];
+        assert_eq!(
+            keeps_zone_skew(&zones, counts, 1),
+            [false, false, true, true]
+        );
+        assert_eq!(
+            keeps_zone_skew(&zones, counts, 4),
+            [false, true, true, true]
+        );
+        // Zone c has no candidate (full): only a and b count, so b keeps a skew of 1.
+        assert_eq!(
+            keeps_zone_skew(&[Some("a"), Some("b")], counts, 1),
+            [false, true]
+        );
+        assert_eq!(keeps_zone_skew(&[None, None], counts, 1), [true, true]);
+        assert!(keeps_zone_skew(&[], counts, 1).is_empty());
+    }
+
+    #[test]
+    fn breakers_score_below_every_keeper_on_the_wire_and_exactly() {
+        let scored = |exact: f64| Scored {
+            exact,
+            score: (exact * 10.0).round() as u8,
+            terms: Terms::default(),
+        };
+        let mut all = vec![scored(0.31), scored(0.95), scored(0.62), scored(0.99)];
+        limit_zone_skew(&mut all, &[true, false, true, false]);
+        assert_eq!((all[0].score, all[2].score), (3, 6), "keepers unchanged");
+        assert!(all[1].exact < all[3].exact, "order among breakers kept");
+        assert!(all[3].exact < 0.31 && all[3].score < 3);
+        // A keeper at wire 0 is lifted so that the breakers' 0 stays below it.
+        let mut low = vec![scored(0.01), scored(1.0)];
+        limit_zone_skew(&mut low, &[true, false]);
+        assert_eq!((low[0].score, low[1].score), (1, 0));
+        assert!(low[1].exact < low[0].exact);
+        // Only keepers, or only breakers: nothing changes.
+        let mut same = vec![scored(0.2), scored(0.7)];
+        limit_zone_skew(&mut same, &[false, false]);
+        assert_eq!(same, vec![scored(0.2), scored(0.7)]);
+    }
+
+    #[test]
+    fn spread_profile_keeps_replicas_within_one_of_the_emptiest_zone() {
+        // Zone a already holds 2 replicas, b holds 1: the A100 in a (fresh node) would win on
+        // zone-blind terms against nothing, but breaks the skew; b's T4 keeps it.
+        let config = Config::default();
+        let (_, weights) = config.profile_for(Some(PROFILE_SPREAD));
+        let a = node("t4-a", "a", 15360);
+        let b = node("a100-b", "b", 81920);
+        let (fa, fb) = (fit(15360, 12288), fit(81920, 12288));
+        let candidates = [(&a, &fa), (&b, &fb)];
+        let r = replicas(&[("a", 2), ("b", 1)]);
+        let scores = score_candidates(&candidates, &[], Some(&r), weights, 0.04);
+        assert!(scores[1].exact > scores[0].exact);
+        assert!(scores[1].score > scores[0].score);
+        // Balanced zones: the T4 (best fit) wins, and nothing is capped.
+        let even = replicas(&[("a", 1), ("b", 1)]);
+        let scores = score_candidates(&candidates, &[], Some(&even), weights, 0.04);
+        assert!(scores[0].exact > scores[1].exact);
+        let plain = score_candidates(
+            &candidates,
+            &[],
+            Some(&even),
+            &Weights {
+                max_zone_skew: None,
+                ..weights.clone()
+            },
+            0.04,
+        );
+        assert_eq!(scores, plain);
+    }
+
+    #[test]
+    fn binpack_profile_allows_a_skew_of_five() {
+        let config = Config::default();
+        let (_, weights) = config.profile_for(Some(PROFILE_BINPACK));
+        let a = node("a100-a", "a", 81920);
+        let b = node("a100-b", "b", 81920);
+        let (fa, fb) = (fit(81920, 40960), fit(81920, 40960));
+        let candidates = [(&a, &fa), (&b, &fb)];
+        // Frag deltas favour zone a strongly.
+        let deltas = [-40960.0, 40960.0];
+        let within = replicas(&[("a", 4), ("b", 0)]);
+        let scores = score_candidates(&candidates, &deltas, Some(&within), weights, 0.04);
+        assert!(scores[0].exact > scores[1].exact, "a skew of 5 is allowed");
+        let beyond = replicas(&[("a", 5), ("b", 0)]);
+        let scores = score_candidates(&candidates, &deltas, Some(&beyond), weights, 0.04);
+        assert!(scores[1].exact > scores[0].exact, "a skew of 6 is not");
+        assert!(scores[1].score > scores[0].score);
+    }
 }

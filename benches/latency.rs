@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vramfit::core::{filter, pod_demand, prioritize, Catalog, Config};
+use vramfit::core::{pod_demand, Catalog, Config};
 
 fn percentiles(mut samples: Vec<Duration>) -> String {
     samples.sort();
@@ -23,25 +23,37 @@ fn percentiles(mut samples: Vec<Duration>) -> String {
     )
 }
 
-fn core_latency(nodes: usize, iterations: usize) -> String {
+/// Which pods the core is timed with.
+#[derive(Clone, Copy)]
+enum Case {
+    /// The next replica of a shape asked about before, one node changed since (a bind).
+    Replica,
+    /// A shape never asked about before: every node is judged afresh.
+    NewShape,
+}
+
+fn core_latency(nodes: usize, iterations: usize, case: Case) -> String {
     let config = Config::default();
-    let inventory = common::cluster(nodes, 7);
-    let demand = pod_demand(&common::pod(), &config, &Catalog::default());
+    let mut inventory = common::cluster(nodes, 7);
     let names: Vec<String> = (0..nodes).map(common::node_name).collect();
+    let total = iterations + iterations / 10;
+    let demands: Vec<_> = (0..total)
+        .map(|i| {
+            let pod = match case {
+                Case::Replica => common::pod(),
+                Case::NewShape => common::pod_of(20_480 + 1 + i as u64),
+            };
+            pod_demand(&pod, &config, &Catalog::default())
+        })
+        .collect();
     let mut samples = Vec::with_capacity(iterations);
-    for i in 0..iterations + iterations / 10 {
+    for (i, demand) in demands.iter().enumerate() {
+        // Between two pods a bind changes one node; outside the timed part.
+        common::touch(&mut inventory, &names, i);
         let started = Instant::now();
-        let outcome = filter(
-            names.iter().map(|n| (n.as_str(), inventory.node(n))),
-            &demand,
-        );
-        let scores = prioritize(
-            outcome.feasible.iter().map(|n| (*n, inventory.node(n))),
-            &demand,
-            &inventory,
-            &config,
-        );
-        std::hint::black_box((outcome, scores));
+        std::hint::black_box(common::filter_then_prioritize(
+            &inventory, &names, demand, &config,
+        ));
         if i >= iterations / 10 {
             samples.push(started.elapsed());
         }
@@ -92,12 +104,29 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    for nodes in [500usize, 5_000, 15_000] {
-        println!(
-            "core  filter+prioritize {nodes:>6} nodes x 8 devices: {}",
-            core_latency(nodes, iterations)
-        );
-        let http = http_latency(&runtime, nodes, iterations);
-        println!("http  filter+prioritize {nodes:>6} nodes x 8 devices: {http}");
+    // `LATENCY_NODES=5000` and `LATENCY_CASES=replica,new-shape,http` narrow the run.
+    let sizes: Vec<usize> = std::env::var("LATENCY_NODES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![500, 5_000, 15_000]);
+    let cases = std::env::var("LATENCY_CASES").unwrap_or_else(|_| "replica,new-shape,http".into());
+    let wanted = |case: &str| cases.split(',').any(|c| c.trim() == case);
+    for nodes in sizes {
+        if wanted("replica") {
+            println!(
+                "core  replica    {nodes:>6} nodes x 8 devices: {}",
+                core_latency(nodes, iterations, Case::Replica)
+            );
+        }
+        if wanted("new-shape") {
+            println!(
+                "core  new shape  {nodes:>6} nodes x 8 devices: {}",
+                core_latency(nodes, iterations, Case::NewShape)
+            );
+        }
+        if wanted("http") {
+            let http = http_latency(&runtime, nodes, iterations);
+            println!("http  replica    {nodes:>6} nodes x 8 devices: {http}");
+        }
     }
 }

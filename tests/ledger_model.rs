@@ -601,7 +601,7 @@ fn check_agreement(
     node: &str,
     now: Instant,
 ) -> Result<(), TestCaseError> {
-    let outcome = filter([(node, inventory.node(node))], demand);
+    let outcome = filter([(node, inventory.node(node))], demand, inventory);
     let mut after = inventory.clone();
     let reserved = after.reserve(demand, node, now);
     match (&reserved, outcome.feasible.is_empty()) {

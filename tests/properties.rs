@@ -203,7 +203,7 @@ proptest! {
         let demand = pod_demand(&pod_facts(0, &pod), &config, &Catalog::default());
         let mut names: Vec<String> = inv.nodes().map(|n| n.name.clone()).collect();
         names.extend((0..extra_unknown).map(|i| format!("ghost-{i}")));
-        let outcome = vramfit::core::filter(names.iter().map(|n| (n.as_str(), inv.node(n))), &demand);
+        let outcome = vramfit::core::filter(names.iter().map(|n| (n.as_str(), inv.node(n))), &demand, &inv);
         let rejected: std::collections::BTreeSet<&str> = outcome.rejected.iter().map(|r| r.node).collect();
         prop_assert_eq!(outcome.feasible.len() + outcome.rejected.len(), names.len());
         prop_assert_eq!(outcome.failed().count() + outcome.unresolvable().count(), outcome.rejected.len());

@@ -96,6 +96,45 @@ pub fn pod() -> PodFacts {
     }
 }
 
+/// [`pod`] asking for `vram_mib` instead: a shape the memo has not seen yet.
+pub fn pod_of(vram_mib: u64) -> PodFacts {
+    let mut pod = pod();
+    pod.annotations
+        .insert("vramfit.io/vram".into(), format!("{vram_mib}Mi"));
+    pod
+}
+
+/// One pod's filter over `names`, then prioritize over the survivors, in the core.
+pub fn filter_then_prioritize(
+    inventory: &Inventory,
+    names: &[String],
+    demand: &vramfit::core::Demand,
+    config: &Config,
+) -> usize {
+    let outcome = vramfit::core::filter(
+        names.iter().map(|n| (n.as_str(), inventory.node(n))),
+        demand,
+        inventory,
+    );
+    let scores = vramfit::core::prioritize(
+        outcome.feasible.iter().map(|n| (*n, inventory.node(n))),
+        demand,
+        inventory,
+        config,
+    );
+    std::hint::black_box(&outcome);
+    scores.len()
+}
+
+/// What a bind does to the state between two pods: one node changes (here: re-recorded as it
+/// is, which renews it as a real change would).
+pub fn touch(inventory: &mut Inventory, names: &[String], round: usize) {
+    let name = &names[round * 7919 % names.len()];
+    if let Some(node) = inventory.node(name).cloned() {
+        inventory.upsert_node(node);
+    }
+}
+
 /// The same pod as an `ExtenderArgs` body in NodeNames mode.
 pub fn extender_args(nodes: usize) -> Value {
     let names: Vec<String> = (0..nodes).map(node_name).collect();

@@ -488,6 +488,10 @@ pub struct Packing {
     model: WorkloadModel,
     hosts: FxHashMap<String, Host>,
     slots: Vec<NodeFrag>,
+    /// Per slot, the node's generation: renewed whenever its cached state is recomputed, never
+    /// reused (see [`super::memo`]).
+    generations: Vec<u64>,
+    next_generation: u64,
     measure: FragMeasure,
 }
 
@@ -514,6 +518,17 @@ impl Packing {
             .filter(|c| c.version == self.model.profile().version)
     }
 
+    /// The generation of the node in `slot`: it changes whenever anything its verdict or
+    /// fragmentation depends on changes.
+    pub fn generation(&self, slot: usize) -> Option<u64> {
+        self.generations.get(slot).copied()
+    }
+
+    fn renew(&mut self) -> u64 {
+        self.next_generation += 1;
+        self.next_generation
+    }
+
     /// Recomputes the node in `slot` (appending when `slot` is new).
     pub fn node_changed(&mut self, slot: usize, node: &NodeInfo) {
         let state = NodeFrag::compute(
@@ -522,9 +537,14 @@ impl Packing {
             self.host(&node.name),
             self.measure,
         );
+        let generation = self.renew();
         match self.slots.get_mut(slot) {
             Some(s) => *s = state,
             None => self.slots.push(state),
+        }
+        match self.generations.get_mut(slot) {
+            Some(g) => *g = generation,
+            None => self.generations.push(generation),
         }
     }
 
@@ -532,6 +552,9 @@ impl Packing {
     pub fn node_removed(&mut self, slot: usize, name: &str) {
         if slot < self.slots.len() {
             self.slots.swap_remove(slot);
+        }
+        if slot < self.generations.len() {
+            self.generations.swap_remove(slot);
         }
         self.hosts.remove(name);
     }
@@ -543,6 +566,7 @@ impl Packing {
             .iter()
             .map(|n| NodeFrag::compute(n, &profile, self.host(&n.name), self.measure))
             .collect();
+        self.generations = (0..nodes.len()).map(|_| self.renew()).collect();
     }
 
     /// Records a node's free host resources (`None` forgets them).

@@ -11,6 +11,7 @@ use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
 
 use super::frag::{Host, NodeFrag, Packing};
+use super::memo::Memo;
 use super::node::NodeInfo;
 use super::workload::{Shape, WorkloadParams};
 
@@ -80,6 +81,8 @@ pub struct Inventory {
     models: HashMap<String, ModelReplicas>,
     /// The workload model and each node's cached fragmentation, slot for slot with `nodes`.
     packing: Packing,
+    /// Verdicts and fragmentation changes of recent pod shapes, per node slot.
+    memo: Memo,
 }
 
 impl Inventory {
@@ -113,6 +116,7 @@ impl Inventory {
         let slot = self.index.remove(name.as_bytes())? as usize;
         let removed = self.nodes.swap_remove(slot);
         self.packing.node_removed(slot, name);
+        self.memo.truncate(self.nodes.len());
         if let Some(moved) = self.nodes.get(slot) {
             self.index
                 .insert(NameKey::from_slice(moved.name.as_bytes()), slot as u32);
@@ -145,13 +149,26 @@ impl Inventory {
         &self.packing
     }
 
-    /// The cached fragmentation of `node` when it is this inventory's own (not a copy).
-    pub fn frag_state(&self, node: &NodeInfo) -> Option<&NodeFrag> {
+    /// The slot of `node` when it is this inventory's own (a reference into it, not a copy).
+    pub fn own_slot(&self, node: &NodeInfo) -> Option<usize> {
         let base = self.nodes.as_ptr() as usize;
         let offset = (node as *const NodeInfo as usize).checked_sub(base)?;
         let slot = offset / std::mem::size_of::<NodeInfo>().max(1);
-        let own = self.nodes.get(slot).is_some_and(|n| std::ptr::eq(n, node));
-        own.then(|| self.packing.cached(slot)).flatten()
+        self.nodes
+            .get(slot)
+            .is_some_and(|n| std::ptr::eq(n, node))
+            .then_some(slot)
+    }
+
+    /// The cached fragmentation of `node` when it is this inventory's own (not a copy).
+    pub fn frag_state(&self, node: &NodeInfo) -> Option<&NodeFrag> {
+        self.own_slot(node)
+            .and_then(|slot| self.packing.cached(slot))
+    }
+
+    /// The memo of verdicts and fragmentation changes per pod shape.
+    pub fn memo(&self) -> &Memo {
+        &self.memo
     }
 
     /// Counts a pod in the workload model (once per id); refreshes every node's fragmentation

@@ -13,6 +13,7 @@ pub mod filter;
 pub mod frag;
 pub mod inventory;
 pub mod ledger;
+pub mod memo;
 pub mod node;
 pub mod quantity;
 pub mod reconcile;

@@ -8,8 +8,9 @@ use serde::Serialize;
 use super::config::Config;
 use super::demand::{DemandError, PodDemand};
 use super::filter::{fit_node, Fit, Reason};
-use super::frag::{assess, Assessment, Host};
+use super::frag::{assess, Host};
 use super::inventory::{DeviceShare, Inventory, Placement};
+use super::memo::{Judged, ShapeKey, ShapeMemo};
 use super::node::NodeInfo;
 use super::score::{score_candidates, Scored};
 use super::workload::Shape;
@@ -70,15 +71,114 @@ impl<'a> FilterOutcome<'a> {
 /// How many distinct reasons a filter call compares against before writing a reason anew.
 const DISTINCT_REASONS_SCANNED: usize = 32;
 
+/// Judges nodes for one demand, through the inventory's [memo](super::memo) for the nodes that
+/// are the inventory's own (nodes built elsewhere are judged afresh). The shape's memo goes back
+/// to the inventory when the judge is dropped.
+pub struct Judge<'a> {
+    inventory: &'a Inventory,
+    demand: &'a Demand,
+    memo: Option<ShapeMemo>,
+}
+
+impl<'a> Judge<'a> {
+    /// A judge of `demand` against `inventory`'s nodes.
+    pub fn new(inventory: &'a Inventory, demand: &'a Demand) -> Judge<'a> {
+        let memo = match demand {
+            Ok(d) if !d.is_accelerator_free() => Some(inventory.memo().take(&ShapeKey::of(d))),
+            _ => None,
+        };
+        Judge {
+            inventory,
+            demand,
+            memo,
+        }
+    }
+
+    /// The node's slot and generation, when it is the inventory's own and memoised.
+    fn stamp(&self, node: &NodeInfo) -> Option<(usize, u64)> {
+        self.memo.as_ref()?;
+        let slot = self.inventory.own_slot(node)?;
+        Some((slot, self.inventory.packing().generation(slot)?))
+    }
+
+    /// [`verdict`], memoised.
+    pub fn verdict(&mut self, node: Option<&NodeInfo>) -> Result<Fit, Reason> {
+        let Some((node, (slot, generation))) = node.and_then(|n| Some((n, self.stamp(n)?))) else {
+            return verdict(node, self.demand);
+        };
+        let memo = self.memo.as_mut().expect("stamped nodes have a memo");
+        if let Some(judged) = memo.get(slot, generation) {
+            return judged.verdict.clone();
+        }
+        let fresh = verdict(Some(node), self.demand);
+        memo.put(
+            slot,
+            Judged {
+                generation,
+                verdict: fresh.clone(),
+                assessed: None,
+            },
+        );
+        fresh
+    }
+
+    /// [`assess`] of a feasible node, memoised: the fragmentation change and the fit it chose.
+    fn assess(&mut self, node: &NodeInfo, fit: &Fit, pod: &PodDemand) -> (f64, Fit) {
+        let stamp = self.stamp(node);
+        if let Some((slot, generation)) = stamp {
+            let memo = self.memo.as_ref().expect("stamped nodes have a memo");
+            if let Some((delta, fit)) = memo.get(slot, generation).and_then(|j| j.assessed.as_ref())
+            {
+                return (*delta, fit.clone());
+            }
+        }
+        let inventory = self.inventory;
+        let a = assess(
+            node,
+            fit,
+            pod,
+            Host::default(),
+            inventory.packing(),
+            inventory.frag_state(node),
+        );
+        if let Some((slot, generation)) = stamp {
+            let memo = self.memo.as_mut().expect("stamped nodes have a memo");
+            let judged = match memo.get_mut(slot, generation) {
+                Some(judged) => judged,
+                None => memo.put(
+                    slot,
+                    Judged {
+                        generation,
+                        verdict: Ok(fit.clone()),
+                        assessed: None,
+                    },
+                ),
+            };
+            judged.assessed = Some((a.delta, a.fit.clone()));
+        }
+        (a.delta, a.fit)
+    }
+}
+
+impl Drop for Judge<'_> {
+    fn drop(&mut self) {
+        if let Some(memo) = self.memo.take() {
+            self.inventory.memo().put_back(memo);
+        }
+    }
+}
+
 /// Filters `nodes` (name, node if known). Every rejected node gets exactly one reason.
 pub fn filter<'a>(
     nodes: impl IntoIterator<Item = (&'a str, Option<&'a NodeInfo>)>,
     demand: &Demand,
+    inventory: &Inventory,
 ) -> FilterOutcome<'a> {
+    let mut judge = Judge::new(inventory, demand);
     let mut out = FilterOutcome::default();
     let mut distinct: Vec<Reason> = Vec::new();
     for (name, node) in nodes {
-        let reason = match verdict(node, demand) {
+        let reason = match judge.verdict(node) {
             Ok(_) => {
                 out.feasible.push(name);
                 continue;
@@ -113,23 +213,24 @@ pub fn prioritize<'a>(
     inventory: &Inventory,
     config: &Config,
 ) -> Vec<(&'a str, u8)> {
+    let mut judge = Judge::new(inventory, demand);
     let verdicts: Vec<(&str, Option<(&NodeInfo, Fit)>)> = nodes
         .into_iter()
         .map(|(name, node)| {
             (
                 name,
-                node.and_then(|n| verdict(Some(n), demand).ok().map(|f| (n, f))),
+                node.and_then(|n| judge.verdict(Some(n)).ok().map(|f| (n, f))),
             )
         })
         .collect();
-    let Ok(demand) = demand else {
+    let Ok(pod) = demand else {
         return verdicts.iter().map(|(n, _)| (*n, 0)).collect();
     };
     let candidates: Vec<(&NodeInfo, &Fit)> = verdicts
         .iter()
         .filter_map(|(_, fit)| fit.as_ref().map(|(n, f)| (*n, f)))
         .collect();
-    let mut scores = rank(&candidates, demand, inventory, config).0.into_iter();
+    let mut scores = rank(&mut judge, &candidates, pod, config).0.into_iter();
     verdicts
         .iter()
         .map(|(name, fit)| {
@@ -143,11 +244,12 @@ pub fn prioritize<'a>(
 }
 
 fn rank(
+    judge: &mut Judge,
     candidates: &[(&NodeInfo, &Fit)],
     demand: &PodDemand,
-    inventory: &Inventory,
     config: &Config,
 ) -> (Vec<Scored>, Vec<Fit>) {
+    let inventory = judge.inventory;
     let (_, weights) = config.profile_for(demand.scheduler_name.as_deref());
     let replicas = demand.model.as_deref().and_then(|m| inventory.replicas(m));
     if weights.frag == 0.0 || inventory.packing().profile().shapes.is_empty() {
@@ -157,21 +259,10 @@ fn rank(
             fits,
         );
     }
-    let assessed: Vec<Assessment> = candidates
+    let (deltas, fits): (Vec<f64>, Vec<Fit>) = candidates
         .iter()
-        .map(|(node, fit)| {
-            assess(
-                node,
-                fit,
-                demand,
-                Host::default(),
-                inventory.packing(),
-                inventory.frag_state(node),
-            )
-        })
-        .collect();
-    let deltas: Vec<f64> = assessed.iter().map(|a| a.delta).collect();
-    let fits: Vec<Fit> = assessed.into_iter().map(|a| a.fit).collect();
+        .map(|(node, fit)| judge.assess(node, fit, demand))
+        .unzip();
     let chosen: Vec<(&NodeInfo, &Fit)> = candidates
         .iter()
         .zip(&fits)
@@ -240,9 +331,11 @@ pub fn place_where(
         profile: profile.to_string(),
         reasons: BTreeMap::new(),
     };
+    let inventory_view: &Inventory = inventory;
+    let mut judge = Judge::new(inventory_view, demand);
     let mut fits: Vec<(&NodeInfo, Fit)> = Vec::new();
-    for node in inventory.nodes().filter(|n| eligible(n)) {
-        match verdict(Some(node), demand) {
+    for node in inventory_view.nodes().filter(|n| eligible(n)) {
+        match judge.verdict(Some(node)) {
             Ok(fit) => fits.push((node, fit)),
             Err(reason) => {
                 decision.reasons.insert(node.name.clone(), reason);
@@ -253,7 +346,8 @@ pub fn place_where(
         return decision;
     };
     let candidates: Vec<(&NodeInfo, &Fit)> = fits.iter().map(|(n, f)| (*n, f)).collect();
-    let (scores, chosen) = rank(&candidates, pod, inventory, config);
+    let (scores, chosen) = rank(&mut judge, &candidates, pod, config);
+    drop(judge);
     // Highest score wins; ties go to the node whose name sorts first, so results are deterministic.
     let best = scores
         .iter()

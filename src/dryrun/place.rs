@@ -237,6 +237,7 @@ impl DryRun {
             let feasible = filter(
                 eligible.iter().map(|n| (*n, self.inventory.node(n))),
                 &demand,
+                &self.inventory,
             )
             .feasible;
             prioritize(

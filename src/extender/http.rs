@@ -268,10 +268,13 @@ fn filter_inner(app: &App, body: &[u8]) -> Result<(&'static str, Vec<u8>), BadRe
         Candidates::Names(names) => crate::core::filter(
             names.iter().map(|n| (n.as_ref(), inventory.node(n))),
             &demand,
+            &inventory,
         ),
-        Candidates::Objects(nodes) => {
-            crate::core::filter(nodes.iter().map(|(n, i)| (n.as_str(), Some(i))), &demand)
-        }
+        Candidates::Objects(nodes) => crate::core::filter(
+            nodes.iter().map(|(n, i)| (n.as_str(), Some(i))),
+            &demand,
+            &inventory,
+        ),
     };
     let mut codes: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
     for rejected in &outcome.rejected {

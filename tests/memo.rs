@@ -1,0 +1,215 @@
+//! The judgement memo (`core::memo`) never changes an answer: after any sequence of changes to
+//! an inventory (placements, releases, node capacity, host resources, the workload profile,
+//! nodes removed and added), filter and prioritize through the memo answer exactly what a fresh
+//! copy of the inventory (whose memo is empty) answers.
+
+mod common;
+
+use std::time::SystemTime;
+
+use proptest::prelude::*;
+
+use common::facts::{mk_a100, mk_gpu_node, mk_pod, mk_t4, sharing};
+use vramfit::core::frag::Host;
+use vramfit::core::memo::MEMO_SHAPES;
+use vramfit::core::{
+    build_node, filter, place, pod_demand, prioritize, Catalog, Config, Demand, Inventory,
+    NodeFacts,
+};
+
+const NODES: [&str; 6] = ["a100-x", "a100-y", "t4-x", "t4-y", "l4-x", "shared"];
+
+fn facts(name: &str, variant: u8) -> NodeFacts {
+    let zone = if variant.is_multiple_of(2) {
+        "z1"
+    } else {
+        "z2"
+    };
+    match name {
+        "a100-x" | "a100-y" => mk_a100(name, zone, 4 + u32::from(variant % 5)),
+        "t4-x" | "t4-y" => mk_t4(name, zone),
+        "l4-x" => mk_gpu_node(name, zone, "NVIDIA-L4", 23034, 2 + u32::from(variant % 3)),
+        _ => sharing(mk_a100(name, zone, 2)),
+    }
+}
+
+/// Pods of a few shapes (more than the memo keeps, so shapes also fall out of it).
+fn demand(shape: u8, id: u32) -> Demand {
+    let name = format!("p{id}");
+    let pod = match shape % 10 {
+        0 => mk_pod(&name).gpus(1).vram("12Gi"),
+        1 => mk_pod(&name).gpus(1).vram("40Gi"),
+        2 => mk_pod(&name).gpus(2).vram("30Gi"),
+        3 => mk_pod(&name).gpus(1),
+        4 => mk_pod(&name).vram("6Gi"),
+        5 => mk_pod(&name).vram("20Gi"),
+        6 => mk_pod(&name)
+            .gpus(1)
+            .vram("8Gi")
+            .annotation("vramfit.io/products", "Tesla-T4"),
+        7 => mk_pod(&name).gpus(1).vram("8Gi").model("m7"),
+        8 => mk_pod(&name)
+            .gpus(1)
+            .vram("16Gi")
+            .annotation("vramfit.io/headroom", "0"),
+        _ => mk_pod(&name).gpus(4).vram("70Gi"),
+    };
+    let pod = pod.scheduler(if id.is_multiple_of(2) {
+        "vramfit-binpack"
+    } else {
+        "vramfit-spread"
+    });
+    pod_demand(&pod.build(), &Config::default(), &Catalog::default())
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Asks filter + prioritize about a pod of this shape (the memo fills).
+    Ask(u8),
+    /// Places and commits a pod of this shape on the best node.
+    Place(u8),
+    /// Releases the n-th placed pod.
+    Release(usize),
+    /// Re-reads a node with other capacity.
+    Reshape(usize, u8),
+    /// Gives a node host resources (or forgets them).
+    Host(usize, Option<(u64, u64)>),
+    /// Counts many pods of a shape in the workload model (the profile moves).
+    Observe(u8, u8),
+    /// Removes a node, then (true) adds it back.
+    Remove(usize, bool),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => any::<u8>().prop_map(Op::Ask),
+        3 => any::<u8>().prop_map(Op::Place),
+        2 => any::<usize>().prop_map(Op::Release),
+        1 => (0..NODES.len(), any::<u8>()).prop_map(|(n, v)| Op::Reshape(n, v)),
+        1 => (0..NODES.len(), proptest::option::of((0u64..64_000, 0u64..512_000)))
+            .prop_map(|(n, h)| Op::Host(n, h)),
+        1 => (any::<u8>(), 1u8..40).prop_map(|(s, c)| Op::Observe(s, c)),
+        1 => (0..NODES.len(), any::<bool>()).prop_map(|(n, back)| Op::Remove(n, back)),
+    ]
+}
+
+/// What a pod's filter and prioritize answer, comparable across inventories.
+fn answer(inventory: &Inventory, demand: &Demand, config: &Config) -> String {
+    let names: Vec<&str> = NODES.to_vec();
+    let outcome = filter(
+        names.iter().map(|n| (*n, inventory.node(n))),
+        demand,
+        inventory,
+    );
+    let scores = prioritize(
+        outcome.feasible.iter().map(|n| (*n, inventory.node(n))),
+        demand,
+        inventory,
+        config,
+    );
+    format!("{outcome:?} {scores:?}")
+}
+
+fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let config = Config::default();
+    let mut inventory = Inventory::new();
+    for name in NODES {
+        inventory.upsert_node(build_node(&facts(name, 0), &config, SystemTime::now()));
+    }
+    let mut placed: Vec<String> = Vec::new();
+    for (step, op) in ops.into_iter().enumerate() {
+        let id = step as u32;
+        match op {
+            Op::Ask(shape) => {
+                let demand = demand(shape, id);
+                let memoised = answer(&inventory, &demand, &config);
+                let fresh = answer(&inventory.clone(), &demand, &config);
+                prop_assert_eq!(&memoised, &fresh, "step {} shape {}", step, shape);
+                // Asked twice without a change, the memo answers alone: still the same.
+                prop_assert_eq!(answer(&inventory, &demand, &config), fresh);
+            }
+            Op::Place(shape) => {
+                let demand = demand(shape, id);
+                let decision = place(&mut inventory, &demand, &config);
+                // The next replica sees the placement, through the memo as afresh.
+                let next = self::demand(shape, id + 1_000_000);
+                prop_assert_eq!(
+                    answer(&inventory, &next, &config),
+                    answer(&inventory.clone(), &next, &config)
+                );
+                if let (Some(_), Ok(d)) = (&decision.node, &demand) {
+                    placed.push(d.id.clone());
+                }
+            }
+            Op::Release(n) => {
+                if !placed.is_empty() {
+                    let id = placed.remove(n % placed.len());
+                    inventory.remove(&id);
+                }
+            }
+            Op::Reshape(n, variant) => {
+                let node = build_node(&facts(NODES[n], variant), &config, SystemTime::now());
+                inventory.upsert_node(node);
+            }
+            Op::Host(n, host) => {
+                inventory.set_host(
+                    NODES[n],
+                    host.map(|(cpu_milli, memory_mib)| Host {
+                        cpu_milli,
+                        memory_mib,
+                    }),
+                );
+            }
+            Op::Observe(shape, count) => {
+                if let Ok(d) = demand(shape, id) {
+                    if let Some(s) = vramfit::core::workload::Shape::of(&d, 0, 0) {
+                        inventory.observe_batch([(s, f64::from(count))]);
+                    }
+                }
+            }
+            Op::Remove(n, back) => {
+                inventory.remove_node(NODES[n]);
+                if back {
+                    let node = build_node(&facts(NODES[n], 1), &config, SystemTime::now());
+                    inventory.upsert_node(node);
+                }
+            }
+        }
+        prop_assert!(inventory.memo().len() <= MEMO_SHAPES);
+    }
+    Ok(())
+}
+
+fn cases() -> u32 {
+    std::env::var("MEMO_MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    #[test]
+    fn memoised_answers_equal_fresh_ones(ops in proptest::collection::vec(op(), 1..60)) {
+        run(ops)?;
+    }
+}
+
+#[test]
+fn a_replica_after_a_bind_is_answered_as_a_fresh_inventory_would() {
+    let config = Config::default();
+    let mut inventory = Inventory::new();
+    for name in NODES {
+        inventory.upsert_node(build_node(&facts(name, 0), &config, SystemTime::now()));
+    }
+    // Replicas of one model, one after another: each placement changes one node, and the next
+    // replica's answer must see that change.
+    for i in 0..12 {
+        let demand = demand(0, i);
+        let before = answer(&inventory, &demand, &config);
+        assert_eq!(before, answer(&inventory.clone(), &demand, &config));
+        place(&mut inventory, &demand, &config);
+    }
+    assert_eq!(inventory.memo().len(), 1);
+}

@@ -213,3 +213,66 @@ fn a_replica_after_a_bind_is_answered_as_a_fresh_inventory_would() {
     }
     assert_eq!(inventory.memo().len(), 1);
 }
+
+#[test]
+fn long_lists_split_over_threads_keep_every_answer_in_order() {
+    // Above `PARALLEL_MIN_ITEMS`, filter and prioritize judge on several threads; every node
+    // must still get its own verdict, in input order, and the memo must fill as it would alone.
+    let config = Config::default();
+    let mut inventory = Inventory::new();
+    let count = vramfit::core::schedule::PARALLEL_MIN_ITEMS * 3 + 17;
+    let names: Vec<String> = (0..count).map(|i| format!("n{i:05}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let facts = match i % 4 {
+            0 => mk_t4(name, "z1"),
+            1 => mk_a100(name, "z2", 1 + (i % 8) as u32),
+            2 => mk_gpu_node(name, "z1", "NVIDIA-L4", 23034, 2),
+            _ => mk_gpu_node(name, "z2", "Tesla-T4", 15360, 0),
+        };
+        inventory.upsert_node(build_node(&facts, &config, SystemTime::now()));
+    }
+    for i in 0..count / 8 {
+        place(&mut inventory, &demand(1, i as u32), &config);
+    }
+    let demand = demand(0, 99_999_999);
+    let outcome = filter(
+        names.iter().map(|n| (n.as_str(), inventory.node(n))),
+        &demand,
+        &inventory,
+    );
+    let expected: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| vramfit::core::schedule::verdict(inventory.node(n), &demand).is_ok())
+        .collect();
+    assert_eq!(outcome.feasible, expected);
+    assert_eq!(outcome.feasible.len() + outcome.rejected.len(), count);
+    let rejected: Vec<&str> = outcome.rejected.iter().map(|r| r.node).collect();
+    let mut all: Vec<&str> = outcome.feasible.iter().chain(&rejected).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, names.iter().map(String::as_str).collect::<Vec<_>>());
+    // Through the memo (now filled) and afresh: the same scores, node for node.
+    let memoised = answer_all(&inventory, &names, &demand, &config);
+    assert_eq!(
+        memoised,
+        answer_all(&inventory.clone(), &names, &demand, &config)
+    );
+    assert_eq!(memoised, answer_all(&inventory, &names, &demand, &config));
+}
+
+fn answer_all(
+    inventory: &Inventory,
+    names: &[String],
+    demand: &Demand,
+    config: &Config,
+) -> Vec<(String, u8)> {
+    prioritize(
+        names.iter().map(|n| (n.as_str(), inventory.node(n))),
+        demand,
+        inventory,
+        config,
+    )
+    .into_iter()
+    .map(|(n, s)| (n.to_string(), s))
+    .collect()
+}

@@ -155,6 +155,9 @@ pub struct Fit {
     /// Devices of the node busy before placement, and those the placement newly occupies.
     pub busy_before: u32,
     pub newly_busy: u32,
+    /// Total VRAM of the node's largest device (MiB), whichever devices were chosen.
+    #[serde(skip)]
+    pub node_largest_mib: u64,
 }
 
 impl Fit {
@@ -216,7 +219,9 @@ pub fn fit_node(node: &NodeInfo, demand: &PodDemand) -> Result<Fit, Reason> {
     // A node's devices share their product names (one `Arc`): match the allow-list once per
     // product, not once per device.
     let mut last_product: Option<(&std::sync::Arc<str>, bool)> = None;
+    let mut largest = 0u64;
     for d in &node.devices {
+        largest = largest.max(d.total_mib);
         let busy = d.is_busy();
         busy_before += u32::from(busy);
         if !demand.products.is_empty() {
@@ -313,6 +318,7 @@ pub fn fit_node(node: &NodeInfo, demand: &PodDemand) -> Result<Fit, Reason> {
         chosen_total_mib: chosen.iter().fold(0u64, |sum, c| sum.saturating_add(c.2)),
         busy_before,
         newly_busy: chosen.iter().filter(|c| !c.3).count() as u32,
+        node_largest_mib: largest,
     })
 }
 

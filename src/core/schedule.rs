@@ -74,10 +74,21 @@ const DISTINCT_REASONS_SCANNED: usize = 32;
 /// Judges nodes for one demand, through the inventory's [memo](super::memo) for the nodes that
 /// are the inventory's own (nodes built elsewhere are judged afresh). The shape's memo goes back
 /// to the inventory when the judge is dropped.
+///
+/// Judging reads the memo only (so many threads can judge at once); what was computed afresh
+/// comes back as a [`Pending`] entry that [`Judge::record`] stores afterwards.
 pub struct Judge<'a> {
     inventory: &'a Inventory,
     demand: &'a Demand,
     memo: Option<ShapeMemo>,
+}
+
+/// A judgement computed afresh, to be stored in the memo.
+pub struct Pending {
+    slot: usize,
+    generation: u64,
+    verdict: Result<Fit, Reason>,
+    assessed: Option<(f64, Fit)>,
 }
 
 impl<'a> Judge<'a> {
@@ -101,62 +112,107 @@ impl<'a> Judge<'a> {
         Some((slot, self.inventory.packing().generation(slot)?))
     }
 
-    /// [`verdict`], memoised.
-    pub fn verdict(&mut self, node: Option<&NodeInfo>) -> Result<Fit, Reason> {
+    /// [`verdict`], from the memo when current.
+    pub fn verdict_of(&self, node: Option<&NodeInfo>) -> (Result<Fit, Reason>, Option<Pending>) {
         let Some((node, (slot, generation))) = node.and_then(|n| Some((n, self.stamp(n)?))) else {
-            return verdict(node, self.demand);
+            return (verdict(node, self.demand), None);
         };
-        let memo = self.memo.as_mut().expect("stamped nodes have a memo");
-        if let Some(judged) = memo.get(slot, generation) {
-            return judged.verdict.clone();
+        if let Some(judged) = self.memo.as_ref().and_then(|m| m.get(slot, generation)) {
+            return (judged.verdict.clone(), None);
         }
         let fresh = verdict(Some(node), self.demand);
-        memo.put(
+        let pending = Pending {
             slot,
-            Judged {
-                generation,
-                verdict: fresh.clone(),
-                assessed: None,
-            },
-        );
-        fresh
+            generation,
+            verdict: fresh.clone(),
+            assessed: None,
+        };
+        (fresh, Some(pending))
     }
 
-    /// [`assess`] of a feasible node, memoised: the fragmentation change and the fit it chose.
-    fn assess(&mut self, node: &NodeInfo, fit: &Fit, pod: &PodDemand) -> (f64, Fit) {
+    /// [`assess`] of a feasible node, from the memo when current: the fragmentation change and
+    /// the fit it chose.
+    pub fn assess_of(
+        &self,
+        node: &NodeInfo,
+        fit: &Fit,
+        pod: &PodDemand,
+    ) -> ((f64, Fit), Option<Pending>) {
         let stamp = self.stamp(node);
         if let Some((slot, generation)) = stamp {
-            let memo = self.memo.as_ref().expect("stamped nodes have a memo");
-            if let Some((delta, fit)) = memo.get(slot, generation).and_then(|j| j.assessed.as_ref())
+            if let Some((delta, fit)) = self
+                .memo
+                .as_ref()
+                .and_then(|m| m.get(slot, generation))
+                .and_then(|j| j.assessed.as_ref())
             {
-                return (*delta, fit.clone());
+                return ((*delta, fit.clone()), None);
             }
         }
-        let inventory = self.inventory;
         let a = assess(
             node,
             fit,
             pod,
             Host::default(),
-            inventory.packing(),
-            inventory.frag_state(node),
+            self.inventory.packing(),
+            self.inventory.frag_state(node),
         );
-        if let Some((slot, generation)) = stamp {
-            let memo = self.memo.as_mut().expect("stamped nodes have a memo");
-            let judged = match memo.get_mut(slot, generation) {
-                Some(judged) => judged,
-                None => memo.put(
-                    slot,
+        let pending = stamp.map(|(slot, generation)| Pending {
+            slot,
+            generation,
+            verdict: Ok(fit.clone()),
+            assessed: Some((a.delta, a.fit.clone())),
+        });
+        ((a.delta, a.fit), pending)
+    }
+
+    /// Stores a judgement computed afresh.
+    pub fn record(&mut self, pending: Pending) {
+        let Some(memo) = self.memo.as_mut() else {
+            return;
+        };
+        match memo.get_mut(pending.slot, pending.generation) {
+            Some(judged) if pending.assessed.is_some() => judged.assessed = pending.assessed,
+            Some(_) => {}
+            None => {
+                memo.put(
+                    pending.slot,
                     Judged {
-                        generation,
-                        verdict: Ok(fit.clone()),
-                        assessed: None,
+                        generation: pending.generation,
+                        verdict: pending.verdict,
+                        assessed: pending.assessed,
                     },
-                ),
-            };
-            judged.assessed = Some((a.delta, a.fit.clone()));
+                );
+            }
         }
-        (a.delta, a.fit)
+    }
+
+    /// Verdicts of many nodes, in order, on several threads when there are many.
+    pub fn verdicts(&mut self, nodes: &[Option<&NodeInfo>]) -> Vec<Result<Fit, Reason>> {
+        let judged = split_map(nodes, |node| self.verdict_of(*node));
+        self.keep(judged)
+    }
+
+    /// Assessments of many feasible nodes, in order, on several threads when there are many.
+    fn assessments(
+        &mut self,
+        candidates: &[(&NodeInfo, &Fit)],
+        pod: &PodDemand,
+    ) -> Vec<(f64, Fit)> {
+        let judged = split_map(candidates, |(node, fit)| self.assess_of(node, fit, pod));
+        self.keep(judged)
+    }
+
+    fn keep<T>(&mut self, judged: Vec<(T, Option<Pending>)>) -> Vec<T> {
+        judged
+            .into_iter()
+            .map(|(value, pending)| {
+                if let Some(pending) = pending {
+                    self.record(pending);
+                }
+                value
+            })
+            .collect()
     }
 }
 
@@ -168,6 +224,48 @@ impl Drop for Judge<'_> {
     }
 }
 
+/// Lists shorter than this are judged on the calling thread alone: below it, starting a second
+/// thread costs more than it saves.
+pub const PARALLEL_MIN_ITEMS: usize = 1024;
+
+/// How many threads a long list is split over: the machine's cores, at most 8.
+fn split_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1)
+            .min(8)
+    })
+}
+
+/// `items.iter().map(f).collect()`, split over scoped threads when the list is long (the
+/// calling thread takes the first part). Order is kept.
+fn split_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = split_threads().min(items.len() / (PARALLEL_MIN_ITEMS / 2).max(1));
+    if threads < 2 || items.len() < PARALLEL_MIN_ITEMS {
+        return items.iter().map(f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let mut parts = items.chunks(chunk);
+        let first = parts.next().unwrap_or(&[]);
+        let others: Vec<_> = parts
+            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        let mut out: Vec<R> = first.iter().map(f).collect();
+        out.reserve(items.len() - out.len());
+        for handle in others {
+            match handle.join() {
+                Ok(part) => out.extend(part),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        out
+    })
+}
+
 /// Filters `nodes` (name, node if known). Every rejected node gets exactly one reason.
 pub fn filter<'a>(
     nodes: impl IntoIterator<Item = (&'a str, Option<&'a NodeInfo>)>,
@@ -175,10 +273,12 @@ pub fn filter<'a>(
     inventory: &Inventory,
 ) -> FilterOutcome<'a> {
     let mut judge = Judge::new(inventory, demand);
+    let (names, nodes): (Vec<&'a str>, Vec<Option<&'a NodeInfo>>) = nodes.into_iter().unzip();
+    let verdicts = judge.verdicts(&nodes);
     let mut out = FilterOutcome::default();
     let mut distinct: Vec<Reason> = Vec::new();
-    for (name, node) in nodes {
-        let reason = match judge.verdict(node) {
+    for (name, verdict) in names.into_iter().zip(verdicts) {
+        let reason = match verdict {
             Ok(_) => {
                 out.feasible.push(name);
                 continue;
@@ -214,14 +314,13 @@ pub fn prioritize<'a>(
     config: &Config,
 ) -> Vec<(&'a str, u8)> {
     let mut judge = Judge::new(inventory, demand);
-    let verdicts: Vec<(&str, Option<(&NodeInfo, Fit)>)> = nodes
+    let (names, nodes): (Vec<&'a str>, Vec<Option<&'a NodeInfo>>) = nodes.into_iter().unzip();
+    let fits = judge.verdicts(&nodes);
+    let verdicts: Vec<(&str, Option<(&NodeInfo, Fit)>)> = names
         .into_iter()
-        .map(|(name, node)| {
-            (
-                name,
-                node.and_then(|n| judge.verdict(Some(n)).ok().map(|f| (n, f))),
-            )
-        })
+        .zip(nodes)
+        .zip(fits)
+        .map(|((name, node), fit)| (name, node.zip(fit.ok())))
         .collect();
     let Ok(pod) = demand else {
         return verdicts.iter().map(|(n, _)| (*n, 0)).collect();
@@ -259,10 +358,8 @@ fn rank(
             fits,
         );
     }
-    let (deltas, fits): (Vec<f64>, Vec<Fit>) = candidates
-        .iter()
-        .map(|(node, fit)| judge.assess(node, fit, demand))
-        .unzip();
+    let (deltas, fits): (Vec<f64>, Vec<Fit>) =
+        judge.assessments(candidates, demand).into_iter().unzip();
     let chosen: Vec<(&NodeInfo, &Fit)> = candidates
         .iter()
         .zip(&fits)
@@ -333,9 +430,15 @@ pub fn place_where(
     };
     let inventory_view: &Inventory = inventory;
     let mut judge = Judge::new(inventory_view, demand);
+    let eligible: Vec<Option<&NodeInfo>> = inventory_view
+        .nodes()
+        .filter(|n| eligible(n))
+        .map(Some)
+        .collect();
+    let verdicts = judge.verdicts(&eligible);
     let mut fits: Vec<(&NodeInfo, Fit)> = Vec::new();
-    for node in inventory_view.nodes().filter(|n| eligible(n)) {
-        match judge.verdict(Some(node)) {
+    for (node, verdict) in eligible.into_iter().flatten().zip(verdicts) {
+        match verdict {
             Ok(fit) => fits.push((node, fit)),
             Err(reason) => {
                 decision.reasons.insert(node.name.clone(), reason);

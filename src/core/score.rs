@@ -65,7 +65,7 @@ pub fn score_candidates(
     // Fragmentation changes are measured against the largest device among the candidates.
     let frag_reference = candidates
         .iter()
-        .map(|(n, _)| n.largest_device_mib())
+        .map(|(_, fit)| fit.node_largest_mib)
         .max()
         .unwrap_or(0);
     let zone_count = |node: &NodeInfo| -> u32 {
@@ -294,6 +294,7 @@ mod tests {
             chosen_total_mib: total,
             busy_before: 0,
             newly_busy: 1,
+            node_largest_mib: total,
         }
     }
 

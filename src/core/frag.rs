@@ -411,7 +411,7 @@ pub fn assess(
     packing: &Packing,
     cached: Option<&NodeFrag>,
 ) -> Assessment {
-    let profile = packing.model.profile();
+    let profile = packing.profile();
     let host = packing.host(&node.name);
     let fresh;
     let state = match cached.filter(|c| c.version == profile.version) {
@@ -493,6 +493,29 @@ pub struct Packing {
     generations: Vec<u64>,
     next_generation: u64,
     measure: FragMeasure,
+    /// The profile the term measures against: the model's published one, cut to its heaviest
+    /// [`Packing::shape_limit`] shapes so the per-node cache stays within its budget.
+    profile: Arc<WorkloadProfile>,
+    /// How many shapes `profile` keeps.
+    limit: usize,
+}
+
+/// The per-node, per-shape cache holds at most this many entries (40 bytes each, plus 8 for the
+/// shape's device mask): about 48 MiB, whatever the node count and the workload.
+pub const CACHE_ENTRIES: usize = 1 << 20;
+
+/// Fewest shapes the term keeps however many nodes there are.
+const MIN_SHAPE_LIMIT: usize = 16;
+
+/// The shapes kept for `nodes` nodes: the largest power of two (from 16 up to the model's
+/// limit, 256) whose product with the node count fits [`CACHE_ENTRIES`]. Powers of two, so the
+/// limit — and the full recomputation a change costs — moves only at a few node counts.
+pub fn shape_limit(nodes: usize) -> usize {
+    let mut limit = super::workload::MAX_SHAPES_LIMIT.next_power_of_two();
+    while limit > MIN_SHAPE_LIMIT && nodes.saturating_mul(limit) > CACHE_ENTRIES {
+        limit /= 2;
+    }
+    limit
 }
 
 impl Packing {
@@ -501,9 +524,38 @@ impl Packing {
         &self.model
     }
 
-    /// The published profile.
+    /// The profile the term measures against: the published one, or its heaviest
+    /// [`shape_limit`] shapes when the cluster is large.
     pub fn profile(&self) -> &WorkloadProfile {
-        self.model.profile()
+        let published = self.model.profile();
+        if published.version == self.profile.version {
+            &self.profile
+        } else {
+            // Published but not yet cut (no refresh since): the whole profile.
+            published
+        }
+    }
+
+    /// Rebuilds [`Packing::profile`] from the model's published profile for `nodes` nodes.
+    fn cut_profile(&mut self, nodes: usize) {
+        let published = self.model.profile();
+        self.limit = shape_limit(nodes);
+        self.profile = if published.shapes.len() <= self.limit {
+            published.clone()
+        } else {
+            Arc::new(WorkloadProfile {
+                version: published.version,
+                shapes: published.shapes[..self.limit].to_vec(),
+            })
+        };
+    }
+
+    /// Whether the shape limit for `nodes` nodes differs from the one in use (the caller then
+    /// refreshes every node).
+    pub fn limit_changes(&self, nodes: usize) -> bool {
+        let next = shape_limit(nodes);
+        // When the profile has no more shapes than either limit, both cut nothing.
+        next != self.limit && self.model.profile().shapes.len() > next.min(self.limit)
     }
 
     /// A node's free host resources, when they were given.
@@ -515,7 +567,7 @@ impl Packing {
     pub fn cached(&self, slot: usize) -> Option<&NodeFrag> {
         self.slots
             .get(slot)
-            .filter(|c| c.version == self.model.profile().version)
+            .filter(|c| c.version == self.profile.version)
     }
 
     /// The generation of the node in `slot`: it changes whenever anything its verdict or
@@ -531,12 +583,7 @@ impl Packing {
 
     /// Recomputes the node in `slot` (appending when `slot` is new).
     pub fn node_changed(&mut self, slot: usize, node: &NodeInfo) {
-        let state = NodeFrag::compute(
-            node,
-            self.model.profile(),
-            self.host(&node.name),
-            self.measure,
-        );
+        let state = NodeFrag::compute(node, self.profile(), self.host(&node.name), self.measure);
         let generation = self.renew();
         match self.slots.get_mut(slot) {
             Some(s) => *s = state,
@@ -561,7 +608,8 @@ impl Packing {
 
     /// Recomputes every node (after the profile changed).
     pub fn refresh_all(&mut self, nodes: &[NodeInfo]) {
-        let profile = self.model.profile().clone();
+        self.cut_profile(nodes.len());
+        let profile = self.profile.clone();
         self.slots = nodes
             .iter()
             .map(|n| NodeFrag::compute(n, &profile, self.host(&n.name), self.measure))
@@ -598,6 +646,38 @@ mod tests {
     fn a_cached_shape_entry_is_40_bytes() {
         // Cached for every node × published shape (up to 20,000 remembered nodes × 256 shapes).
         assert_eq!(std::mem::size_of::<PerShape>(), 40);
+    }
+
+    #[test]
+    fn the_shape_limit_keeps_the_cache_within_its_budget() {
+        assert_eq!(shape_limit(0), 256);
+        assert_eq!(shape_limit(1_523), 256); // the openb cluster: nothing cut
+        assert_eq!(shape_limit(5_000), 128);
+        assert_eq!(shape_limit(20_000), 32);
+        assert_eq!(shape_limit(usize::MAX), MIN_SHAPE_LIMIT);
+        for nodes in [1, 4_096, 4_097, 8_193, 65_536] {
+            assert!(nodes * shape_limit(nodes) <= CACHE_ENTRIES, "{nodes}");
+        }
+    }
+
+    #[test]
+    fn a_large_cluster_measures_against_the_heaviest_shapes_only() {
+        let mut inventory = crate::core::Inventory::new();
+        inventory.observe_batch(
+            (1..=200u64).map(|i| (Shape::new(i * 100, 1, None, &[], 0, 0, 0), i as f64)),
+        );
+        inventory.upsert_node(node("n0", &[81_920], &[0]));
+        assert_eq!(inventory.packing().profile().shapes.len(), 200);
+        // Past 8,192 nodes at most 64 shapes are kept (the heaviest, in published order).
+        for i in 1..=8_200 {
+            inventory.upsert_node(node(&format!("n{i}"), &[81_920], &[0]));
+        }
+        let kept = &inventory.packing().profile().shapes;
+        assert_eq!(kept.len(), 64);
+        assert_eq!(kept[..], inventory.packing().model().profile().shapes[..64]);
+        // Fewer nodes again: the whole profile is back.
+        inventory.retain_nodes(|name| name.len() <= 3);
+        assert_eq!(inventory.packing().profile().shapes.len(), 200);
     }
 
     #[test]

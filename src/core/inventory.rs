@@ -109,6 +109,14 @@ impl Inventory {
             }
         };
         self.packing.node_changed(slot, &self.nodes[slot]);
+        self.keep_cache_budget();
+    }
+
+    /// Recomputes every node when the node count moved the fragmentation term's shape limit.
+    fn keep_cache_budget(&mut self) {
+        if self.packing.limit_changes(self.nodes.len()) {
+            self.packing.refresh_all(&self.nodes);
+        }
     }
 
     /// Removes a node. Its placements stay in the ledger until their pods are released.
@@ -117,6 +125,7 @@ impl Inventory {
         let removed = self.nodes.swap_remove(slot);
         self.packing.node_removed(slot, name);
         self.memo.truncate(self.nodes.len());
+        self.keep_cache_budget();
         if let Some(moved) = self.nodes.get(slot) {
             self.index
                 .insert(NameKey::from_slice(moved.name.as_bytes()), slot as u32);

@@ -256,11 +256,31 @@ struct ProbeArgs {
 #[derive(Args)]
 struct ReplayArgs {
     /// Node list CSV (`sn,cpu_milli,memory_mib,gpu,model`), e.g. openb_node_list_gpu_node.csv.
-    #[arg(long)]
-    nodes: PathBuf,
+    #[arg(long, required_unless_present = "churn")]
+    nodes: Option<PathBuf>,
     /// Pod list CSVs, one run set per file (e.g. openb_pod_list_default.csv).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "churn")]
     pods: Vec<PathBuf>,
+    /// Run the built-in churn workload instead of trace files: model Deployments scaled up and
+    /// down in rounds on a mixed T4/A100/910B fleet (docs/benchmarks.md).
+    #[arg(long, conflicts_with_all = ["nodes", "pods", "policies", "tune_ratio", "csv", "reference"])]
+    churn: bool,
+    /// Churn: rounds of scaling [default: 30].
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// Churn: multiplier of every Deployment's replica targets [default: 1].
+    #[arg(long)]
+    demand: Option<f64>,
+    /// Churn: comma-separated profiles of the config, and `stock` (kube-scheduler without
+    /// vramfit); `all` is vramfit-spread,vramfit-binpack,stock [default: all].
+    #[arg(long)]
+    profiles: Option<String>,
+    /// Churn: node counts `T4,A100,910B` (T4×4, A100×8, 910B×8 nodes) [default: 150,105,45].
+    #[arg(long)]
+    fleet: Option<String>,
+    /// Churn: zones the nodes are dealt over [default: 3].
+    #[arg(long)]
+    zones: Option<u32>,
     /// Seeds: a range `42-51` or a list `42,43`.
     #[arg(long, default_value = "42-51")]
     seeds: String,
@@ -608,8 +628,31 @@ fn run_place(args: PlaceArgs) -> anyhow::Result<ExitCode> {
 
 fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(args.config.as_deref())?;
+    if args.churn {
+        return vramfit::replay::cli::run_churn(vramfit::replay::cli::ChurnArgs {
+            seeds: args.seeds,
+            rounds: args.rounds.unwrap_or(30),
+            demand: args.demand.unwrap_or(1.0),
+            profiles: args.profiles.unwrap_or_else(|| "all".into()),
+            fleet: args.fleet.unwrap_or_else(|| "150,105,45".into()),
+            zones: args.zones.unwrap_or(3),
+            threads: args.threads,
+            config: settings.placement,
+        });
+    }
+    if args.rounds.is_some()
+        || args.demand.is_some()
+        || args.profiles.is_some()
+        || args.fleet.is_some()
+        || args.zones.is_some()
+    {
+        anyhow::bail!("--rounds, --demand, --profiles, --fleet and --zones need --churn");
+    }
+    let Some(nodes) = args.nodes else {
+        anyhow::bail!("--nodes is required without --churn");
+    };
     vramfit::replay::cli::run(vramfit::replay::cli::ReplayArgs {
-        nodes: args.nodes,
+        nodes,
         pods: args.pods,
         seeds: args.seeds,
         policies: args.policies,

@@ -376,3 +376,53 @@ fn what_if_nodes_and_the_picture() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown class \"B200\""));
 }
+
+#[test]
+fn replay_churn_runs_the_built_in_workload_and_refuses_bad_flags() {
+    let out = vramfit(&[
+        "replay", "--churn", "--fleet", "6,4,2", "--rounds", "4", "--seeds", "1-2", "--demand",
+        "1.6",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "vramfit-spread (zone-skew limit 1)",
+        "vramfit-binpack (zone-skew limit 5)",
+        "stock",
+        "sdxl",
+        "embedder",
+        "unallocated devices",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} in\n{stdout}");
+    }
+    for (args, message) in [
+        (vec!["--demand", "0"], "--demand must be"),
+        (vec!["--demand", "NaN"], "--demand must be"),
+        (vec!["--rounds", "0"], "--rounds must be"),
+        (vec!["--zones", "0"], "--zones must be"),
+        (vec!["--fleet", "1,2"], "--fleet \"1,2\""),
+        (vec!["--profiles", "nope"], "unknown profile \"nope\""),
+        (vec!["--seeds", "9-1"], "empty"),
+    ] {
+        let mut all = vec!["replay", "--churn"];
+        all.extend(&args);
+        let out = vramfit(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // Trace flags and churn flags do not mix; without --churn the trace flags are required.
+    let out = vramfit(&["replay", "--churn", "--nodes", "n.csv"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = vramfit(&["replay", "--rounds", "3", "--nodes", "n.csv", "p.csv"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("need --churn"));
+    let out = vramfit(&["replay"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -145,3 +145,52 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Arguments of `vramfit replay --churn`.
+pub struct ChurnArgs {
+    pub seeds: String,
+    pub rounds: u32,
+    pub demand: f64,
+    pub profiles: String,
+    pub fleet: String,
+    pub zones: u32,
+    pub threads: Option<usize>,
+    pub config: Config,
+}
+
+/// Runs the built-in churn workload and prints its table.
+pub fn run_churn(args: ChurnArgs) -> anyhow::Result<ExitCode> {
+    use crate::replay::churn::{self, ChurnSpec, FleetSpec};
+    let seeds = parse_seeds(&args.seeds)?;
+    let spec = ChurnSpec {
+        fleet: FleetSpec::parse(&args.fleet, args.zones)?,
+        rounds: args.rounds,
+        demand: args.demand,
+    };
+    spec.validate()?;
+    let schedulers = churn::parse_schedulers(&args.profiles, &args.config)?;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let total = (schedulers.len() * seeds.len()) as u64;
+    let bar = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} runs")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let results = churn::run_all(&spec, &schedulers, &args.config, &seeds, threads, || {
+        bar.inc(1)
+    })?;
+    bar.finish_and_clear();
+    print!(
+        "{}",
+        churn::table(&results, &spec, seeds.len(), &args.config)
+    );
+    println!(
+        "\n{total} runs ({} schedulers × {} seeds) in {:.1} s on {threads} threads",
+        schedulers.len(),
+        seeds.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}

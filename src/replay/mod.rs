@@ -2,6 +2,7 @@
 //! ATC'23) on Alibaba's openb trace: the paper's six baseline policies, and vramfit's own policy
 //! through the placement core ([`vramfit_policy`]).
 
+pub mod churn;
 pub mod cli;
 pub mod frag;
 pub mod metrics;

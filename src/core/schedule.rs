@@ -1,6 +1,7 @@
 //! Decisions over many nodes: filter with reasons, prioritize, and place-and-commit, all as pure
 //! functions of the inventory and a demand. The HTTP server and the CLI call these.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
@@ -74,21 +75,10 @@ const DISTINCT_REASONS_SCANNED: usize = 32;
 /// Judges nodes for one demand, through the inventory's [memo](super::memo) for the nodes that
 /// are the inventory's own (nodes built elsewhere are judged afresh). The shape's memo goes back
 /// to the inventory when the judge is dropped.
-///
-/// Judging reads the memo only (so many threads can judge at once); what was computed afresh
-/// comes back as a [`Pending`] entry that [`Judge::record`] stores afterwards.
 pub struct Judge<'a> {
     inventory: &'a Inventory,
     demand: &'a Demand,
     memo: Option<ShapeMemo>,
-}
-
-/// A judgement computed afresh, to be stored in the memo.
-pub struct Pending {
-    slot: usize,
-    generation: u64,
-    verdict: Result<Fit, Reason>,
-    assessed: Option<(f64, Fit)>,
 }
 
 impl<'a> Judge<'a> {
@@ -112,107 +102,73 @@ impl<'a> Judge<'a> {
         Some((slot, self.inventory.packing().generation(slot)?))
     }
 
+    /// The node's memo entry, computed first when missing or stale.
+    fn judged(&mut self, node: &NodeInfo) -> Option<&mut Judged> {
+        let (slot, generation) = self.stamp(node)?;
+        let memo = self.memo.as_mut()?;
+        if memo.get(slot, generation).is_none() {
+            let verdict = verdict(Some(node), self.demand);
+            memo.put(
+                slot,
+                Judged {
+                    generation,
+                    verdict,
+                    assessed: None,
+                },
+            );
+        }
+        memo.get_mut(slot, generation)
+    }
+
     /// [`verdict`], from the memo when current.
-    pub fn verdict_of(&self, node: Option<&NodeInfo>) -> (Result<Fit, Reason>, Option<Pending>) {
-        let Some((node, (slot, generation))) = node.and_then(|n| Some((n, self.stamp(n)?))) else {
-            return (verdict(node, self.demand), None);
-        };
-        if let Some(judged) = self.memo.as_ref().and_then(|m| m.get(slot, generation)) {
-            return (judged.verdict.clone(), None);
-        }
-        let fresh = verdict(Some(node), self.demand);
-        let pending = Pending {
-            slot,
-            generation,
-            verdict: fresh.clone(),
-            assessed: None,
-        };
-        (fresh, Some(pending))
-    }
-
-    /// [`assess`] of a feasible node, from the memo when current: the fragmentation change and
-    /// the fit it chose.
-    pub fn assess_of(
-        &self,
-        node: &NodeInfo,
-        fit: &Fit,
-        pod: &PodDemand,
-    ) -> ((f64, Fit), Option<Pending>) {
-        let stamp = self.stamp(node);
-        if let Some((slot, generation)) = stamp {
-            if let Some((delta, fit)) = self
-                .memo
-                .as_ref()
-                .and_then(|m| m.get(slot, generation))
-                .and_then(|j| j.assessed.as_ref())
-            {
-                return ((*delta, fit.clone()), None);
-            }
-        }
-        let a = assess(
-            node,
-            fit,
-            pod,
-            Host::default(),
-            self.inventory.packing(),
-            self.inventory.frag_state(node),
-        );
-        let pending = stamp.map(|(slot, generation)| Pending {
-            slot,
-            generation,
-            verdict: Ok(fit.clone()),
-            assessed: Some((a.delta, a.fit.clone())),
-        });
-        ((a.delta, a.fit), pending)
-    }
-
-    /// Stores a judgement computed afresh.
-    pub fn record(&mut self, pending: Pending) {
-        let Some(memo) = self.memo.as_mut() else {
-            return;
-        };
-        match memo.get_mut(pending.slot, pending.generation) {
-            Some(judged) if pending.assessed.is_some() => judged.assessed = pending.assessed,
-            Some(_) => {}
-            None => {
-                memo.put(
-                    pending.slot,
-                    Judged {
-                        generation: pending.generation,
-                        verdict: pending.verdict,
-                        assessed: pending.assessed,
-                    },
-                );
-            }
+    pub fn verdict(&mut self, node: Option<&NodeInfo>) -> Cow<'_, Result<Fit, Reason>> {
+        let demand = self.demand;
+        match node {
+            Some(node) => match self.judged(node) {
+                Some(judged) => Cow::Borrowed(&judged.verdict),
+                None => Cow::Owned(verdict(Some(node), demand)),
+            },
+            None => Cow::Owned(verdict(None, demand)),
         }
     }
 
-    /// Verdicts of many nodes, in order, on several threads when there are many.
-    pub fn verdicts(&mut self, nodes: &[Option<&NodeInfo>]) -> Vec<Result<Fit, Reason>> {
-        let judged = split_map(nodes, |node| self.verdict_of(*node));
-        self.keep(judged)
-    }
-
-    /// Assessments of many feasible nodes, in order, on several threads when there are many.
-    fn assessments(
-        &mut self,
-        candidates: &[(&NodeInfo, &Fit)],
-        pod: &PodDemand,
-    ) -> Vec<(f64, Fit)> {
-        let judged = split_map(candidates, |(node, fit)| self.assess_of(node, fit, pod));
-        self.keep(judged)
-    }
-
-    fn keep<T>(&mut self, judged: Vec<(T, Option<Pending>)>) -> Vec<T> {
-        judged
-            .into_iter()
-            .map(|(value, pending)| {
-                if let Some(pending) = pending {
-                    self.record(pending);
+    /// For a node that passes: the fit scoring uses and, when `measure` is set, the change of
+    /// the node's fragmentation ([`assess`]: for a sharing pod, the device that fragments least).
+    /// `None` when the node does not pass.
+    pub fn scored_fit(&mut self, node: &NodeInfo, measure: bool) -> Option<(Fit, Option<f64>)> {
+        let inventory = self.inventory;
+        let Ok(pod) = self.demand else {
+            return None;
+        };
+        let fresh = |fit: &Fit| {
+            let a = assess(
+                node,
+                fit,
+                pod,
+                Host::default(),
+                inventory.packing(),
+                inventory.frag_state(node),
+            );
+            (a.delta, a.fit)
+        };
+        match self.judged(node) {
+            Some(judged) => {
+                let fit = judged.verdict.as_ref().ok()?;
+                if !measure {
+                    return Some((fit.clone(), None));
                 }
-                value
-            })
-            .collect()
+                let (delta, fit) = judged.assessed.get_or_insert_with(|| fresh(fit));
+                Some((fit.clone(), Some(*delta)))
+            }
+            None => {
+                let fit = verdict(Some(node), self.demand).ok()?;
+                if !measure {
+                    return Some((fit, None));
+                }
+                let (delta, fit) = fresh(&fit);
+                Some((fit, Some(delta)))
+            }
+        }
     }
 }
 
@@ -224,48 +180,6 @@ impl Drop for Judge<'_> {
     }
 }
 
-/// Lists shorter than this are judged on the calling thread alone: below it, starting a second
-/// thread costs more than it saves.
-pub const PARALLEL_MIN_ITEMS: usize = 1024;
-
-/// How many threads a long list is split over: the machine's cores, at most 8.
-fn split_threads() -> usize {
-    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *THREADS.get_or_init(|| {
-        std::thread::available_parallelism()
-            .map(usize::from)
-            .unwrap_or(1)
-            .min(8)
-    })
-}
-
-/// `items.iter().map(f).collect()`, split over scoped threads when the list is long (the
-/// calling thread takes the first part). Order is kept.
-fn split_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = split_threads().min(items.len() / (PARALLEL_MIN_ITEMS / 2).max(1));
-    if threads < 2 || items.len() < PARALLEL_MIN_ITEMS {
-        return items.iter().map(f).collect();
-    }
-    let chunk = items.len().div_ceil(threads);
-    let f = &f;
-    std::thread::scope(|scope| {
-        let mut parts = items.chunks(chunk);
-        let first = parts.next().unwrap_or(&[]);
-        let others: Vec<_> = parts
-            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
-            .collect();
-        let mut out: Vec<R> = first.iter().map(f).collect();
-        out.reserve(items.len() - out.len());
-        for handle in others {
-            match handle.join() {
-                Ok(part) => out.extend(part),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        out
-    })
-}
-
 /// Filters `nodes` (name, node if known). Every rejected node gets exactly one reason.
 pub fn filter<'a>(
     nodes: impl IntoIterator<Item = (&'a str, Option<&'a NodeInfo>)>,
@@ -273,12 +187,11 @@ pub fn filter<'a>(
     inventory: &Inventory,
 ) -> FilterOutcome<'a> {
     let mut judge = Judge::new(inventory, demand);
-    let (names, nodes): (Vec<&'a str>, Vec<Option<&'a NodeInfo>>) = nodes.into_iter().unzip();
-    let verdicts = judge.verdicts(&nodes);
     let mut out = FilterOutcome::default();
     let mut distinct: Vec<Reason> = Vec::new();
-    for (name, verdict) in names.into_iter().zip(verdicts) {
-        let reason = match verdict {
+    for (name, node) in nodes {
+        let verdict = judge.verdict(node);
+        let reason = match verdict.as_ref() {
             Ok(_) => {
                 out.feasible.push(name);
                 continue;
@@ -286,7 +199,7 @@ pub fn filter<'a>(
             Err(reason) => reason,
         };
         // `distinct[i]` is the reason of `messages[i]`; both grow together up to the cap.
-        let message = match distinct.iter().position(|r| *r == reason) {
+        let message = match distinct.iter().position(|r| r == reason) {
             Some(i) => i,
             None => {
                 out.messages.push(reason.to_string());
@@ -314,57 +227,48 @@ pub fn prioritize<'a>(
     config: &Config,
 ) -> Vec<(&'a str, u8)> {
     let mut judge = Judge::new(inventory, demand);
-    let (names, nodes): (Vec<&'a str>, Vec<Option<&'a NodeInfo>>) = nodes.into_iter().unzip();
-    let fits = judge.verdicts(&nodes);
-    let verdicts: Vec<(&str, Option<(&NodeInfo, Fit)>)> = names
-        .into_iter()
-        .zip(nodes)
-        .zip(fits)
-        .map(|((name, node), fit)| (name, node.zip(fit.ok())))
-        .collect();
     let Ok(pod) = demand else {
-        return verdicts.iter().map(|(n, _)| (*n, 0)).collect();
+        return nodes.into_iter().map(|(n, _)| (n, 0)).collect();
     };
-    let candidates: Vec<(&NodeInfo, &Fit)> = verdicts
-        .iter()
-        .filter_map(|(_, fit)| fit.as_ref().map(|(n, f)| (*n, f)))
-        .collect();
-    let mut scores = rank(&mut judge, &candidates, pod, config).0.into_iter();
-    verdicts
-        .iter()
-        .map(|(name, fit)| {
-            let score = match fit {
-                Some(_) => scores.next().map(|s| s.score).unwrap_or(0),
-                None => 0,
-            };
-            (*name, score)
-        })
-        .collect()
+    let mut out: Vec<(&'a str, u8)> = Vec::new();
+    let mut passing: Vec<usize> = Vec::new();
+    let mut candidates: Vec<&NodeInfo> = Vec::new();
+    for (name, node) in nodes {
+        if let Some(node) = node.filter(|n| judge.verdict(Some(n)).is_ok()) {
+            passing.push(out.len());
+            candidates.push(node);
+        }
+        out.push((name, 0));
+    }
+    let scores = rank(&mut judge, &candidates, pod, config).0;
+    for (i, scored) in passing.into_iter().zip(scores) {
+        out[i].1 = scored.score;
+    }
+    out
 }
 
+/// Scores nodes that pass, against each other; also returns the fit each was scored with.
 fn rank(
     judge: &mut Judge,
-    candidates: &[(&NodeInfo, &Fit)],
+    candidates: &[&NodeInfo],
     demand: &PodDemand,
     config: &Config,
 ) -> (Vec<Scored>, Vec<Fit>) {
     let inventory = judge.inventory;
     let (_, weights) = config.profile_for(demand.scheduler_name.as_deref());
     let replicas = demand.model.as_deref().and_then(|m| inventory.replicas(m));
-    if weights.frag == 0.0 || inventory.packing().profile().shapes.is_empty() {
-        let fits = candidates.iter().map(|(_, f)| (*f).clone()).collect();
-        return (
-            score_candidates(candidates, &[], replicas, weights, config.frag_step),
-            fits,
-        );
+    let measure = weights.frag != 0.0 && !inventory.packing().profile().shapes.is_empty();
+    let mut fits = Vec::with_capacity(candidates.len());
+    let mut deltas = Vec::with_capacity(if measure { candidates.len() } else { 0 });
+    for node in candidates {
+        // Every candidate passed the same judge's verdict, so a fit is always there.
+        let (fit, delta) = judge.scored_fit(node, measure).unwrap_or_default();
+        fits.push(fit);
+        if measure {
+            deltas.push(delta.unwrap_or(0.0));
+        }
     }
-    let (deltas, fits): (Vec<f64>, Vec<Fit>) =
-        judge.assessments(candidates, demand).into_iter().unzip();
-    let chosen: Vec<(&NodeInfo, &Fit)> = candidates
-        .iter()
-        .zip(&fits)
-        .map(|((node, _), fit)| (*node, fit))
-        .collect();
+    let chosen: Vec<(&NodeInfo, &Fit)> = candidates.iter().copied().zip(&fits).collect();
     (
         score_candidates(&chosen, &deltas, replicas, weights, config.frag_step),
         fits,
@@ -430,26 +334,19 @@ pub fn place_where(
     };
     let inventory_view: &Inventory = inventory;
     let mut judge = Judge::new(inventory_view, demand);
-    let eligible: Vec<Option<&NodeInfo>> = inventory_view
-        .nodes()
-        .filter(|n| eligible(n))
-        .map(Some)
-        .collect();
-    let verdicts = judge.verdicts(&eligible);
-    let mut fits: Vec<(&NodeInfo, Fit)> = Vec::new();
-    for (node, verdict) in eligible.into_iter().flatten().zip(verdicts) {
-        match verdict {
-            Ok(fit) => fits.push((node, fit)),
+    let mut fits: Vec<&NodeInfo> = Vec::new();
+    for node in inventory_view.nodes().filter(|n| eligible(n)) {
+        match judge.verdict(Some(node)).as_ref() {
+            Ok(_) => fits.push(node),
             Err(reason) => {
-                decision.reasons.insert(node.name.clone(), reason);
+                decision.reasons.insert(node.name.clone(), reason.clone());
             }
         }
     }
     let Ok(pod) = demand else {
         return decision;
     };
-    let candidates: Vec<(&NodeInfo, &Fit)> = fits.iter().map(|(n, f)| (*n, f)).collect();
-    let (scores, chosen) = rank(&mut judge, &candidates, pod, config);
+    let (scores, chosen) = rank(&mut judge, &fits, pod, config);
     drop(judge);
     // Highest score wins; ties go to the node whose name sorts first, so results are deterministic.
     let best = scores
@@ -458,13 +355,13 @@ pub fn place_where(
         .max_by(|(ia, a), (ib, b)| {
             a.exact
                 .total_cmp(&b.exact)
-                .then_with(|| fits[*ib].0.name.cmp(&fits[*ia].0.name))
+                .then_with(|| fits[*ib].name.cmp(&fits[*ia].name))
         })
         .map(|(i, s)| (i, *s));
     let Some((best, scored)) = best else {
         return decision;
     };
-    let node = fits[best].0;
+    let node = fits[best];
     let fit = &chosen[best];
     let placement = Placement::from_fit(pod, node, fit);
     decision.node = Some(node.name.clone());

@@ -333,7 +333,10 @@ async fn prioritize(State(app): State<App>, body: Result<Bytes, BytesRejection>)
         Err(rejection) => return unreadable_body(&app, "prioritize", rejection, started),
     };
     let (outcome, response) = match prioritize_inner(&app, &body) {
-        Ok(list) => ("ok", Json(list).into_response()),
+        Ok(json) => (
+            "ok",
+            ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        ),
         Err(bad) => ("bad-request", bad.into_response()),
     };
     app.metrics
@@ -341,7 +344,7 @@ async fn prioritize(State(app): State<App>, body: Result<Bytes, BytesRejection>)
     response
 }
 
-fn prioritize_inner(app: &App, body: &[u8]) -> Result<Vec<HostPriority>, BadRequest> {
+fn prioritize_inner(app: &App, body: &[u8]) -> Result<Vec<u8>, BadRequest> {
     let args = parse_args(body)?;
     let pod = args.pod.as_ref().map(|p| p.facts()).unwrap_or_default();
     let demand = pod_demand(&pod, &app.cluster.config, &app.cluster.catalog);
@@ -361,13 +364,14 @@ fn prioritize_inner(app: &App, body: &[u8]) -> Result<Vec<HostPriority>, BadRequ
             &app.cluster.config,
         ),
     };
-    Ok(scores
+    let list: Vec<HostPriority> = scores
         .into_iter()
         .map(|(host, score)| HostPriority {
-            host: host.to_string(),
+            host: host.into(),
             score: i64::from(score),
         })
-        .collect())
+        .collect();
+    serde_json::to_vec(&list).map_err(|e| bad_request(format!("encoding the reply: {e}")))
 }
 
 async fn bind(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {

@@ -75,9 +75,9 @@ impl Serialize for PairMap<'_> {
 
 /// `HostPriority`; the prioritize reply is a bare array of these.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
-pub struct HostPriority {
-    #[serde(rename = "Host", alias = "host")]
-    pub host: String,
+pub struct HostPriority<'a> {
+    #[serde(rename = "Host", alias = "host", borrow)]
+    pub host: Name<'a>,
     #[serde(rename = "Score", alias = "score")]
     pub score: i64,
 }

@@ -129,6 +129,7 @@ impl Binder for Recording {
         &'a self,
         _: &'a BindTarget,
         placement: &'a Placement,
+        _: Option<i64>,
     ) -> BoxFuture<'a, Result<(), BindFailure>> {
         self.0.lock().unwrap().push(placement.clone());
         Box::pin(async { Ok(()) })

@@ -142,7 +142,7 @@ fn scripted_bind(
     if matches!(outcome, Outcome::Bound | Outcome::TimeoutButBound) && bindable {
         let pod = api.pods.get_mut(uid).unwrap();
         pod["spec"]["nodeName"] = json!(node);
-        for (k, v) in binding_annotations(placement) {
+        for (k, v) in binding_annotations(placement, None) {
             pod["metadata"]["annotations"][k] = json!(v);
         }
     }

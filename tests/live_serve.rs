@@ -100,6 +100,12 @@ async fn live_mode_lists_watches_binds_and_recovers() {
         sent["metadata"]["annotations"]["vramfit.io/vram"],
         "40960Mi"
     );
+    // The ReplicaSet controller's scale-down order (core::deletion): a pod of no model, on a
+    // device of the smallest size that holds it, costs 0.
+    assert_eq!(
+        sent["metadata"]["annotations"]["controller.kubernetes.io/pod-deletion-cost"],
+        "0"
+    );
     assert_eq!(sent["metadata"]["uid"], "uid-new");
     assert_eq!(
         sent["target"],
@@ -230,7 +236,7 @@ async fn the_binding_is_the_captured_one_plus_the_assignment() {
         exclusive: true,
     };
     KubeBinder::new(api.client(), Duration::from_secs(5))
-        .bind(&target, &placement)
+        .bind(&target, &placement, None)
         .await
         .expect("the API server's 201 is success");
     let requests = api.requests();

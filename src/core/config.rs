@@ -72,6 +72,9 @@ pub struct Config {
     /// Resolution of the `frag` term: it is rounded down to a multiple of this, so changes too
     /// small to matter tie and the other terms decide (0: exact).
     pub frag_step: f64,
+    /// Write `controller.kubernetes.io/pod-deletion-cost` at bind, so scale-downs delete the
+    /// replicas of a model's fullest zones and those on oversized devices first (`core::deletion`).
+    pub deletion_cost: bool,
 }
 
 /// Name of the bin-packing profile.
@@ -104,6 +107,7 @@ impl Default for Config {
             default_profile: PROFILE_BINPACK.to_string(),
             workload: WorkloadParams::default(),
             frag_step: 0.04,
+            deletion_cost: true,
         }
     }
 }

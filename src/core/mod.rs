@@ -7,6 +7,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod deletion;
 pub mod demand;
 pub mod facts;
 pub mod filter;

@@ -10,6 +10,7 @@ use kube::api::{Api, PostParams};
 use kube::Client;
 use serde_json::{json, Value};
 
+use crate::core::deletion::ANNOTATION_DELETION_COST;
 use crate::core::demand::ANNOTATION_VRAM;
 use crate::core::schedule::ANNOTATION_ASSIGNED_DEVICES;
 use crate::core::Placement;
@@ -33,23 +34,33 @@ pub struct BindFailure {
     pub definite: bool,
 }
 
-/// Makes a committed placement real (creates the Binding), or says why not.
+/// Makes a committed placement real (creates the Binding), or says why not. `deletion_cost`
+/// is the pod's `controller.kubernetes.io/pod-deletion-cost` (see `core::deletion`), if any.
 pub trait Binder: Send + Sync {
     fn bind<'a>(
         &'a self,
         target: &'a BindTarget,
         placement: &'a Placement,
+        deletion_cost: Option<i64>,
     ) -> BoxFuture<'a, Result<(), BindFailure>>;
 }
 
 /// The annotations a Binding carries so the API server writes the assignment onto the pod with
 /// the node: `vramfit.io/assigned-devices` (`0,1`) and, when the pod needs VRAM, `vramfit.io/vram`
-/// per device in MiB. A restarted extender rebuilds the ledger from them. An accelerator-free
-/// pod holds no device and gets none.
-pub fn binding_annotations(placement: &Placement) -> BTreeMap<String, String> {
+/// per device in MiB. A restarted extender rebuilds the ledger from them. With a
+/// `deletion_cost`, also `controller.kubernetes.io/pod-deletion-cost`, which the ReplicaSet
+/// controller reads on scale-down. An accelerator-free pod holds no device and gets none.
+pub fn binding_annotations(
+    placement: &Placement,
+    deletion_cost: Option<i64>,
+) -> BTreeMap<String, String> {
     let mut annotations = BTreeMap::new();
     if placement.shares.is_empty() {
         return annotations;
+    }
+    if let Some(cost) = deletion_cost {
+        let cost = cost.clamp(i64::from(i32::MIN), i64::from(i32::MAX));
+        annotations.insert(ANNOTATION_DELETION_COST.to_string(), cost.to_string());
     }
     let devices: Vec<String> = placement
         .shares
@@ -76,6 +87,7 @@ impl Binder for RecordOnly {
         &'a self,
         _: &'a BindTarget,
         _: &'a Placement,
+        _: Option<i64>,
     ) -> BoxFuture<'a, Result<(), BindFailure>> {
         Box::pin(async { Ok(()) })
     }
@@ -96,11 +108,15 @@ impl KubeBinder {
 }
 
 /// The Binding object for a placement.
-pub fn binding_object(target: &BindTarget, placement: &Placement) -> Value {
+pub fn binding_object(
+    target: &BindTarget,
+    placement: &Placement,
+    deletion_cost: Option<i64>,
+) -> Value {
     let mut metadata = json!({
         "name": target.name,
         "namespace": target.namespace,
-        "annotations": binding_annotations(placement),
+        "annotations": binding_annotations(placement, deletion_cost),
     });
     if !target.uid.is_empty() {
         metadata["uid"] = json!(target.uid);
@@ -118,10 +134,11 @@ impl Binder for KubeBinder {
         &'a self,
         target: &'a BindTarget,
         placement: &'a Placement,
+        deletion_cost: Option<i64>,
     ) -> BoxFuture<'a, Result<(), BindFailure>> {
         Box::pin(async move {
             let api: Api<ApiPod> = Api::namespaced(self.client.clone(), &target.namespace);
-            let body = binding_object(target, placement);
+            let body = binding_object(target, placement, deletion_cost);
             let params = PostParams::default();
             let call =
                 api.create_subresource::<Value, Value>("binding", &target.name, &params, &body);

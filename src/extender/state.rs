@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use dashmap::DashMap;
 use rustc_hash::FxBuildHasher;
 
+use crate::core::deletion::deletion_cost;
 use crate::core::reconcile::{corrections, AllocatedDevices, ANNOTATION_ALLOCATED_DEVICES};
 use crate::core::{
     build_node, Catalog, Config, Demand, Inventory, Observed, Placement, PodFacts, ReserveError,
@@ -294,22 +295,32 @@ impl ExtenderState {
                 .filter(|p| p.node == target.node);
             return bound.cloned().ok_or(BindError::UnknownPod(key));
         };
-        let reservation = self
-            .write()
-            .reserve(&demand, &target.node, Instant::now())
-            .map_err(|error| match error {
-                ReserveError::PlacedElsewhere { node } => {
-                    BindError::BoundElsewhere { pod: key, node }
+        let (reservation, deletion_cost) = {
+            let mut inventory = self.write();
+            let reservation = inventory.reserve(&demand, &target.node, Instant::now());
+            let cost = match (&reservation, &demand) {
+                (Ok(r), Ok(pod)) if self.config.deletion_cost => {
+                    deletion_cost(&inventory, pod, &r.placement)
                 }
-                ReserveError::NoFit(reason) => BindError::NoLongerFits {
-                    node: target.node.clone(),
-                    reason: reason.to_string(),
-                },
-            })?;
+                _ => None,
+            };
+            (reservation, cost)
+        };
+        let reservation = reservation.map_err(|error| match error {
+            ReserveError::PlacedElsewhere { node } => BindError::BoundElsewhere { pod: key, node },
+            ReserveError::NoFit(reason) => BindError::NoLongerFits {
+                node: target.node.clone(),
+                reason: reason.to_string(),
+            },
+        })?;
         if !reservation.needs_binding {
             return Ok(reservation.placement);
         }
-        match self.binder.bind(target, &reservation.placement).await {
+        match self
+            .binder
+            .bind(target, &reservation.placement, deletion_cost)
+            .await
+        {
             Ok(()) => {
                 self.write().confirm(&reservation.id, Instant::now());
                 Ok(reservation.placement)

@@ -30,6 +30,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::core::config::Config;
+use crate::core::deletion::deletion_cost;
 use crate::core::facts::{ContainerResources, NodeFacts, PodFacts};
 use crate::core::node::{build_node, NodeInfo, RESOURCE_NVIDIA_GPU};
 use crate::core::schedule::place_where;
@@ -535,6 +536,8 @@ struct Pod {
     /// Node and round bound.
     bound: Option<(String, u32)>,
     demand: PodDemand,
+    /// `controller.kubernetes.io/pod-deletion-cost`, as vramfit writes it at bind (0: none).
+    cost: i64,
     cpu: u64,
     memory: u64,
 }
@@ -781,6 +784,7 @@ pub fn run(
             serial,
             model,
             bound: None,
+            cost: 0,
             demand,
             cpu: u64::from(spec.cpu) * 1000,
             memory: spec.memory_gib * 1024,
@@ -869,8 +873,17 @@ pub fn run(
             let chosen = schedule(&mut world, pod, scheduler, limit, stats, &mut tie_rng);
             if let Some(node) = chosen {
                 stats.placements += 1;
+                // What `serve` writes into the Binding (none under stock kube-scheduler).
+                let cost = match scheduler {
+                    Scheduler::Profile(_) if config.deletion_cost => world
+                        .inventory
+                        .placement(&pod.demand.id)
+                        .and_then(|p| deletion_cost(&world.inventory, &pod.demand, p)),
+                    _ => None,
+                };
                 let pod = pods.get_mut(id).map(|p| {
                     p.bound = Some((node.clone(), round));
+                    p.cost = cost.unwrap_or(0);
                     p.clone()
                 });
                 if let Some(pod) = pod {
@@ -901,8 +914,8 @@ fn class_size(class: Class) -> u64 {
 }
 
 /// The ReplicaSet controller's choice of `count` pods to delete among `alive`: pending first
-/// (newest first), then pods on nodes holding more replicas of the model, then the newest by
-/// log₂ of their age in rounds, then at random.
+/// (newest first), then the lowest `pod-deletion-cost`, then pods on nodes holding more replicas
+/// of the model, then the newest by log₂ of their age in rounds, then at random.
 fn victims(
     world: &World,
     pods: &BTreeMap<u64, Pod>,
@@ -911,13 +924,13 @@ fn victims(
     round: u32,
     rng: &mut ChaCha8Rng,
 ) -> Vec<u64> {
-    let mut ranked: Vec<(u8, std::cmp::Reverse<u32>, u32, u64, u64)> = alive
+    let mut ranked: Vec<(u8, i64, std::cmp::Reverse<u32>, u32, u64, u64)> = alive
         .iter()
         .filter_map(|id| pods.get(id))
         .map(|p| {
             let tie: u64 = rng.random();
             match &p.bound {
-                None => (0, std::cmp::Reverse(0), 0, u64::MAX - p.serial, p.serial),
+                None => (0, 0, std::cmp::Reverse(0), 0, u64::MAX - p.serial, p.serial),
                 Some((node, since)) => {
                     let colocated = world
                         .inventory
@@ -925,13 +938,20 @@ fn victims(
                         .and_then(|r| r.by_node.get(node).copied())
                         .unwrap_or(0);
                     let age_bucket = (round - since + 1).ilog2();
-                    (1, std::cmp::Reverse(colocated), age_bucket, tie, p.serial)
+                    (
+                        1,
+                        p.cost,
+                        std::cmp::Reverse(colocated),
+                        age_bucket,
+                        tie,
+                        p.serial,
+                    )
                 }
             }
         })
         .collect();
     ranked.sort_unstable();
-    ranked.into_iter().take(count).map(|r| r.4).collect()
+    ranked.into_iter().take(count).map(|r| r.5).collect()
 }
 
 /// Schedules one pending pod; returns its node. Counts the placement-time figures.
@@ -1456,6 +1476,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_deletion_cost_keeps_zones_even_and_big_devices_free_through_scale_downs() {
+        // Scale-downs are the ReplicaSet controller's; the cost vramfit writes at bind decides
+        // which replicas they take.
+        let with = Config::default();
+        let without = Config {
+            deletion_cost: false,
+            ..Config::default()
+        };
+        let spec = small(30, 1.6);
+        let run = |config: &Config| run_all(&spec, &[spread()], config, &[1, 2], 2, || {}).unwrap();
+        let (a, b) = (run(&with)[0].total(), run(&without)[0].total());
+        assert!(a.skew_mean() < b.skew_mean(), "{a:?}\n{b:?}");
+        assert!(a.over_limit < b.over_limit, "{a:?}\n{b:?}");
+        assert!(a.small_on_big < b.small_on_big, "{a:?}\n{b:?}");
+        assert!(
+            a.pending_with_capacity < b.pending_with_capacity,
+            "{a:?}\n{b:?}"
+        );
     }
 
     #[test]

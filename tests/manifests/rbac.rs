@@ -377,7 +377,7 @@ fn the_api_calls_the_code_makes_are_granted() {
                 exclusive: true,
             };
             vramfit::extender::binder::KubeBinder::new(client(), Duration::from_secs(3))
-                .bind(&target, &placement)
+                .bind(&target, &placement, None)
                 .await
                 .unwrap();
         });

@@ -68,45 +68,55 @@ pub fn score_candidates(
         .map(|(_, fit)| fit.node_largest_mib)
         .max()
         .unwrap_or(0);
-    let zone_count = |node: &NodeInfo| -> u32 {
-        match (replicas, &node.zone) {
-            (Some(r), Some(zone)) => r.by_zone.get(zone).copied().unwrap_or(0),
+    // One lookup per candidate for its zone's replicas (zone names are read once).
+    let zone_counts: Vec<Option<u32>> = candidates
+        .iter()
+        .map(|(node, _)| match (replicas, &node.zone) {
+            (Some(r), Some(zone)) => Some(r.by_zone.get(zone).copied().unwrap_or(0)),
+            (None, Some(_)) => Some(0),
+            _ => None,
+        })
+        .collect();
+    let busiest_zone = zone_counts.iter().flatten().copied().max().unwrap_or(0);
+    let on_node = |node: &NodeInfo| -> u32 {
+        match replicas {
+            Some(r) if !r.by_node.is_empty() => r.by_node.get(&node.name).copied().unwrap_or(0),
             _ => 0,
         }
     };
-    let busiest_zone = candidates
-        .iter()
-        .map(|(n, _)| zone_count(n))
-        .max()
-        .unwrap_or(0);
     let mut scored: Vec<Scored> = candidates
         .iter()
+        .zip(&zone_counts)
         .enumerate()
-        .map(|(i, (node, fit))| {
+        .map(|(i, ((node, fit), zone_count))| {
             let context = Context {
                 reference,
                 frag_reference,
                 frag_step,
-                zone_replicas: zone_count(node),
+                zone_replicas: zone_count.unwrap_or(0),
                 busiest_zone,
-                node_replicas: replicas
-                    .and_then(|r| r.by_node.get(&node.name))
-                    .copied()
-                    .unwrap_or(0),
+                node_replicas: on_node(node),
             };
             score_one(node, fit, frag_deltas.get(i).copied(), &context, weights)
         })
         .collect();
-    if let (Some(max_skew), Some(replicas)) = (weights.max_zone_skew, replicas) {
-        let zones: Vec<Option<&str>> = candidates.iter().map(|(n, _)| n.zone.as_deref()).collect();
-        let keeps = keeps_zone_skew(
-            &zones,
-            |zone| replicas.by_zone.get(zone).copied().unwrap_or(0),
-            max_skew,
-        );
+    if let (Some(max_skew), Some(_)) = (weights.max_zone_skew, replicas) {
+        let keeps = keeps_skew_by_count(&zone_counts, max_skew);
         limit_zone_skew(&mut scored, &keeps);
     }
     scored
+}
+
+/// [`keeps_zone_skew`] on counts already looked up: `counts[i]` is the replicas in candidate
+/// i's zone (`None`: the candidate has no zone).
+fn keeps_skew_by_count(counts: &[Option<u32>], max_skew: u32) -> Vec<bool> {
+    let Some(min) = counts.iter().flatten().copied().min() else {
+        return vec![true; counts.len()];
+    };
+    counts
+        .iter()
+        .map(|count| count.is_none_or(|c| u64::from(c) + 1 - u64::from(min) <= u64::from(max_skew)))
+        .collect()
 }
 
 /// For each candidate (by its zone; `count` gives a zone's replicas of the model): whether the model's replicas stay within `max_skew` of the
@@ -119,14 +129,8 @@ pub fn keeps_zone_skew(
     count: impl Fn(&str) -> u32,
     max_skew: u32,
 ) -> Vec<bool> {
-    let count = |zone: &str| u64::from(count(zone));
-    let Some(min) = zones.iter().flatten().map(|z| count(z)).min() else {
-        return vec![true; zones.len()];
-    };
-    zones
-        .iter()
-        .map(|zone| zone.is_none_or(|z| count(z) + 1 - min <= u64::from(max_skew)))
-        .collect()
+    let counts: Vec<Option<u32>> = zones.iter().map(|z| z.map(&count)).collect();
+    keeps_skew_by_count(&counts, max_skew)
 }
 
 /// Puts every candidate that breaks the zone skew (`keeps[i] == false`) below every candidate

@@ -89,7 +89,7 @@ impl Default for Config {
         profiles.insert(
             PROFILE_SPREAD.to_string(),
             Weights {
-                fit: 3.0,
+                fit: 6.0,
                 packing: 0.0,
                 zone_spread: 4.0,
                 node_spread: 3.0,

@@ -33,7 +33,7 @@ use crate::core::config::Config;
 use crate::core::deletion::deletion_cost;
 use crate::core::facts::{ContainerResources, NodeFacts, PodFacts};
 use crate::core::node::{build_node, NodeInfo, RESOURCE_NVIDIA_GPU};
-use crate::core::schedule::place_where;
+use crate::core::schedule::{filter, observe, place_where, prioritize, Demand};
 use crate::core::score::keeps_zone_skew;
 use crate::core::{
     fit_node, pod_demand, Catalog, DemandError, DeviceShare, Inventory, Placement, PodDemand,
@@ -70,7 +70,9 @@ pub enum ChurnError {
     #[error("--fleet {0:?}: expected T4,A100,910B node counts such as 150,105,45 (each at most {MAX_NODES_PER_CLASS}, not all 0)")]
     Fleet(String),
     /// A scheduler name that is neither a profile nor `stock`.
-    #[error("unknown profile {name:?} (known: {known}, {STOCK}, all)")]
+    #[error(
+        "unknown profile {name:?} (known: {known}, each also with {KUBE_SUFFIX}; {STOCK}; all)"
+    )]
     Scheduler {
         /// The name given.
         name: String,
@@ -323,41 +325,74 @@ impl ChurnSpec {
     }
 }
 
+/// Suffix of a profile name that runs vramfit as kube-scheduler's extender.
+pub const KUBE_SUFFIX: &str = "+kube";
+
 /// Who places the pods.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scheduler {
-    /// vramfit with this profile of the config (`spec.schedulerName`).
+    /// vramfit alone with this profile of the config (`spec.schedulerName`), as `vramfit place`
+    /// decides: `core::schedule::place_where`.
     Profile(String),
+    /// vramfit with this profile as kube-scheduler's extender, as in a cluster (`PROFILE+kube`):
+    /// kube-scheduler's own filters, vramfit's `filter` and `prioritize`, its 0–10 at the sample
+    /// configuration's weight 10 (× 10, up to 1,000 points) added to the in-tree scores of
+    /// `stock`, random among the best, then the bind's `Inventory::reserve` and `confirm`.
+    Extender(String),
     /// kube-scheduler without vramfit.
     Stock,
 }
 
 impl Scheduler {
     /// The name in tables.
-    pub fn name(&self) -> &str {
+    pub fn name(&self) -> String {
         match self {
-            Scheduler::Profile(p) => p,
-            Scheduler::Stock => STOCK,
+            Scheduler::Profile(p) => p.clone(),
+            Scheduler::Extender(p) => format!("{p}{KUBE_SUFFIX}"),
+            Scheduler::Stock => STOCK.to_string(),
+        }
+    }
+
+    /// The scheduler a table name stands for, if `config` knows its profile.
+    pub fn from_name(name: &str, config: &Config) -> Option<Scheduler> {
+        if name.eq_ignore_ascii_case(STOCK) {
+            return Some(Scheduler::Stock);
+        }
+        let known = |p: &str| config.profiles.contains_key(p).then(|| p.to_string());
+        match name.strip_suffix(KUBE_SUFFIX) {
+            Some(profile) => known(profile).map(Scheduler::Extender),
+            None => known(name).map(Scheduler::Profile),
+        }
+    }
+
+    /// The profile that scores (none for `stock`).
+    pub fn profile(&self) -> Option<&str> {
+        match self {
+            Scheduler::Profile(p) | Scheduler::Extender(p) => Some(p),
+            Scheduler::Stock => None,
         }
     }
 
     /// The zone skew the scheduler is held to: the profile's `maxZoneSkew` (none: unbounded),
     /// kube-scheduler's default of 5 for `stock`.
     pub fn skew_limit(&self, config: &Config) -> Option<u32> {
-        match self {
-            Scheduler::Profile(p) => config.profile_for(Some(p)).1.max_zone_skew,
-            Scheduler::Stock => Some(5),
+        match self.profile() {
+            Some(p) => config.profile_for(Some(p)).1.max_zone_skew,
+            None => Some(5),
         }
     }
 }
 
-/// Parses `vramfit-spread,stock` (profiles of `config`, and `stock`); `all` is
-/// `vramfit-spread,vramfit-binpack,stock`.
+/// Parses `vramfit-spread,vramfit-spread+kube,stock` (profiles of `config`, each alone or with
+/// `+kube`, and `stock`); `all` is `vramfit-spread,vramfit-binpack,vramfit-spread+kube,
+/// vramfit-binpack+kube,stock`.
 pub fn parse_schedulers(text: &str, config: &Config) -> Result<Vec<Scheduler>, ChurnError> {
     let names: Vec<&str> = if text.trim().eq_ignore_ascii_case("all") {
         vec![
             crate::core::config::PROFILE_SPREAD,
             crate::core::config::PROFILE_BINPACK,
+            "vramfit-spread+kube",
+            "vramfit-binpack+kube",
             STOCK,
         ]
     } else {
@@ -382,11 +417,7 @@ pub fn parse_schedulers(text: &str, config: &Config) -> Result<Vec<Scheduler>, C
     }
     let mut out: Vec<Scheduler> = Vec::new();
     for name in names {
-        let scheduler = if name.eq_ignore_ascii_case(STOCK) {
-            Scheduler::Stock
-        } else if config.profiles.contains_key(name) {
-            Scheduler::Profile(name.to_string())
-        } else {
+        let Some(scheduler) = Scheduler::from_name(name, config) else {
             return Err(ChurnError::Scheduler {
                 name: crate::core::node::clip(name),
                 known: known(),
@@ -694,10 +725,7 @@ fn pod_facts(model: &ModelSpec, serial: u64, scheduler: &Scheduler) -> PodFacts 
             format!("{}Gi", model.vram_gib),
         )]),
         controller: Some(format!("{}-rs", model.name)),
-        scheduler_name: match scheduler {
-            Scheduler::Profile(p) => Some(p.clone()),
-            Scheduler::Stock => None,
-        },
+        scheduler_name: scheduler.profile().map(str::to_string),
         containers: vec![ContainerResources {
             limits: requests.clone(),
             requests,
@@ -810,7 +838,7 @@ pub fn run(
     }
     let limit = scheduler.skew_limit(config);
     let mut result = ChurnResult {
-        scheduler: scheduler.name().to_string(),
+        scheduler: scheduler.name(),
         models: vec![ModelStats::default(); MODELS.len()],
         devices,
         runs: 1,
@@ -875,7 +903,7 @@ pub fn run(
                 stats.placements += 1;
                 // What `serve` writes into the Binding (none under stock kube-scheduler).
                 let cost = match scheduler {
-                    Scheduler::Profile(_) if config.deletion_cost => world
+                    Scheduler::Profile(_) | Scheduler::Extender(_) if config.deletion_cost => world
                         .inventory
                         .placement(&pod.demand.id)
                         .and_then(|p| deletion_cost(&world.inventory, &pod.demand, p)),
@@ -984,6 +1012,7 @@ fn schedule(
             };
             place_where(inventory, &Ok(pod.demand.clone()), config, fits_room).node
         }
+        Scheduler::Extender(_) => extender_place(world, pod, tie_rng),
         Scheduler::Stock => stock_place(world, pod, tie_rng),
     }?;
     let class = world.inventory.node(&node).map(Class::of)?;
@@ -1050,6 +1079,104 @@ fn stock_place(world: &mut World, pod: &Pod, rng: &mut ChaCha8Rng) -> Option<Str
     if feasible.is_empty() {
         return None;
     }
+    let scores = kube_scores(world, pod, &feasible);
+    let node = feasible[best_of(&scores, rng)?];
+    let indices: Vec<u32> = node
+        .devices
+        .iter()
+        .filter(|d| d.exclusive_holders == 0 && d.sharers == 0)
+        .take(count as usize)
+        .map(|d| d.index)
+        .collect();
+    let placement = Placement {
+        pod: pod.demand.key.clone(),
+        node: node.name.clone(),
+        zone: node.zone.clone(),
+        model: pod.demand.model.clone(),
+        shares: indices
+            .into_iter()
+            .map(|index| DeviceShare {
+                index,
+                vram_mib: pod.demand.vram_mib,
+            })
+            .collect(),
+        exclusive: true,
+    };
+    let name = node.name.clone();
+    world.inventory.commit(&pod.demand.id, placement);
+    Some(name)
+}
+
+/// vramfit as kube-scheduler's extender ([`Scheduler::Extender`]): what `serve` does for one pod.
+fn extender_place(world: &mut World, pod: &Pod, rng: &mut ChaCha8Rng) -> Option<String> {
+    // The filter request teaches the workload model the pod (`ExtenderState::remember`).
+    observe(&mut world.inventory, &pod.demand);
+    let demand: Demand = Ok(pod.demand.clone());
+    let world_ref = &*world;
+    // kube-scheduler's own filters: cpu, memory, pod slots, and the device resource as a count
+    // (a sharing pod requests none of it).
+    let passing: Vec<&NodeInfo> = world_ref
+        .inventory
+        .nodes()
+        .filter(|n| {
+            world_ref.fits_room(&n.name, pod)
+                && match pod.demand.resource {
+                    Some(r) => {
+                        n.resource == Some(r)
+                            && n.allocatable_devices.saturating_sub(n.held_devices())
+                                >= pod.demand.devices
+                    }
+                    None => true,
+                }
+        })
+        .collect();
+    let outcome = filter(
+        passing.iter().map(|n| (n.name.as_str(), Some(*n))),
+        &demand,
+        &world_ref.inventory,
+    );
+    let feasible: Vec<&NodeInfo> = outcome
+        .feasible
+        .iter()
+        .filter_map(|name| world_ref.inventory.node(name))
+        .collect();
+    if feasible.is_empty() {
+        return None;
+    }
+    let wire = prioritize(
+        feasible.iter().map(|n| (n.name.as_str(), Some(*n))),
+        &demand,
+        &world_ref.inventory,
+        world_ref.config,
+    );
+    let mut scores = kube_scores(world_ref, pod, &feasible);
+    for (score, (_, extender)) in scores.iter_mut().zip(&wire) {
+        *score += EXTENDER_WEIGHT * 10.0 * f64::from(*extender);
+    }
+    let name = feasible[best_of(&scores, rng)?].name.clone();
+    let now = std::time::Instant::now();
+    let reservation = world.inventory.reserve(&demand, &name, now).ok()?;
+    world.inventory.confirm(&reservation.id, now);
+    Some(name)
+}
+
+/// The extender's `weight` in scheduler-config/kube-scheduler-v1.yaml.
+const EXTENDER_WEIGHT: f64 = 10.0;
+
+/// Index of the highest score, a random one among equals (kube-scheduler's `selectHost`).
+fn best_of(scores: &[f64], rng: &mut ChaCha8Rng) -> Option<usize> {
+    let best = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let tied: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] == best).collect();
+    if tied.is_empty() {
+        return None;
+    }
+    Some(tied[rng.random_range(0..tied.len())])
+}
+
+/// kube-scheduler's in-tree scores of `feasible` for the pod: `LeastAllocated` +
+/// `BalancedAllocation` on cpu and memory (weight 1 each, 0–100) + the default topology spread
+/// (zone `maxSkew` 5 and hostname `maxSkew` 3, `ScheduleAnyway`, weight 2, 0–100).
+fn kube_scores(world: &World, pod: &Pod, feasible: &[&NodeInfo]) -> Vec<f64> {
     let replicas = world.inventory.replicas(MODELS[pod.model].name);
     let zone_count = |n: &NodeInfo| {
         n.zone
@@ -1079,7 +1206,7 @@ fn stock_place(world: &mut World, pod: &Pod, rng: &mut ChaCha8Rng) -> Option<Str
         .collect();
     let max_raw = raw.iter().copied().fold(0.0, f64::max);
     let min_raw = raw.iter().copied().fold(f64::INFINITY, f64::min);
-    let scores: Vec<f64> = feasible
+    feasible
         .iter()
         .zip(&raw)
         .map(|(n, &r)| {
@@ -1100,39 +1227,7 @@ fn stock_place(world: &mut World, pod: &Pod, rng: &mut ChaCha8Rng) -> Option<Str
             };
             least.floor() + balanced.floor() + 2.0 * spread.floor()
         })
-        .collect();
-    let best = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let tied: Vec<&NodeInfo> = feasible
-        .iter()
-        .zip(&scores)
-        .filter(|(_, s)| **s == best)
-        .map(|(n, _)| *n)
-        .collect();
-    let node = tied[rng.random_range(0..tied.len())];
-    let indices: Vec<u32> = node
-        .devices
-        .iter()
-        .filter(|d| d.exclusive_holders == 0 && d.sharers == 0)
-        .take(count as usize)
-        .map(|d| d.index)
-        .collect();
-    let placement = Placement {
-        pod: pod.demand.key.clone(),
-        node: node.name.clone(),
-        zone: node.zone.clone(),
-        model: pod.demand.model.clone(),
-        shares: indices
-            .into_iter()
-            .map(|index| DeviceShare {
-                index,
-                vram_mib: pod.demand.vram_mib,
-            })
-            .collect(),
-        exclusive: true,
-    };
-    let name = node.name.clone();
-    world.inventory.commit(&pod.demand.id, placement);
-    Some(name)
+        .collect()
 }
 
 /// The end-of-round figures.
@@ -1318,7 +1413,7 @@ pub fn run_all(
     let mut merged: Vec<ChurnResult> = schedulers
         .iter()
         .map(|s| ChurnResult {
-            scheduler: s.name().to_string(),
+            scheduler: s.name(),
             ..ChurnResult::default()
         })
         .collect();
@@ -1352,13 +1447,8 @@ pub fn table(results: &[ChurnResult], spec: &ChurnSpec, seeds: usize, config: &C
         "counts are summed over rounds and seeds (pod-rounds, replica-rounds, placements)"
     );
     for result in results {
-        let scheduler = if result.scheduler == STOCK {
-            Scheduler::Stock
-        } else {
-            Scheduler::Profile(result.scheduler.clone())
-        };
-        let limit = scheduler
-            .skew_limit(config)
+        let limit = Scheduler::from_name(&result.scheduler, config)
+            .and_then(|s| s.skew_limit(config))
             .map_or("none".to_string(), |l| l.to_string());
         let _ = writeln!(
             out,
@@ -1453,8 +1543,13 @@ mod tests {
         let config = Config::default();
         for demand in [1.0, 1.6] {
             let spec = small(30, demand);
-            let results =
-                run_all(&spec, &[spread(), binpack()], &config, &[1, 2], 2, || {}).unwrap();
+            let all = [
+                spread(),
+                binpack(),
+                Scheduler::Extender(PROFILE_SPREAD.into()),
+                Scheduler::Extender(PROFILE_BINPACK.into()),
+            ];
+            let results = run_all(&spec, &all, &config, &[1, 2], 2, || {}).unwrap();
             for result in &results {
                 let total = result.total();
                 assert!(total.placements > 1000, "{}: {total:?}", result.scheduler);
@@ -1466,7 +1561,7 @@ mod tests {
                         s.over_limit_placed, 0,
                         "{at}: a round without scale-down ended over the limit"
                     );
-                    if result.scheduler == PROFILE_SPREAD {
+                    if result.scheduler.starts_with(PROFILE_SPREAD) {
                         assert_eq!(
                             s.big_for_small, 0,
                             "{at}: a big device while a small one was free in a zone keeping the skew"
@@ -1598,7 +1693,18 @@ mod tests {
         assert!(parse_schedulers(" , ", &config).is_err());
         assert_eq!(
             parse_schedulers("all", &config).unwrap(),
-            [spread(), binpack(), Scheduler::Stock]
+            [
+                spread(),
+                binpack(),
+                Scheduler::Extender(PROFILE_SPREAD.into()),
+                Scheduler::Extender(PROFILE_BINPACK.into()),
+                Scheduler::Stock
+            ]
+        );
+        assert!(parse_schedulers("nope+kube", &config).is_err());
+        assert_eq!(
+            Scheduler::from_name("vramfit-binpack+kube", &config).map(|s| s.name()),
+            Some("vramfit-binpack+kube".to_string())
         );
         assert_eq!(
             parse_schedulers("STOCK,stock,vramfit-binpack", &config).unwrap(),

@@ -354,6 +354,41 @@ mod tests {
         assert_eq!(same, vec![scored(0.2), scored(0.7)]);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn every_breaker_ranks_below_every_keeper(
+            cases in proptest::collection::vec((0.0f64..=1.0, proptest::bool::ANY), 1..12)
+        ) {
+            let mut scored: Vec<Scored> = cases
+                .iter()
+                .map(|(exact, _)| Scored {
+                    exact: *exact,
+                    score: (exact * 10.0).round() as u8,
+                    terms: Terms::default(),
+                })
+                .collect();
+            let keeps: Vec<bool> = cases.iter().map(|(_, k)| *k).collect();
+            let before = scored.clone();
+            limit_zone_skew(&mut scored, &keeps);
+            let both = keeps.contains(&true) && keeps.contains(&false);
+            for (i, a) in scored.iter().enumerate() {
+                proptest::prop_assert!(a.exact >= 0.0 && a.exact <= 1.0 && a.score <= 10);
+                if !both {
+                    proptest::prop_assert_eq!(a, &before[i]);
+                    continue;
+                }
+                for (j, b) in scored.iter().enumerate() {
+                    if !keeps[i] && keeps[j] {
+                        proptest::prop_assert!(a.exact < b.exact && a.score < b.score);
+                    }
+                    if !keeps[i] && !keeps[j] && before[i].exact < before[j].exact {
+                        proptest::prop_assert!(a.exact <= b.exact, "breakers keep their order");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn spread_profile_keeps_replicas_within_one_of_the_emptiest_zone() {
         // Zone a already holds 2 replicas, b holds 1: the A100 in a (fresh node) would win on

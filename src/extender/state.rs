@@ -295,27 +295,29 @@ impl ExtenderState {
                 .filter(|p| p.node == target.node);
             return bound.cloned().ok_or(BindError::UnknownPod(key));
         };
-        let (reservation, deletion_cost) = {
-            let mut inventory = self.write();
-            let reservation = inventory.reserve(&demand, &target.node, Instant::now());
-            let cost = match (&reservation, &demand) {
-                (Ok(r), Ok(pod)) if self.config.deletion_cost => {
-                    deletion_cost(&inventory, pod, &r.placement)
+        let reservation = self
+            .write()
+            .reserve(&demand, &target.node, Instant::now())
+            .map_err(|error| match error {
+                ReserveError::PlacedElsewhere { node } => {
+                    BindError::BoundElsewhere { pod: key, node }
                 }
-                _ => None,
-            };
-            (reservation, cost)
-        };
-        let reservation = reservation.map_err(|error| match error {
-            ReserveError::PlacedElsewhere { node } => BindError::BoundElsewhere { pod: key, node },
-            ReserveError::NoFit(reason) => BindError::NoLongerFits {
-                node: target.node.clone(),
-                reason: reason.to_string(),
-            },
-        })?;
+                ReserveError::NoFit(reason) => BindError::NoLongerFits {
+                    node: target.node.clone(),
+                    reason: reason.to_string(),
+                },
+            })?;
         if !reservation.needs_binding {
             return Ok(reservation.placement);
         }
+        // Under the read lock: the cost scans the nodes for a smaller device that could host
+        // the pod, and filters need not wait for that.
+        let deletion_cost = match &demand {
+            Ok(pod) if self.config.deletion_cost => {
+                deletion_cost(&self.read(), pod, &reservation.placement)
+            }
+            _ => None,
+        };
         match self
             .binder
             .bind(target, &reservation.placement, deletion_cost)

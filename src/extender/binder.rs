@@ -166,3 +166,36 @@ impl Binder for KubeBinder {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::DeviceShare;
+
+    fn placement(shares: Vec<DeviceShare>) -> Placement {
+        Placement {
+            pod: "ml/p".into(),
+            node: "gpu-1".into(),
+            zone: Some("a".into()),
+            model: Some("sdxl".into()),
+            shares,
+            exclusive: true,
+        }
+    }
+
+    #[test]
+    fn the_deletion_cost_rides_on_the_binding_within_int32() {
+        let held = placement(vec![DeviceShare {
+            index: 1,
+            vram_mib: 12288,
+        }]);
+        let annotations = binding_annotations(&held, Some(-1_000_002));
+        assert_eq!(annotations[ANNOTATION_DELETION_COST], "-1000002");
+        assert_eq!(annotations[ANNOTATION_ASSIGNED_DEVICES], "1");
+        let clamped = binding_annotations(&held, Some(i64::MIN));
+        assert_eq!(clamped[ANNOTATION_DELETION_COST], i32::MIN.to_string());
+        assert!(!binding_annotations(&held, None).contains_key(ANNOTATION_DELETION_COST));
+        // A pod holding no device gets no annotation at all.
+        assert!(binding_annotations(&placement(Vec::new()), Some(-3)).is_empty());
+    }
+}

@@ -545,3 +545,35 @@ fn big_devices_held_by_small_needs_are_stranded() {
     let (node, _) = stranded.iter().next().unwrap();
     assert_eq!(node, "a100");
 }
+
+#[test]
+fn spread_keeps_zones_within_one_and_takes_a_small_device_wherever_that_allows() {
+    // Zone a: two T4s, zone b: one T4, zone c: an A100×2. SDXL (12 GiB) replicas.
+    let config = Config::default();
+    let mut inventory = mk_inventory(
+        &[
+            mk_t4("t4-a-0", "a"),
+            mk_t4("t4-a-1", "a"),
+            mk_t4("t4-b-0", "b"),
+            mk_a100("a100-c-0", "c", 2),
+        ],
+        &config,
+    );
+    let mut placed = Vec::new();
+    for i in 0..4 {
+        let pod = mk_pod(&format!("sdxl-{i}"))
+            .gpus(1)
+            .vram("12Gi")
+            .model("sdxl")
+            .scheduler("vramfit-spread");
+        let d = place(&mut inventory, &demand(pod), &config);
+        placed.push(d.node.expect("placed"));
+    }
+    // The first two take T4s in two zones; the third would put zone a two ahead of zone c on
+    // the free T4 there, so it takes the A100 in c (maxZoneSkew 1 outranks the best fit); with
+    // every zone at one, the fourth takes the free T4 in a, not the second A100.
+    assert!(placed[0].starts_with("t4-") && placed[1].starts_with("t4-"));
+    assert_ne!(placed[0][..4], placed[1][..4], "{placed:?}");
+    assert_eq!(placed[2], "a100-c-0", "{placed:?}");
+    assert_eq!(placed[3], "t4-a-1", "{placed:?}");
+}

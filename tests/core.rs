@@ -14,6 +14,24 @@ fn demand(pod: PodBuilder) -> vramfit::core::Demand {
     pod_demand(&pod.build(), &Config::default(), &Catalog::default())
 }
 
+/// Places `count` replicas of the 12 GiB SDXL model under `vramfit-spread`, one after another.
+fn place_sdxl_replicas(
+    inventory: &mut vramfit::core::Inventory,
+    config: &vramfit::core::Config,
+    count: usize,
+) -> Vec<vramfit::core::Decision> {
+    (0..count)
+        .map(|i| {
+            let pod = mk_pod(&format!("sdxl-{i}"))
+                .gpus(1)
+                .vram("12Gi")
+                .model("sdxl")
+                .scheduler("vramfit-spread");
+            place(inventory, &demand(pod), config)
+        })
+        .collect()
+}
+
 fn reason_on(node: vramfit::core::NodeFacts, pod: PodBuilder) -> Result<Vec<u32>, Reason> {
     let config = Config::default();
     let node = build_node(&node, &config, SystemTime::now());
@@ -290,16 +308,10 @@ fn replicas_spread_across_zones_and_spreading_never_blocks() {
         ],
         &config,
     );
-    let mut zones = Vec::new();
-    for i in 0..3 {
-        let pod = mk_pod(&format!("sdxl-{i}"))
-            .gpus(1)
-            .vram("12Gi")
-            .model("sdxl")
-            .scheduler("vramfit-spread");
-        let d = place(&mut inventory, &demand(pod), &config);
-        zones.push(d.zone.expect("placed"));
-    }
+    let zones: Vec<String> = place_sdxl_replicas(&mut inventory, &config, 3)
+        .into_iter()
+        .map(|d| d.zone.expect("placed"))
+        .collect();
     assert!(zones[..2].contains(&"a".to_string()) && zones[..2].contains(&"b".to_string()));
     // The third replica goes to zone a even though zone a already holds one: never left pending.
     assert_eq!(zones[2], "a");
@@ -559,16 +571,10 @@ fn spread_keeps_zones_within_one_and_takes_a_small_device_wherever_that_allows()
         ],
         &config,
     );
-    let mut placed = Vec::new();
-    for i in 0..4 {
-        let pod = mk_pod(&format!("sdxl-{i}"))
-            .gpus(1)
-            .vram("12Gi")
-            .model("sdxl")
-            .scheduler("vramfit-spread");
-        let d = place(&mut inventory, &demand(pod), &config);
-        placed.push(d.node.expect("placed"));
-    }
+    let placed: Vec<String> = place_sdxl_replicas(&mut inventory, &config, 4)
+        .into_iter()
+        .map(|d| d.node.expect("placed"))
+        .collect();
     // The first two take T4s in two zones; the third would put zone a two ahead of zone c on
     // the free T4 there, so it takes the A100 in c (maxZoneSkew 1 outranks the best fit); with
     // every zone at one, the fourth takes the free T4 in a, not the second A100.

@@ -40,7 +40,7 @@ pub fn deletion_cost(
     let in_zone = match (&placement.model, &placement.zone) {
         (Some(model), Some(zone)) => inventory
             .replicas(model)
-            .and_then(|r| r.by_zone.get(zone).copied())
+            .map(|r| r.in_zone(zone))
             .unwrap_or(0),
         _ => 0,
     };

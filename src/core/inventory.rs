@@ -59,16 +59,67 @@ pub(super) struct Entry {
     pub(super) stage: Stage,
 }
 
-/// Replica counts of one model, by node and by zone.
+/// A node or zone name stored inline (up to 40 bytes, as most are), so a lookup compares bytes
+/// in the table itself instead of chasing a pointer per probe.
+type NameKey = smallvec::SmallVec<[u8; 40]>;
+
+/// Replica counts of one model, by node and by zone (names kept inline: scoring looks both up
+/// for every candidate).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModelReplicas {
-    pub by_node: HashMap<String, u32>,
-    pub by_zone: HashMap<String, u32>,
+    by_node: HashMap<NameKey, u32>,
+    by_zone: HashMap<NameKey, u32>,
 }
 
-/// A node name stored inline (up to 40 bytes, as most are), so a lookup compares bytes in the
-/// table itself instead of chasing a pointer per probe.
-type NameKey = smallvec::SmallVec<[u8; 40]>;
+impl ModelReplicas {
+    /// Counts from (zone, replicas) and (node, replicas) pairs.
+    pub fn from_counts<'a>(
+        zones: impl IntoIterator<Item = (&'a str, u32)>,
+        nodes: impl IntoIterator<Item = (&'a str, u32)>,
+    ) -> Self {
+        let mut replicas = Self::default();
+        for (zone, n) in zones {
+            *replicas.by_zone.entry(key(zone)).or_default() += n;
+        }
+        for (node, n) in nodes {
+            *replicas.by_node.entry(key(node)).or_default() += n;
+        }
+        replicas
+    }
+
+    /// Replicas on node `name`.
+    pub fn on_node(&self, name: &str) -> u32 {
+        self.by_node.get(name.as_bytes()).copied().unwrap_or(0)
+    }
+
+    /// Replicas in zone `zone`.
+    pub fn in_zone(&self, zone: &str) -> u32 {
+        self.by_zone.get(zone.as_bytes()).copied().unwrap_or(0)
+    }
+
+    /// Whether some node holds a replica.
+    pub fn has_node_counts(&self) -> bool {
+        !self.by_node.is_empty()
+    }
+
+    fn add(&mut self, node: &str, zone: Option<&str>) {
+        *self.by_node.entry(key(node)).or_default() += 1;
+        if let Some(zone) = zone {
+            *self.by_zone.entry(key(zone)).or_default() += 1;
+        }
+    }
+
+    fn subtract(&mut self, node: &str, zone: Option<&str>) {
+        decrement(&mut self.by_node, node);
+        if let Some(zone) = zone {
+            decrement(&mut self.by_zone, zone);
+        }
+    }
+}
+
+fn key(name: &str) -> NameKey {
+    NameKey::from_slice(name.as_bytes())
+}
 
 /// Nodes, devices and the placement ledger.
 #[derive(Debug, Clone, Default)]
@@ -257,11 +308,10 @@ impl Inventory {
             .or_default()
             .insert(id.to_string());
         if let Some(model) = &placement.model {
-            let replicas = self.models.entry(model.clone()).or_default();
-            *replicas.by_node.entry(placement.node.clone()).or_default() += 1;
-            if let Some(zone) = &placement.zone {
-                *replicas.by_zone.entry(zone.clone()).or_default() += 1;
-            }
+            self.models
+                .entry(model.clone())
+                .or_default()
+                .add(&placement.node, placement.zone.as_deref());
         }
         self.ledger
             .insert(id.to_string(), Entry { placement, stage });
@@ -282,11 +332,8 @@ impl Inventory {
         }
         if let Some(model) = &placement.model {
             if let Some(replicas) = self.models.get_mut(model) {
-                decrement(&mut replicas.by_node, &placement.node);
-                if let Some(zone) = &placement.zone {
-                    decrement(&mut replicas.by_zone, zone);
-                }
-                if replicas.by_node.is_empty() {
+                replicas.subtract(&placement.node, placement.zone.as_deref());
+                if !replicas.has_node_counts() {
                     self.models.remove(model);
                 }
             }
@@ -329,11 +376,11 @@ impl Inventory {
     }
 }
 
-fn decrement(map: &mut HashMap<String, u32>, key: &str) {
-    if let Some(count) = map.get_mut(key) {
+fn decrement(map: &mut HashMap<NameKey, u32>, key: &str) {
+    if let Some(count) = map.get_mut(key.as_bytes()) {
         *count = count.saturating_sub(1);
         if *count == 0 {
-            map.remove(key);
+            map.remove(key.as_bytes());
         }
     }
 }

@@ -72,7 +72,7 @@ pub fn score_candidates(
     let zone_counts: Vec<Option<u32>> = candidates
         .iter()
         .map(|(node, _)| match (replicas, &node.zone) {
-            (Some(r), Some(zone)) => Some(r.by_zone.get(zone).copied().unwrap_or(0)),
+            (Some(r), Some(zone)) => Some(r.in_zone(zone)),
             (None, Some(_)) => Some(0),
             _ => None,
         })
@@ -80,7 +80,7 @@ pub fn score_candidates(
     let busiest_zone = zone_counts.iter().flatten().copied().max().unwrap_or(0);
     let on_node = |node: &NodeInfo| -> u32 {
         match replicas {
-            Some(r) if !r.by_node.is_empty() => r.by_node.get(&node.name).copied().unwrap_or(0),
+            Some(r) if r.has_node_counts() => r.on_node(&node.name),
             _ => 0,
         }
     };
@@ -303,16 +303,13 @@ mod tests {
     }
 
     fn replicas(zones: &[(&str, u32)]) -> ModelReplicas {
-        ModelReplicas {
-            by_node: Default::default(),
-            by_zone: zones.iter().map(|(z, n)| (z.to_string(), *n)).collect(),
-        }
+        ModelReplicas::from_counts(zones.iter().copied(), [])
     }
 
     #[test]
     fn keeps_zone_skew_counts_against_the_emptiest_candidate_zone() {
         let r = replicas(&[("a", 4), ("b", 3), ("c", 0)]);
-        let counts = |z: &str| r.by_zone.get(z).copied().unwrap_or(0);
+        let counts = |z: &str| r.in_zone(z);
         let zones = [Some("a"), Some("b"), Some("c"), None];
         assert_eq!(
             keeps_zone_skew(&zones, counts, 1),

@@ -617,11 +617,7 @@ impl World<'_> {
         let replicas = self.inventory.replicas(MODELS[model].name);
         self.zones
             .iter()
-            .map(|z| {
-                replicas
-                    .and_then(|r| r.by_zone.get(z).copied())
-                    .unwrap_or(0)
-            })
+            .map(|z| replicas.map_or(0, |r| r.in_zone(z)))
             .collect()
     }
 }
@@ -963,7 +959,7 @@ fn victims(
                     let colocated = world
                         .inventory
                         .replicas(MODELS[p.model].name)
-                        .and_then(|r| r.by_node.get(node).copied())
+                        .map(|r| r.on_node(node))
                         .unwrap_or(0);
                     let age_bucket = (round - since + 1).ilog2();
                     (
@@ -1040,11 +1036,7 @@ fn schedule(
         let after: Vec<u32> = world
             .zones
             .iter()
-            .map(|z| {
-                replicas
-                    .and_then(|r| r.by_zone.get(z).copied())
-                    .unwrap_or(0)
-            })
+            .map(|z| replicas.map_or(0, |r| r.in_zone(z)))
             .collect();
         if skew(&after) > limit.max(skew(&before)) {
             stats.skew_breaking += 1;
@@ -1181,14 +1173,10 @@ fn kube_scores(world: &World, pod: &Pod, feasible: &[&NodeInfo]) -> Vec<f64> {
     let zone_count = |n: &NodeInfo| {
         n.zone
             .as_ref()
-            .and_then(|z| replicas.and_then(|r| r.by_zone.get(z).copied()))
+            .and_then(|z| replicas.map(|r| r.in_zone(z)))
             .unwrap_or(0)
     };
-    let node_count = |n: &NodeInfo| {
-        replicas
-            .and_then(|r| r.by_node.get(&n.name).copied())
-            .unwrap_or(0)
-    };
+    let node_count = |n: &NodeInfo| replicas.map(|r| r.on_node(&n.name)).unwrap_or(0);
     // PodTopologySpread scoring: Σ constraints (count in the node's domain × ln(domains + 2)
     // + maxSkew − 1), normalized so the lowest raw score gets 100.
     let zones: std::collections::HashSet<&str> =

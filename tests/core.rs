@@ -583,3 +583,20 @@ fn spread_keeps_zones_within_one_and_takes_a_small_device_wherever_that_allows()
     assert_eq!(placed[2], "a100-c-0", "{placed:?}");
     assert_eq!(placed[3], "t4-a-1", "{placed:?}");
 }
+
+#[test]
+fn nodes_of_one_zone_share_the_zone_name_in_the_inventory() {
+    let config = Config::default();
+    let inventory = mk_inventory(
+        &[
+            mk_t4("t4-a-0", "a"),
+            mk_t4("t4-a-1", "a"),
+            mk_t4("t4-b-0", "b"),
+        ],
+        &config,
+    );
+    let zone = |name: &str| inventory.node(name).unwrap().zone.clone().unwrap();
+    assert!(std::sync::Arc::ptr_eq(&zone("t4-a-0"), &zone("t4-a-1")));
+    assert_eq!(&*zone("t4-b-0"), "b");
+    assert!(!std::sync::Arc::ptr_eq(&zone("t4-a-0"), &zone("t4-b-0")));
+}

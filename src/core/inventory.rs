@@ -4,9 +4,10 @@
 //! binding state machine (reserve, confirm, release, expire) is in [`super::ledger`].
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Instant;
 
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use serde::Serialize;
 
@@ -134,7 +135,14 @@ pub struct Inventory {
     packing: Packing,
     /// Verdicts and fragmentation changes of recent pod shapes, per node slot.
     memo: Memo,
+    /// One shared allocation per zone name, so nodes of a zone carry the same `Arc` and
+    /// scoring looks each zone's replica count up once per request.
+    zones: HashSet<Arc<str>>,
 }
+
+/// Distinct zone names shared between nodes; names beyond it stay unshared (still correct, only
+/// looked up once per node instead of once per zone).
+const MAX_INTERNED_ZONES: usize = 1024;
 
 impl Inventory {
     /// An empty inventory.
@@ -144,6 +152,7 @@ impl Inventory {
 
     /// Adds or replaces a node's capacity; placements recorded on it are applied again.
     pub fn upsert_node(&mut self, mut node: NodeInfo) {
+        self.intern_zone(&mut node);
         self.apply_ledger(&mut node);
         let slot = match self.index.get(node.name.as_bytes()) {
             Some(&slot) => {
@@ -161,6 +170,16 @@ impl Inventory {
         };
         self.packing.node_changed(slot, &self.nodes[slot]);
         self.keep_cache_budget();
+    }
+
+    /// Points the node's zone at the inventory's shared copy of that name.
+    fn intern_zone(&mut self, node: &mut NodeInfo) {
+        let Some(zone) = &node.zone else { return };
+        if let Some(shared) = self.zones.get(zone) {
+            node.zone = Some(shared.clone());
+        } else if self.zones.len() < MAX_INTERNED_ZONES {
+            self.zones.insert(zone.clone());
+        }
     }
 
     /// Recomputes every node when the node count moved the fragmentation term's shape limit.

@@ -85,7 +85,7 @@ impl Placement {
         Placement {
             pod: demand.key.clone(),
             node: node.name.clone(),
-            zone: node.zone.clone(),
+            zone: node.zone.as_deref().map(String::from),
             model: demand.model.clone(),
             shares: fit.shares(),
             exclusive: fit.exclusive,

@@ -202,7 +202,9 @@ pub enum NodeProblem {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NodeInfo {
     pub name: String,
-    pub zone: Option<String>,
+    /// The zone; the inventory shares one allocation per zone name among its nodes, so
+    /// scoring can tell zones apart by pointer.
+    pub zone: Option<Arc<str>>,
     /// The whole-device resource of this node's accelerators, if any.
     pub resource: Option<&'static str>,
     pub vendor: Option<Vendor>,
@@ -237,7 +239,7 @@ pub fn build_node(facts: &NodeFacts, config: &Config, now: SystemTime) -> NodeIn
         .get(LABEL_ZONE)
         .or_else(|| facts.labels.get(LABEL_ZONE_LEGACY))
         .filter(|z| z.len() <= MAX_LABEL_VALUE_LEN)
-        .cloned();
+        .map(|z| Arc::from(z.as_str()));
     let sharing = config.sharing_all_nodes
         || facts.labels.get(LABEL_SHARING).map(String::as_str) == Some("vram");
     let mut node = NodeInfo {

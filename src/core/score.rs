@@ -23,6 +23,7 @@
 //! the 0–10 wire ([`limit_zone_skew`]); when none keeps it (or none breaks it) scores are as above.
 
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use super::config::Weights;
 use super::filter::Fit;
@@ -48,6 +49,9 @@ pub struct Scored {
     pub terms: Terms,
 }
 
+/// Distinct zones whose replica counts one scoring pass remembers.
+const ZONE_CACHE: usize = 16;
+
 /// Scores feasible candidates against each other. `replicas` are the pod's model's replicas;
 /// `frag_deltas[i]` is candidate i's fragmentation change (empty: no fragmentation term).
 pub fn score_candidates(
@@ -68,11 +72,23 @@ pub fn score_candidates(
         .map(|(_, fit)| fit.node_largest_mib)
         .max()
         .unwrap_or(0);
-    // One lookup per candidate for its zone's replicas (zone names are read once).
+    // Each zone's replicas, looked up once per distinct zone: the inventory shares one
+    // allocation per zone name, so a few recent zones are remembered by pointer.
+    let mut recent_zones: SmallVec<[(*const u8, u32); ZONE_CACHE]> = SmallVec::new();
     let zone_counts: Vec<Option<u32>> = candidates
         .iter()
         .map(|(node, _)| match (replicas, &node.zone) {
-            (Some(r), Some(zone)) => Some(r.in_zone(zone)),
+            (Some(r), Some(zone)) => {
+                let ptr = zone.as_ptr();
+                if let Some(&(_, count)) = recent_zones.iter().find(|(p, _)| *p == ptr) {
+                    return Some(count);
+                }
+                let count = r.in_zone(zone);
+                if recent_zones.len() < ZONE_CACHE {
+                    recent_zones.push((ptr, count));
+                }
+                Some(count)
+            }
             (None, Some(_)) => Some(0),
             _ => None,
         })
@@ -434,5 +450,39 @@ mod tests {
         let scores = score_candidates(&candidates, &deltas, Some(&beyond), weights, 0.04);
         assert!(scores[1].exact > scores[0].exact, "a skew of 6 is not");
         assert!(scores[1].score > scores[0].score);
+    }
+
+    #[test]
+    fn zone_counts_are_the_same_whether_zone_names_are_shared_or_not() {
+        let config = Config::default();
+        let (_, weights) = config.profile_for(Some(PROFILE_SPREAD));
+        // 20 zones (more than the per-pass cache), each with `zone index` replicas; every zone
+        // has one node with the inventory's shared name and one with its own copy of it.
+        let mut nodes = Vec::new();
+        let mut counts = Vec::new();
+        for z in 0..20u32 {
+            let zone = format!("zone-{z}");
+            let shared = node(&format!("shared-{z}"), &zone, 15360);
+            let mut copy = node(&format!("copy-{z}"), &zone, 15360);
+            copy.zone = Some(Arc::from(zone.as_str()));
+            let mut twin = node(&format!("twin-{z}"), &zone, 15360);
+            twin.zone = shared.zone.clone();
+            nodes.extend([shared, copy, twin]);
+            counts.push((zone, z));
+        }
+        let r = ModelReplicas::from_counts(counts.iter().map(|(z, n)| (z.as_str(), *n)), []);
+        let f = fit(15360, 12288);
+        let candidates: Vec<_> = nodes.iter().map(|n| (n, &f)).collect();
+        let scores = score_candidates(&candidates, &[], Some(&r), weights, 0.04);
+        for (i, scored) in scores.iter().enumerate() {
+            let z = (i / 3) as f64;
+            let expected = 1.0 - z / 19.0;
+            assert!(
+                (scored.terms.zone_spread - expected).abs() < 1e-9,
+                "{}: {} vs {expected}",
+                nodes[i].name,
+                scored.terms.zone_spread
+            );
+        }
     }
 }

@@ -304,7 +304,7 @@ impl DryRun {
             .and_then(|d| d.scheduler_name.as_deref());
         PodResult {
             pod,
-            zone: info.and_then(|n| n.zone.clone()),
+            zone: info.and_then(|n| n.zone.as_deref().map(String::from)),
             node: Some(node),
             devices,
             score: None,

@@ -1,7 +1,11 @@
 //! The `vramfit` binary: `place` on the built-in example, snapshot formats, exit codes, errors.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
+
+mod common;
+
+use common::{scratch, succeeded};
 
 use serde_json::Value;
 
@@ -31,14 +35,6 @@ fn place_json(snapshot: &str, pods: &str) -> (i32, Value) {
         )
     });
     (out.status.code().unwrap(), value)
-}
-
-fn scratch(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vramfit-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
 }
 
 #[test]
@@ -244,13 +240,8 @@ fn config_and_catalog_files_are_read() {
         "--catalog",
         catalog.to_str().unwrap(),
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stdout = succeeded(&out);
+    let report: Value = serde_json::from_str(&stdout).unwrap();
     // 14Gi fits a T4 only because headroom is 0 in this config.
     assert!(report["pods"][0]["node"]
         .as_str()
@@ -340,13 +331,8 @@ fn what_if_nodes_and_the_picture() {
         "--svg",
         svg.to_str().unwrap(),
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stdout = succeeded(&out);
+    let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
         report["addedNodes"],
         serde_json::json!(["t4-new-whatif-0", "t4-1x-whatif-1"])
@@ -383,13 +369,7 @@ fn replay_churn_runs_the_built_in_workload_and_refuses_bad_flags() {
         "replay", "--churn", "--fleet", "6,4,2", "--rounds", "4", "--seeds", "1-2", "--demand",
         "1.6",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     for expected in [
         "vramfit-spread (zone-skew limit 1)",
         "vramfit-binpack (zone-skew limit 5)",

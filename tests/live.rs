@@ -4,6 +4,7 @@
 mod common;
 
 use common::api::FakeApi;
+use common::succeeded;
 use serde_json::Value;
 
 fn example_objects() -> (Vec<Value>, Vec<Value>) {
@@ -63,13 +64,8 @@ fn place_reads_a_live_cluster_read_only() {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stdout = succeeded(&out);
+    let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["nodes"], 11, "every page of nodes was read");
     assert_eq!(report["pods"].as_array().unwrap().len(), 10);
     let requests = api.requests();

@@ -4,13 +4,9 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-fn scratch(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vramfit-replay-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
+mod common;
+
+use common::{scratch, succeeded};
 
 fn replay(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vramfit"))
@@ -56,7 +52,8 @@ fn tiny_trace() -> (PathBuf, PathBuf) {
 #[test]
 fn replay_runs_every_policy_and_writes_the_csv() {
     let (nodes, pods) = tiny_trace();
-    let csv = std::env::temp_dir().join(format!("vramfit-replay-{}/out.csv", std::process::id()));
+    // Beside the trace, in the scratch folder; replay writes it.
+    let csv = nodes.with_file_name("out.csv");
     let out = replay(&[
         "--nodes",
         nodes.to_str().unwrap(),
@@ -66,13 +63,7 @@ fn replay_runs_every_policy_and_writes_the_csv() {
         "--csv",
         csv.to_str().unwrap(),
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let table = String::from_utf8(out.stdout).unwrap();
+    let table = succeeded(&out);
     assert!(table.contains("trace tiny"), "{table}");
     for policy in [
         "vramfit",

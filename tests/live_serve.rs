@@ -29,6 +29,26 @@ fn pod(name: &str) -> common::objects::PodJson {
         .scheduler("vramfit-binpack")
 }
 
+/// Filter for pod `name` of the live tests over `nodes` (this is where vramfit learns the pod).
+async fn filter(app: &axum::Router, name: &str, nodes: &[&str]) -> Value {
+    call(
+        app,
+        "/scheduler/filter",
+        json!({"Pod": pod(name).build(), "Nodes": null, "NodeNames": nodes}),
+    )
+    .await
+}
+
+/// Bind pod `ml/name` (UID `uid-name`) to `node`.
+async fn bind(app: &axum::Router, name: &str, node: &str) -> Value {
+    call(
+        app,
+        "/scheduler/bind",
+        json!({"PodName": name, "PodNamespace": "ml", "PodUID": format!("uid-{name}"), "Node": node}),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_mode_lists_watches_binds_and_recovers() {
     // "old" was bound before the extender started, on device 1 by its assignment annotation.
@@ -81,15 +101,9 @@ async fn live_mode_lists_watches_binds_and_recovers() {
     }
 
     // A new pod: filter (learns the pod), bind (Binding with the assignment), watch confirms.
-    let args = json!({"Pod": pod("new").build(), "Nodes": null, "NodeNames": ["gpu-a", "gpu-b"]});
-    let filtered = call(&app, "/scheduler/filter", args).await;
+    let filtered = filter(&app, "new", &["gpu-a", "gpu-b"]).await;
     assert_eq!(filtered["NodeNames"], json!(["gpu-a", "gpu-b"]));
-    let reply = call(
-        &app,
-        "/scheduler/bind",
-        json!({"PodName": "new", "PodNamespace": "ml", "PodUID": "uid-new", "Node": "gpu-a"}),
-    )
-    .await;
+    let reply = bind(&app, "new", "gpu-a").await;
     assert_eq!(reply, json!({"Error": ""}));
     let sent = api.bindings().last().cloned().unwrap();
     assert_eq!(
@@ -114,18 +128,8 @@ async fn live_mode_lists_watches_binds_and_recovers() {
     eventually("the watch confirms the bind", || state.reserved_pods() == 0).await;
 
     // gpu-a is full now: a bind there is refused with a reason and nothing is reserved.
-    call(
-        &app,
-        "/scheduler/filter",
-        json!({"Pod": pod("other").build(), "Nodes": null, "NodeNames": ["gpu-a", "gpu-b"]}),
-    )
-    .await;
-    let reply = call(
-        &app,
-        "/scheduler/bind",
-        json!({"PodName": "other", "PodNamespace": "ml", "PodUID": "uid-other", "Node": "gpu-a"}),
-    )
-    .await;
+    filter(&app, "other", &["gpu-a", "gpu-b"]).await;
+    let reply = bind(&app, "other", "gpu-a").await;
     assert_eq!(
         reply["Error"],
         "vramfit: no longer fits gpu-a: vramfit: needs 1 device with 40Gi free; 0 such here",
@@ -136,18 +140,8 @@ async fn live_mode_lists_watches_binds_and_recovers() {
     // binding is held until the server stops, so no other answer can come), and the
     // reservation is kept (the binding may still happen) rather than handed to another pod.
     api.hang_bindings_of("slow");
-    call(
-        &app,
-        "/scheduler/filter",
-        json!({"Pod": pod("slow").build(), "Nodes": null, "NodeNames": ["gpu-b"]}),
-    )
-    .await;
-    let reply = call(
-        &app,
-        "/scheduler/bind",
-        json!({"PodName": "slow", "PodNamespace": "ml", "PodUID": "uid-slow", "Node": "gpu-b"}),
-    )
-    .await;
+    filter(&app, "slow", &["gpu-b"]).await;
+    let reply = bind(&app, "slow", "gpu-b").await;
     assert_eq!(
         reply["Error"],
         "vramfit: binding failed: the API server did not answer within 300ms",
@@ -163,12 +157,7 @@ async fn live_mode_lists_watches_binds_and_recovers() {
     );
 
     // 409 "already assigned to the same node" is success: bind "new" again after the watch confirmed it.
-    let reply = call(
-        &app,
-        "/scheduler/bind",
-        json!({"PodName": "new", "PodNamespace": "ml", "PodUID": "uid-new", "Node": "gpu-a"}),
-    )
-    .await;
+    let reply = bind(&app, "new", "gpu-a").await;
     assert_eq!(reply, json!({"Error": ""}));
 
     // The old pod is deleted: its device is free again.

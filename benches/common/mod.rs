@@ -112,12 +112,19 @@ pub fn filter_then_prioritize(
     config: &Config,
 ) -> usize {
     let outcome = vramfit::core::filter(
-        names.iter().map(|n| (n.as_str(), inventory.node(n))),
+        names
+            .iter()
+            .map(String::as_str)
+            .zip(inventory.nodes_named(names)),
         demand,
         inventory,
     );
     let scores = vramfit::core::prioritize(
-        outcome.feasible.iter().map(|n| (*n, inventory.node(n))),
+        outcome
+            .feasible
+            .iter()
+            .copied()
+            .zip(inventory.nodes_named(&outcome.feasible)),
         demand,
         inventory,
         config,

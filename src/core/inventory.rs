@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::frag::{Host, NodeFrag, Packing};
 use super::memo::Memo;
+use super::name_lists::NameLists;
 use super::node::NodeInfo;
 use super::workload::{Shape, WorkloadParams};
 
@@ -138,6 +139,11 @@ pub struct Inventory {
     /// One shared allocation per zone name, so nodes of a zone carry the same `Arc` and
     /// scoring looks each zone's replica count up once per request.
     zones: HashSet<Arc<str>>,
+    /// Renewed whenever a node's slot may have moved (a removal), so remembered name lists of
+    /// an older layout are not trusted.
+    layout: u64,
+    /// The node-name lists of recent requests, with their slots.
+    name_lists: NameLists,
 }
 
 /// Distinct zone names shared between nodes; names beyond it stay unshared (still correct, only
@@ -192,6 +198,7 @@ impl Inventory {
     /// Removes a node. Its placements stay in the ledger until their pods are released.
     pub fn remove_node(&mut self, name: &str) -> Option<NodeInfo> {
         let slot = self.index.remove(name.as_bytes())? as usize;
+        self.layout += 1;
         let removed = self.nodes.swap_remove(slot);
         self.packing.node_removed(slot, name);
         self.memo.truncate(self.nodes.len());
@@ -208,6 +215,18 @@ impl Inventory {
         self.index
             .get(name.as_bytes())
             .map(|&slot| &self.nodes[slot as usize])
+    }
+
+    /// The nodes named, in order (`None`: not known). Resolves a list like the previous
+    /// requests' by comparing names in order ([`super::name_lists`]), the rest by name.
+    pub fn nodes_named<N: AsRef<str>>(&self, names: &[N]) -> Vec<Option<&NodeInfo>> {
+        self.name_lists
+            .resolve(names, self.layout, |name| {
+                self.index.get(name.as_bytes()).copied()
+            })
+            .into_iter()
+            .map(|slot| slot.and_then(|s| self.nodes.get(s as usize)))
+            .collect()
     }
 
     fn node_mut(&mut self, name: &str) -> Option<&mut NodeInfo> {

@@ -15,6 +15,7 @@ pub mod frag;
 pub mod inventory;
 pub mod ledger;
 pub mod memo;
+pub mod name_lists;
 pub mod node;
 pub mod quantity;
 pub mod reconcile;

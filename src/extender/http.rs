@@ -266,7 +266,10 @@ fn filter_inner(app: &App, body: &[u8]) -> Result<(&'static str, Vec<u8>), BadRe
     let inventory = app.cluster.read();
     let outcome = match &candidates {
         Candidates::Names(names) => crate::core::filter(
-            names.iter().map(|n| (n.as_ref(), inventory.node(n))),
+            names
+                .iter()
+                .map(AsRef::as_ref)
+                .zip(inventory.nodes_named(names)),
             &demand,
             &inventory,
         ),
@@ -352,7 +355,10 @@ fn prioritize_inner(app: &App, body: &[u8]) -> Result<Vec<u8>, BadRequest> {
     let inventory = app.cluster.read();
     let scores = match &candidates {
         Candidates::Names(names) => crate::core::prioritize(
-            names.iter().map(|n| (n.as_ref(), inventory.node(n))),
+            names
+                .iter()
+                .map(AsRef::as_ref)
+                .zip(inventory.nodes_named(names)),
             &demand,
             &inventory,
             &app.cluster.config,

@@ -111,20 +111,9 @@ pub fn filter_then_prioritize(
     demand: &vramfit::core::Demand,
     config: &Config,
 ) -> usize {
-    let outcome = vramfit::core::filter(
-        names
-            .iter()
-            .map(String::as_str)
-            .zip(inventory.nodes_named(names)),
-        demand,
-        inventory,
-    );
+    let outcome = vramfit::core::filter(inventory.nodes_named(names), demand, inventory);
     let scores = vramfit::core::prioritize(
-        outcome
-            .feasible
-            .iter()
-            .copied()
-            .zip(inventory.nodes_named(&outcome.feasible)),
+        inventory.nodes_named(&outcome.feasible),
         demand,
         inventory,
         config,

@@ -217,16 +217,19 @@ impl Inventory {
             .map(|&slot| &self.nodes[slot as usize])
     }
 
-    /// The nodes named, in order (`None`: not known). Resolves a list like the previous
-    /// requests' by comparing names in order ([`super::name_lists`]), the rest by name.
-    pub fn nodes_named<N: AsRef<str>>(&self, names: &[N]) -> Vec<Option<&NodeInfo>> {
-        self.name_lists
-            .resolve(names, self.layout, |name| {
-                self.index.get(name.as_bytes()).copied()
-            })
-            .into_iter()
-            .map(|slot| slot.and_then(|s| self.nodes.get(s as usize)))
-            .collect()
+    /// Each name with its node, in order (`None`: not known). Resolves a list like the
+    /// previous requests' by comparing names in order ([`super::name_lists`]), the rest by name.
+    pub fn nodes_named<'n, N: AsRef<str>>(
+        &self,
+        names: &'n [N],
+    ) -> impl Iterator<Item = (&'n str, Option<&NodeInfo>)> {
+        let slots = self.name_lists.resolve(names, self.layout, |name| {
+            self.index.get(name.as_bytes()).copied()
+        });
+        names
+            .iter()
+            .zip(slots)
+            .map(|(name, slot)| (name.as_ref(), slot.and_then(|s| self.nodes.get(s as usize))))
     }
 
     fn node_mut(&mut self, name: &str) -> Option<&mut NodeInfo> {

@@ -13,7 +13,7 @@
 
 use std::sync::{Arc, Mutex};
 
-/// How many lists are remembered (filter's and prioritize's, most recent first).
+/// How many lists are remembered (filter's and prioritize's; the least recently used goes).
 pub const NAME_LISTS: usize = 2;
 
 /// How far ahead in a remembered list a name is looked for when the lists differ (nodes that
@@ -98,8 +98,9 @@ impl NameLists {
             };
             slots.push(slot);
         }
-        if !same {
-            self.remember(names, &slots, layout);
+        match remembered {
+            Some(list) if same => self.touch(&list),
+            _ => self.remember(names, &slots, layout),
         }
         slots
     }
@@ -115,6 +116,16 @@ impl NameLists {
             .find(|l| l.len() == len)
             .or_else(|| lists.iter().rev().find(starts))
             .cloned()
+    }
+
+    /// Marks `list` as the most recently used, so filter's full list outlives the changing
+    /// survivor lists of prioritize.
+    fn touch(&self, list: &Arc<NameList>) {
+        let mut lists = self.lock();
+        if let Some(i) = lists.iter().position(|l| Arc::ptr_eq(l, list)) {
+            let used = lists.remove(i);
+            lists.push(used);
+        }
     }
 
     fn remember<N: AsRef<str>>(&self, names: &[N], slots: &[Option<u32>], layout: u64) {
@@ -189,6 +200,24 @@ mod tests {
             assert_eq!(lists.resolve(names, 1, lookup), expected);
         }
         assert!(lists.lock().len() <= NAME_LISTS);
+    }
+
+    #[test]
+    fn the_list_in_use_outlives_changing_survivor_lists() {
+        let lists = NameLists::default();
+        let full = ["a", "b", "c", "d"];
+        let lookup = |n: &str| Some(u32::from(n.as_bytes()[0]));
+        lists.resolve(&full, 1, lookup);
+        for survivors in [&["a", "b", "c"][..], &["a", "b"], &["a"]] {
+            lists.resolve(&full, 1, lookup);
+            lists.resolve(survivors, 1, lookup);
+            let held = lists.lock();
+            assert_eq!(held.len(), NAME_LISTS);
+            assert!(
+                held.iter().any(|l| l.len() == full.len()),
+                "filter's list kept"
+            );
+        }
     }
 
     #[test]

@@ -265,14 +265,9 @@ fn filter_inner(app: &App, body: &[u8]) -> Result<(&'static str, Vec<u8>), BadRe
     let candidates = candidates(app, node_names.as_deref(), nodes.as_ref())?;
     let inventory = app.cluster.read();
     let outcome = match &candidates {
-        Candidates::Names(names) => crate::core::filter(
-            names
-                .iter()
-                .map(AsRef::as_ref)
-                .zip(inventory.nodes_named(names)),
-            &demand,
-            &inventory,
-        ),
+        Candidates::Names(names) => {
+            crate::core::filter(inventory.nodes_named(names), &demand, &inventory)
+        }
         Candidates::Objects(nodes) => crate::core::filter(
             nodes.iter().map(|(n, i)| (n.as_str(), Some(i))),
             &demand,
@@ -355,10 +350,7 @@ fn prioritize_inner(app: &App, body: &[u8]) -> Result<Vec<u8>, BadRequest> {
     let inventory = app.cluster.read();
     let scores = match &candidates {
         Candidates::Names(names) => crate::core::prioritize(
-            names
-                .iter()
-                .map(AsRef::as_ref)
-                .zip(inventory.nodes_named(names)),
+            inventory.nodes_named(names),
             &demand,
             &inventory,
             &app.cluster.config,

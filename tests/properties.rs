@@ -281,3 +281,90 @@ fn node_built_twice_from_the_same_facts_is_identical() {
         build_node(&facts, &config, now)
     );
 }
+
+/// One step of [`replica_counts_read_by_slot_match_the_counts_by_name`].
+#[derive(Debug, Clone)]
+enum ReplicaStep {
+    /// Pod `pod` (model `model`) is bound on node `node`.
+    Commit {
+        pod: u8,
+        node: u8,
+        model: u8,
+    },
+    Remove {
+        pod: u8,
+    },
+    RemoveNode {
+        node: u8,
+    },
+    UpsertNode {
+        node: u8,
+    },
+}
+
+fn replica_step() -> impl Strategy<Value = ReplicaStep> {
+    prop_oneof![
+        4 => (0..12u8, 0..6u8, 0..3u8).prop_map(|(pod, node, model)| ReplicaStep::Commit { pod, node, model }),
+        2 => (0..12u8).prop_map(|pod| ReplicaStep::Remove { pod }),
+        1 => (0..6u8).prop_map(|node| ReplicaStep::RemoveNode { node }),
+        1 => (0..6u8).prop_map(|node| ReplicaStep::UpsertNode { node }),
+    ]
+}
+
+proptest! {
+    /// Scoring reads a candidate's replicas by slot; whatever order pods come and go and nodes
+    /// are removed (slots move) or added back, that count equals the model's count by name.
+    #[test]
+    fn replica_counts_read_by_slot_match_the_counts_by_name(
+        steps in proptest::collection::vec(replica_step(), 1..60)
+    ) {
+        let config = Config::default();
+        let node_named = |n: u8| {
+            let facts = common::mk_a100(&format!("node-{n}"), if n.is_multiple_of(2) { "a" } else { "b" }, 8);
+            build_node(&facts, &config, SystemTime::UNIX_EPOCH)
+        };
+        let mut inventory = Inventory::new();
+        for n in 0..6 {
+            inventory.upsert_node(node_named(n));
+        }
+        for step in steps {
+            match step {
+                ReplicaStep::Commit { pod, node, model } => inventory.commit(
+                    &format!("ns/pod-{pod}"),
+                    vramfit::core::Placement {
+                        pod: format!("ns/pod-{pod}"),
+                        node: format!("node-{node}"),
+                        zone: None,
+                        model: Some(format!("model-{model}")),
+                        shares: vec![vramfit::core::DeviceShare { index: 0, vram_mib: 1024 }],
+                        exclusive: false,
+                    },
+                ),
+                ReplicaStep::Remove { pod } => {
+                    inventory.remove(&format!("ns/pod-{pod}"));
+                }
+                ReplicaStep::RemoveNode { node } => {
+                    inventory.remove_node(&format!("node-{node}"));
+                }
+                ReplicaStep::UpsertNode { node } => inventory.upsert_node(node_named(node)),
+            }
+            for model in (0..3).map(|m| format!("model-{m}")) {
+                for node in inventory.nodes() {
+                    let expected = inventory
+                        .placements()
+                        .filter(|(_, p)| p.node == node.name && p.model.as_deref() == Some(model.as_str()))
+                        .count() as u32;
+                    let by_name = inventory.replicas(&model).map_or(0, |r| r.on_node(&node.name));
+                    prop_assert_eq!(by_name, expected, "by name: {} on {}", model, node.name);
+                    let Some(replicas) = inventory.replicas(&model) else {
+                        prop_assert_eq!(expected, 0);
+                        continue;
+                    };
+                    prop_assert_eq!(inventory.replicas_on(replicas, node), expected, "by slot: {} on {}", model, node.name);
+                    // A copy of the node (not the inventory's own) is looked up by name.
+                    prop_assert_eq!(inventory.replicas_on(replicas, &node.clone()), expected);
+                }
+            }
+        }
+    }
+}

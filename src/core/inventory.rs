@@ -65,12 +65,13 @@ pub(super) struct Entry {
 /// in the table itself instead of chasing a pointer per probe.
 type NameKey = smallvec::SmallVec<[u8; 40]>;
 
-/// Replica counts of one model, by node and by zone (names kept inline: scoring looks both up
-/// for every candidate).
+/// Replica counts of one model, by node and by zone (names kept inline), and by the slot of
+/// nodes the inventory knows: scoring reads a candidate's count by slot, without its name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModelReplicas {
     by_node: HashMap<NameKey, u32>,
     by_zone: HashMap<NameKey, u32>,
+    by_slot: HashMap<u32, u32>,
 }
 
 impl ModelReplicas {
@@ -102,6 +103,19 @@ impl ModelReplicas {
     /// Whether some node holds a replica.
     pub fn has_node_counts(&self) -> bool {
         !self.by_node.is_empty()
+    }
+
+    /// Adds (`sign = 1`) or removes (`sign = -1`) one replica on the node at `slot`.
+    fn count_slot(&mut self, slot: u32, sign: i32) {
+        let count = self.by_slot.entry(slot).or_default();
+        if sign > 0 {
+            *count += 1;
+        } else {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.by_slot.remove(&slot);
+            }
+        }
     }
 
     fn add(&mut self, node: &str, zone: Option<&str>) {
@@ -166,12 +180,12 @@ impl Inventory {
                 slot as usize
             }
             None => {
-                self.index.insert(
-                    NameKey::from_slice(node.name.as_bytes()),
-                    self.nodes.len() as u32,
-                );
+                let slot = self.nodes.len() as u32;
+                self.index
+                    .insert(NameKey::from_slice(node.name.as_bytes()), slot);
+                self.count_models_at(&node.name, slot);
                 self.nodes.push(node);
-                self.nodes.len() - 1
+                slot as usize
             }
         };
         self.packing.node_changed(slot, &self.nodes[slot]);
@@ -200,6 +214,13 @@ impl Inventory {
         let slot = self.index.remove(name.as_bytes())? as usize;
         self.layout += 1;
         let removed = self.nodes.swap_remove(slot);
+        let last = self.nodes.len() as u32;
+        for replicas in self.models.values_mut() {
+            replicas.by_slot.remove(&(slot as u32));
+            if let Some(count) = replicas.by_slot.remove(&last) {
+                replicas.by_slot.insert(slot as u32, count);
+            }
+        }
         self.packing.node_removed(slot, name);
         self.memo.truncate(self.nodes.len());
         self.keep_cache_budget();
@@ -232,9 +253,24 @@ impl Inventory {
             .map(|(name, slot)| (name.as_ref(), slot.and_then(|s| self.nodes.get(s as usize))))
     }
 
-    fn node_mut(&mut self, name: &str) -> Option<&mut NodeInfo> {
-        let slot = *self.index.get(name.as_bytes())? as usize;
-        self.nodes.get_mut(slot)
+    /// Counts the replicas that the ledger places on node `name` (new at `slot`) by slot.
+    fn count_models_at(&mut self, name: &str, slot: u32) {
+        let held = self.pods_by_node.get(name).into_iter().flatten();
+        for entry in held.filter_map(|id| self.ledger.get(id)) {
+            let model = entry.placement.model.as_deref();
+            if let Some(replicas) = model.and_then(|m| self.models.get_mut(m)) {
+                replicas.count_slot(slot, 1);
+            }
+        }
+    }
+
+    /// The replicas of `model` (an entry of this inventory's [`Inventory::replicas`]) on `node`:
+    /// read by slot when `node` is this inventory's own, else looked up by name.
+    pub fn replicas_on(&self, model: &ModelReplicas, node: &NodeInfo) -> u32 {
+        match self.own_slot(node) {
+            Some(slot) => model.by_slot.get(&(slot as u32)).copied().unwrap_or(0),
+            None => model.on_node(&node.name),
+        }
     }
 
     /// Recomputes the cached fragmentation of a node after its occupancy changed.
@@ -340,8 +376,9 @@ impl Inventory {
     /// Records `placement` for pod `id` at `stage`, replacing what it held before.
     pub(super) fn insert(&mut self, id: &str, placement: Placement, stage: Stage) {
         self.remove(id);
-        if let Some(node) = self.node_mut(&placement.node) {
-            occupy(node, &placement, 1);
+        let slot = self.index.get(placement.node.as_bytes()).copied();
+        if let Some(slot) = slot {
+            occupy(&mut self.nodes[slot as usize], &placement, 1);
         }
         self.node_touched(&placement.node);
         self.pods_by_node
@@ -349,10 +386,11 @@ impl Inventory {
             .or_default()
             .insert(id.to_string());
         if let Some(model) = &placement.model {
-            self.models
-                .entry(model.clone())
-                .or_default()
-                .add(&placement.node, placement.zone.as_deref());
+            let replicas = self.models.entry(model.clone()).or_default();
+            replicas.add(&placement.node, placement.zone.as_deref());
+            if let Some(slot) = slot {
+                replicas.count_slot(slot, 1);
+            }
         }
         self.ledger
             .insert(id.to_string(), Entry { placement, stage });
@@ -361,8 +399,9 @@ impl Inventory {
     /// Removes whatever pod `id` holds, at any stage (the pod finished or is gone), returning it.
     pub fn remove(&mut self, id: &str) -> Option<Placement> {
         let placement = self.ledger.remove(id)?.placement;
-        if let Some(node) = self.node_mut(&placement.node) {
-            occupy(node, &placement, -1);
+        let slot = self.index.get(placement.node.as_bytes()).copied();
+        if let Some(slot) = slot {
+            occupy(&mut self.nodes[slot as usize], &placement, -1);
         }
         self.node_touched(&placement.node);
         if let Some(ids) = self.pods_by_node.get_mut(&placement.node) {
@@ -374,6 +413,9 @@ impl Inventory {
         if let Some(model) = &placement.model {
             if let Some(replicas) = self.models.get_mut(model) {
                 replicas.subtract(&placement.node, placement.zone.as_deref());
+                if let Some(slot) = slot {
+                    replicas.count_slot(slot, -1);
+                }
                 if !replicas.has_node_counts() {
                     self.models.remove(model);
                 }

@@ -270,7 +270,14 @@ fn rank(
     }
     let chosen: Vec<(&NodeInfo, &Fit)> = candidates.iter().copied().zip(&fits).collect();
     (
-        score_candidates(&chosen, &deltas, replicas, weights, config.frag_step),
+        score_candidates(
+            &chosen,
+            &deltas,
+            replicas,
+            |node| replicas.map_or(0, |r| inventory.replicas_on(r, node)),
+            weights,
+            config.frag_step,
+        ),
         fits,
     )
 }

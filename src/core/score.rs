@@ -52,12 +52,14 @@ pub struct Scored {
 /// Distinct zones whose replica counts one scoring pass remembers.
 const ZONE_CACHE: usize = 16;
 
-/// Scores feasible candidates against each other. `replicas` are the pod's model's replicas;
+/// Scores feasible candidates against each other. `replicas` are the pod's model's replicas
+/// and `node_replicas(node)` their count on a candidate (the inventory reads it by slot);
 /// `frag_deltas[i]` is candidate i's fragmentation change (empty: no fragmentation term).
 pub fn score_candidates(
     candidates: &[(&NodeInfo, &Fit)],
     frag_deltas: &[f64],
     replicas: Option<&ModelReplicas>,
+    node_replicas: impl Fn(&NodeInfo) -> u32,
     weights: &Weights,
     frag_step: f64,
 ) -> Vec<Scored> {
@@ -96,7 +98,7 @@ pub fn score_candidates(
     let busiest_zone = zone_counts.iter().flatten().copied().max().unwrap_or(0);
     let on_node = |node: &NodeInfo| -> u32 {
         match replicas {
-            Some(r) if r.has_node_counts() => r.on_node(&node.name),
+            Some(r) if r.has_node_counts() => node_replicas(node),
             _ => 0,
         }
     };
@@ -322,6 +324,11 @@ mod tests {
         ModelReplicas::from_counts(zones.iter().copied(), [])
     }
 
+    /// A candidate's replicas looked up by its name (nodes outside an inventory).
+    fn by_name(r: &ModelReplicas) -> impl Fn(&NodeInfo) -> u32 + '_ {
+        |node| r.on_node(&node.name)
+    }
+
     #[test]
     fn keeps_zone_skew_counts_against_the_emptiest_candidate_zone() {
         let r = replicas(&[("a", 4), ("b", 3), ("c", 0)]);
@@ -413,17 +420,18 @@ mod tests {
         let (fa, fb) = (fit(15360, 12288), fit(81920, 12288));
         let candidates = [(&a, &fa), (&b, &fb)];
         let r = replicas(&[("a", 2), ("b", 1)]);
-        let scores = score_candidates(&candidates, &[], Some(&r), weights, 0.04);
+        let scores = score_candidates(&candidates, &[], Some(&r), by_name(&r), weights, 0.04);
         assert!(scores[1].exact > scores[0].exact);
         assert!(scores[1].score > scores[0].score);
         // Balanced zones: the T4 (best fit) wins, and nothing is capped.
         let even = replicas(&[("a", 1), ("b", 1)]);
-        let scores = score_candidates(&candidates, &[], Some(&even), weights, 0.04);
+        let scores = score_candidates(&candidates, &[], Some(&even), by_name(&even), weights, 0.04);
         assert!(scores[0].exact > scores[1].exact);
         let plain = score_candidates(
             &candidates,
             &[],
             Some(&even),
+            by_name(&even),
             &Weights {
                 max_zone_skew: None,
                 ..weights.clone()
@@ -444,10 +452,24 @@ mod tests {
         // Frag deltas favour zone a strongly.
         let deltas = [-40960.0, 40960.0];
         let within = replicas(&[("a", 4), ("b", 0)]);
-        let scores = score_candidates(&candidates, &deltas, Some(&within), weights, 0.04);
+        let scores = score_candidates(
+            &candidates,
+            &deltas,
+            Some(&within),
+            by_name(&within),
+            weights,
+            0.04,
+        );
         assert!(scores[0].exact > scores[1].exact, "a skew of 5 is allowed");
         let beyond = replicas(&[("a", 5), ("b", 0)]);
-        let scores = score_candidates(&candidates, &deltas, Some(&beyond), weights, 0.04);
+        let scores = score_candidates(
+            &candidates,
+            &deltas,
+            Some(&beyond),
+            by_name(&beyond),
+            weights,
+            0.04,
+        );
         assert!(scores[1].exact > scores[0].exact, "a skew of 6 is not");
         assert!(scores[1].score > scores[0].score);
     }
@@ -473,7 +495,7 @@ mod tests {
         let r = ModelReplicas::from_counts(counts.iter().map(|(z, n)| (z.as_str(), *n)), []);
         let f = fit(15360, 12288);
         let candidates: Vec<_> = nodes.iter().map(|n| (n, &f)).collect();
-        let scores = score_candidates(&candidates, &[], Some(&r), weights, 0.04);
+        let scores = score_candidates(&candidates, &[], Some(&r), by_name(&r), weights, 0.04);
         for (i, scored) in scores.iter().enumerate() {
             let z = (i / 3) as f64;
             let expected = 1.0 - z / 19.0;

@@ -385,6 +385,18 @@ async fn hostile_bodies_get_4xx_or_reasoned_rejections() {
             }
         }
     }
+    // A body that is not UTF-8 (a Latin-1 byte in a name) is refused as a whole.
+    let mut latin1 = br#"{"Pod": {}, "NodeNames": ["gpu-node-"#.to_vec();
+    latin1.extend([0xe9, b'"', b']', b'}']);
+    for verb in ["filter", "prioritize"] {
+        let (status, reply) = post(&app, &format!("/scheduler/{verb}"), latin1.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{verb}");
+        assert_eq!(
+            reply,
+            json!({"error": "invalid ExtenderArgs: body is not UTF-8: invalid utf-8 sequence of 1 bytes from index 36"}),
+            "{verb}"
+        );
+    }
     // 100,000 unknown node names: each gets a reason, nothing is dropped silently.
     let (status, reply) = post(
         &app,

@@ -144,7 +144,11 @@ fn bad_request(message: impl std::fmt::Display) -> BadRequest {
 }
 
 fn parse_args(body: &[u8]) -> Result<ExtenderArgs<'_>, BadRequest> {
-    let args: ExtenderArgs = serde_json::from_slice(body)
+    // One UTF-8 check of the whole body is cheaper than serde_json's check of every string
+    // (thousands of node names) when reading from bytes.
+    let body = std::str::from_utf8(body)
+        .map_err(|e| bad_request(format!("invalid ExtenderArgs: body is not UTF-8: {e}")))?;
+    let args: ExtenderArgs = serde_json::from_str(body)
         .map_err(|e| bad_request(format!("invalid ExtenderArgs: {e}")))?;
     if args.pod.is_none() {
         return Err(bad_request("invalid ExtenderArgs: missing Pod"));
@@ -312,11 +316,23 @@ fn filter_inner(app: &App, body: &[u8]) -> Result<(&'static str, Vec<u8>), BadRe
         }
         _ => (None, Some(outcome.feasible.clone())),
     };
+    // Each distinct reason is written as JSON once and copied for every node it rejected.
+    let reasons = outcome
+        .messages
+        .iter()
+        .map(serde_json::value::to_raw_value)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad_request(format!("encoding the reply: {e}")))?;
+    let pairs = |unresolvable: bool| {
+        let rejected = outcome.rejected.iter();
+        let matching = rejected.filter(move |r| r.unresolvable == unresolvable);
+        PairMap(matching.map(|r| (r.node, &*reasons[r.message])).collect())
+    };
     let result = ExtenderFilterResult {
         nodes,
         node_names,
-        failed_nodes: PairMap(outcome.failed().collect()),
-        failed_and_unresolvable_nodes: PairMap(outcome.unresolvable().collect()),
+        failed_nodes: pairs(false),
+        failed_and_unresolvable_nodes: pairs(true),
         error: String::new(),
     };
     let json =

@@ -1,6 +1,7 @@
 //! The kube-scheduler extender wire format (`k8s.io/kube-scheduler/extender/v1`): PascalCase keys,
 //! every field optional and `null`-tolerant, lowercase and camelCase aliases accepted.
 
+use serde::de::Visitor;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
@@ -17,6 +18,38 @@ where
 /// A node name borrowed from the request body when it has no escapes (the common case).
 pub type Name<'a> = std::borrow::Cow<'a, str>;
 
+/// One node name, borrowed from the body when it can be: serde's own `Cow<str>` always copies
+/// (its `borrow` attribute reaches a field's own `Cow`, not the elements of a `Vec`).
+struct BorrowedName<'a>(Name<'a>);
+
+impl<'de> Deserialize<'de> for BorrowedName<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+        impl<'de> Visitor<'de> for NameVisitor {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a node name")
+            }
+            fn visit_borrowed_str<E>(self, name: &'de str) -> Result<Self::Value, E> {
+                Ok(Name::Borrowed(name))
+            }
+            fn visit_str<E>(self, name: &str) -> Result<Self::Value, E> {
+                Ok(Name::Owned(name.to_owned()))
+            }
+            fn visit_string<E>(self, name: String) -> Result<Self::Value, E> {
+                Ok(Name::Owned(name))
+            }
+        }
+        d.deserialize_str(NameVisitor).map(BorrowedName)
+    }
+}
+
+/// `NodeNames`, each name borrowed from the body unless it holds escapes.
+fn borrowed_names<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Name<'de>>>, D::Error> {
+    let names = Option::<Vec<BorrowedName<'de>>>::deserialize(d)?;
+    Ok(names.map(|names| names.into_iter().map(|n| n.0).collect()))
+}
+
 /// `ExtenderArgs`: the filter and prioritize request.
 #[derive(Debug, Deserialize)]
 pub struct ExtenderArgs<'a> {
@@ -28,9 +61,10 @@ pub struct ExtenderArgs<'a> {
         rename = "NodeNames",
         alias = "nodeNames",
         alias = "nodenames",
-        default
+        default,
+        borrow,
+        deserialize_with = "borrowed_names"
     )]
-    #[serde(borrow)]
     pub node_names: Option<Vec<Name<'a>>>,
 }
 
@@ -63,9 +97,11 @@ pub struct ExtenderFilterResult<'a> {
     pub error: String,
 }
 
-/// A JSON object written from key–value pairs, without building a map first.
+/// A JSON object written from key–value pairs, without building a map first. Values are
+/// JSON text already (a filter reply repeats a few distinct reasons for thousands of nodes:
+/// each reason is escaped once, not once per node).
 #[derive(Debug, Default)]
-pub struct PairMap<'a>(pub Vec<(&'a str, &'a str)>);
+pub struct PairMap<'a>(pub Vec<(&'a str, &'a RawValue)>);
 
 impl Serialize for PairMap<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -123,4 +159,35 @@ pub struct ExtenderBindingArgs {
 pub struct ExtenderBindingResult {
     #[serde(rename = "Error")]
     pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_are_borrowed_unless_they_hold_escapes() {
+        let body = r#"{"Pod":{},"NodeNames":["gpu-node-1","gpu-\u006eode-2"]}"#;
+        let args: ExtenderArgs = serde_json::from_str(body).unwrap();
+        let names = args.node_names.unwrap();
+        assert_eq!(names, ["gpu-node-1", "gpu-node-2"]);
+        assert!(matches!(names[0], Name::Borrowed(_)));
+        assert!(matches!(names[1], Name::Owned(_)));
+        for absent in [r#"{"Pod":{}}"#, r#"{"Pod":{},"NodeNames":null}"#] {
+            let args: ExtenderArgs = serde_json::from_str(absent).unwrap();
+            assert_eq!(args.node_names, None);
+        }
+        let err = serde_json::from_str::<ExtenderArgs>(r#"{"NodeNames":[1]}"#).unwrap_err();
+        assert!(err.to_string().contains("expected a node name"), "{err}");
+    }
+
+    #[test]
+    fn reasons_are_written_as_json_once_and_copied() {
+        let reason = serde_json::value::to_raw_value("needs \"A100\" \\ 80Gi").unwrap();
+        let map = PairMap(vec![("n1", &*reason), ("n2", &*reason)]);
+        let text = serde_json::to_string(&map).unwrap();
+        let back: std::collections::BTreeMap<String, String> = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["n1"], "needs \"A100\" \\ 80Gi");
+        assert_eq!(back["n2"], back["n1"]);
+    }
 }

@@ -9,7 +9,8 @@
 //! `NodeGpuShareFragAmount` term by term so that FGD's quantised scores tie where its do.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+
+use rustc_hash::FxBuildHasher;
 
 use super::sim::NodeState;
 use super::trace::{TracePod, MAX_GPUS, MILLI};
@@ -143,51 +144,6 @@ pub fn node_frag(model: u8, cpu_free: u32, gpu_free: &[u16], typical: &[TypicalP
     out
 }
 
-/// A small, fast, non-cryptographic hasher (FxHash) for the memo keys.
-#[derive(Default, Clone, Copy)]
-pub struct FxHasher {
-    hash: u64,
-}
-
-impl FxHasher {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl Hasher for FxHasher {
-    fn finish(&self) -> u64 {
-        self.hash
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-    }
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-    fn write_u32(&mut self, i: u32) {
-        self.add(u64::from(i));
-    }
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-    fn write_u128(&mut self, i: u128) {
-        self.add(i as u64);
-        self.add((i >> 64) as u64);
-    }
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-}
-
-/// Hash-map builder using [`FxHasher`].
-pub type FxBuild = BuildHasherDefault<FxHasher>;
-
 /// A node state as far as fragmentation is concerned: model, free CPU and the multiset of free
 /// milli-GPU (sorted, packed 16 bits per GPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -219,7 +175,7 @@ impl FragKey {
 /// Memo of node fragmentation by node state; many nodes share shape and state.
 #[derive(Debug, Clone, Default)]
 pub struct FragMemo {
-    map: HashMap<FragKey, f64, FxBuild>,
+    map: HashMap<FragKey, f64, FxBuildHasher>,
 }
 
 impl FragMemo {

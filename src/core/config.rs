@@ -28,6 +28,11 @@ pub struct Weights {
     /// least (see `core::frag`).
     #[serde(default)]
     pub frag: f64,
+    /// Prefer the node whose free cpu and memory stay in proportion to its free VRAM for the
+    /// expected workload (see `core::score`): fewer GPUs stranded without cpu. Counts only where
+    /// nodes' free cpu/memory are known, and only together with `frag`.
+    #[serde(default)]
+    pub host_balance: f64,
     /// Most a model's replica count may differ between the candidate zones (kube-scheduler's
     /// `maxSkew` for zones): a node whose zone would hold more than the emptiest candidate zone
     /// plus this, after the pod lands, scores below every node whose zone keeps within it.
@@ -44,6 +49,7 @@ impl Weights {
             self.zone_spread,
             self.node_spread,
             self.frag,
+            self.host_balance,
         ];
         all.iter().all(|w| w.is_finite() && *w >= 0.0) && all.iter().sum::<f64>() > 0.0
     }
@@ -94,6 +100,7 @@ impl Default for Config {
                 zone_spread: 4.0,
                 node_spread: 3.0,
                 frag: 4.0,
+                host_balance: 4.0,
                 max_zone_skew: Some(SPREAD_MAX_ZONE_SKEW),
             },
         );
@@ -139,6 +146,7 @@ const FALLBACK_WEIGHTS: Weights = Weights {
     zone_spread: 0.1,
     node_spread: 0.05,
     frag: 10.0,
+    host_balance: 16.0,
     max_zone_skew: Some(BINPACK_MAX_ZONE_SKEW),
 };
 

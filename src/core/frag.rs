@@ -368,8 +368,63 @@ pub struct NodeFrag {
     version: u64,
     masks: Masks,
     agg: Aggregate,
+    feed: Feed,
     /// The node's fragmentation now.
     pub frag: f64,
+}
+
+/// Host resources the expected workload asks per MiB of accelerator VRAM on one node: the
+/// share-weighted cpu and memory of the shapes that could use the node, over the VRAM they
+/// take there (a whole-device shape takes its devices whole).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Feed {
+    cpu_per_mib: f64,
+    mem_per_mib: f64,
+}
+
+impl Feed {
+    fn of(devs: &[Dev], masks: &Masks, profile: &WorkloadProfile) -> Feed {
+        if devs.is_empty() {
+            return Feed::default();
+        }
+        let device = devs.iter().map(|d| d.total as f64).sum::<f64>() / devs.len() as f64;
+        let (mut vram, mut cpu, mut mem) = (0.0, 0.0, 0.0);
+        for (e, &mask) in profile.shapes.iter().zip(masks) {
+            if mask == 0 {
+                continue;
+            }
+            let shape = &e.shape;
+            let takes = if shape.is_sharing() {
+                shape.vram_mib as f64
+            } else {
+                f64::from(shape.devices.max(1)) * device
+            };
+            vram += e.share * takes;
+            cpu += e.share * shape.cpu_milli as f64;
+            mem += e.share * shape.memory_mib as f64;
+        }
+        if vram <= 0.0 {
+            return Feed::default();
+        }
+        Feed {
+            cpu_per_mib: cpu / vram,
+            mem_per_mib: mem / vram,
+        }
+    }
+
+    /// Free VRAM (MiB) that `host`'s free cpu and memory could not feed at the workload's
+    /// ratios: `max(0, free − min(cpu / cpu per MiB, memory / memory per MiB))`.
+    fn stranded(&self, free_mib: f64, host: Host) -> f64 {
+        let by = |have: u64, per_mib: f64| {
+            if per_mib > 0.0 {
+                have as f64 / per_mib
+            } else {
+                f64::INFINITY
+            }
+        };
+        let fed = by(host.cpu_milli, self.cpu_per_mib).min(by(host.memory_mib, self.mem_per_mib));
+        (free_mib - fed).max(0.0)
+    }
 }
 
 impl NodeFrag {
@@ -385,10 +440,21 @@ impl NodeFrag {
         NodeFrag {
             version: profile.version,
             frag: frag_of(&agg, profile, host, measure),
+            feed: Feed::of(&devs, &masks, profile),
             masks,
             agg,
         }
     }
+}
+
+/// What placing a pod on one node changes, as the score's `frag` and `hostBalance` terms read
+/// it (MiB of VRAM; see [`Assessment`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Change {
+    /// Fragmentation after minus before.
+    pub frag: f64,
+    /// Stranded VRAM after minus before.
+    pub stranded: f64,
 }
 
 /// What placing a pod on one node does to its fragmentation.
@@ -396,6 +462,10 @@ impl NodeFrag {
 pub struct Assessment {
     /// Fragmentation after minus before (MiB; negative when the pod fills a fragment).
     pub delta: f64,
+    /// Stranded VRAM after minus before (MiB): free VRAM the node's free cpu and memory could
+    /// not feed at the expected workload's cpu and memory per MiB. 0 when the node's host
+    /// resources are not known.
+    pub stranded: f64,
     /// The fit, with the device that fragments least for a sharing pod.
     pub fit: Fit,
 }
@@ -424,13 +494,14 @@ pub fn assess(
     if profile.shapes.is_empty() {
         return Assessment {
             delta: 0.0,
+            stranded: 0.0,
             fit: fit.clone(),
         };
     }
     let host_after = host.map(|h| h.minus(request));
     let devs: SmallVec<[Dev; 8]> = node.devices.iter().map(Dev::of).collect();
     let position = |index: u32| node.devices.iter().position(|d| d.index == index);
-    let after = |chosen: &[u32]| -> f64 {
+    let after = |chosen: &[u32]| -> (f64, u64) {
         let mut agg = state.agg.clone();
         for &index in chosen {
             if let Some(i) = position(index) {
@@ -439,10 +510,13 @@ pub fn assess(
                 update(&mut agg, i, devs[i], changed, &state.masks, profile);
             }
         }
-        frag_of(&agg, profile, host_after, packing.measure)
+        (
+            frag_of(&agg, profile, host_after, packing.measure),
+            agg.total_free,
+        )
     };
     let mut best_fit = fit.clone();
-    let mut best = after(&fit.devices);
+    let (mut best, mut free_after) = after(&fit.devices);
     if !fit.exclusive && fit.devices.len() == 1 {
         let mut tried: SmallVec<[Dev; 8]> = SmallVec::new();
         tried.push(position(fit.devices[0]).map_or(devs[0], |i| devs[i]));
@@ -452,9 +526,10 @@ pub fn assess(
                 continue;
             }
             tried.push(dev);
-            let frag = after(&[d.index]);
+            let (frag, free) = after(&[d.index]);
             if frag < best - 1e-9 {
                 best = frag;
+                free_after = free;
                 best_fit.devices = SmallVec::from_slice(&[d.index]);
                 best_fit.idle_after_mib = d.free_mib(0).saturating_sub(fit.vram_mib);
                 best_fit.chosen_total_mib = d.total_mib;
@@ -462,9 +537,27 @@ pub fn assess(
             }
         }
     }
+    let stranded = match (host, host_after) {
+        (Some(now), Some(then)) => {
+            state.feed.stranded(free_after as f64, then)
+                - state.feed.stranded(state.agg.total_free as f64, now)
+        }
+        _ => 0.0,
+    };
     Assessment {
         delta: best - state.frag,
+        stranded,
         fit: best_fit,
+    }
+}
+
+impl Assessment {
+    /// The changes the score reads.
+    pub fn change(&self) -> Change {
+        Change {
+            frag: self.delta,
+            stranded: self.stranded,
+        }
     }
 }
 
@@ -836,5 +929,56 @@ mod tests {
         let a = assess(&n, &fit, &demand, Host::default(), &packing, None);
         assert_eq!(a.fit.devices.as_slice(), &[1]);
         assert_eq!(a.delta, 100.0 - 400.0);
+    }
+
+    #[test]
+    fn host_resources_used_up_strand_free_vram() {
+        // Every expected pod takes a whole device and 10 cpus: 10 milli-cpu per unit of VRAM.
+        let mut packing = Packing::default();
+        packing
+            .model
+            .add_batch(Shape::new(1000, 1, None, &[], 0, 10_000, 0), 1.0);
+        packing.model.publish();
+        let poor = node("poor", &[1000, 1000], &[0, 0]);
+        let rich = node("rich", &[1000, 1000], &[0, 0]);
+        let host = |cpu_milli| Host {
+            cpu_milli,
+            memory_mib: 1 << 20,
+        };
+        packing.set_host("poor", Some(host(20_000)));
+        packing.set_host("rich", Some(host(100_000)));
+        let demand = |devices: u32| PodDemand {
+            key: "a/b".into(),
+            id: "b".into(),
+            resource: (devices > 0).then_some(RESOURCE_NVIDIA_GPU),
+            devices,
+            vram_mib: if devices > 0 { 1000 } else { 0 },
+            vram_source: if devices > 0 {
+                crate::core::demand::VramSource::Annotation
+            } else {
+                crate::core::demand::VramSource::Undeclared
+            },
+            products: Vec::new(),
+            headroom_percent: 0,
+            model: None,
+            scheduler_name: None,
+        };
+        let stranded = |packing: &Packing, n: &NodeInfo, devices: u32, cpu_milli: u64| {
+            let d = demand(devices);
+            let fit = if devices > 0 {
+                crate::core::fit_node(n, &d).unwrap()
+            } else {
+                Fit::default()
+            };
+            assess(n, &fit, &d, host(cpu_milli), packing, None).stranded
+        };
+        // A cpu-only pod of 10 cpus leaves the poor node cpu for one device of its two.
+        assert_eq!(stranded(&packing, &poor, 0, 10_000), 1000.0);
+        assert_eq!(stranded(&packing, &rich, 0, 10_000), 0.0);
+        // A cpu-light pod taking a device keeps the poor node in proportion.
+        assert_eq!(stranded(&packing, &poor, 1, 2_000), 0.0);
+        // Host resources unknown: nothing is stranded.
+        packing.set_host("poor", None);
+        assert_eq!(stranded(&packing, &poor, 0, 10_000), 0.0);
     }
 }

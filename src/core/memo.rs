@@ -50,8 +50,8 @@ pub struct Judged {
     /// The node's generation when this was computed.
     pub generation: u64,
     pub verdict: Result<Fit, Reason>,
-    /// The fragmentation change and the fit it chose, once prioritize asked.
-    pub assessed: Option<(f64, Fit)>,
+    /// The changes placing the pod makes and the fit it chose, once prioritize asked.
+    pub assessed: Option<(super::frag::Change, Fit)>,
 }
 
 /// The memo of one shape: an entry per node slot.

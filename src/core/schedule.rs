@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::config::Config;
 use super::demand::{DemandError, PodDemand};
 use super::filter::{fit_node, Fit, Reason};
-use super::frag::{assess, Host};
+use super::frag::{assess, Change, Host};
 use super::inventory::{DeviceShare, Inventory, Placement};
 use super::memo::{Judged, ShapeKey, ShapeMemo};
 use super::node::NodeInfo;
@@ -132,10 +132,10 @@ impl<'a> Judge<'a> {
         }
     }
 
-    /// For a node that passes: the fit scoring uses and, when `measure` is set, the change of
-    /// the node's fragmentation ([`assess`]: for a sharing pod, the device that fragments least).
-    /// `None` when the node does not pass.
-    pub fn scored_fit(&mut self, node: &NodeInfo, measure: bool) -> Option<(Fit, Option<f64>)> {
+    /// For a node that passes: the fit scoring uses and, when `measure` is set, the changes of
+    /// the node's fragmentation and stranded VRAM ([`assess`]: for a sharing pod, the device
+    /// that fragments least). `None` when the node does not pass.
+    pub fn scored_fit(&mut self, node: &NodeInfo, measure: bool) -> Option<(Fit, Option<Change>)> {
         let inventory = self.inventory;
         let Ok(pod) = self.demand else {
             return None;
@@ -149,7 +149,7 @@ impl<'a> Judge<'a> {
                 inventory.packing(),
                 inventory.frag_state(node),
             );
-            (a.delta, a.fit)
+            (a.change(), a.fit)
         };
         match self.judged(node) {
             Some(judged) => {
@@ -265,7 +265,7 @@ fn rank(
         let (fit, delta) = judge.scored_fit(node, measure).unwrap_or_default();
         fits.push(fit);
         if measure {
-            deltas.push(delta.unwrap_or(0.0));
+            deltas.push(delta.unwrap_or_default());
         }
     }
     let chosen: Vec<(&NodeInfo, &Fit)> = candidates.iter().copied().zip(&fits).collect();

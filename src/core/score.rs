@@ -13,6 +13,13 @@
 //!   see [`super::frag`]) and ref is the largest device among the candidates; rounded down to a
 //!   multiple of `fragStep`. 0.5 when nothing changes; towards 1 when the pod fills capacity
 //!   nothing else could use, towards 0 when it breaks capacity the workload needs.
+//! * `hostBalance` = 1 / (1 + e^(Δs/ref)), where Δs is how much the node's *stranded* VRAM
+//!   grows when the pod lands: free VRAM its free cpu and memory could not feed at the cpu and
+//!   memory per MiB the expected workload asks (see [`super::frag::Assessment::stranded`]); ref
+//!   as for `frag`, not rounded. 0.5 when nothing changes or the node's free cpu and memory are
+//!   not known; above 0.5 when the pod leaves the node's host resources and VRAM in better
+//!   proportion (a cpu-light pod on a cpu-poor node), below when it uses up cpu or memory that
+//!   the node's free VRAM needs.
 //!
 //! score = round(10 × Σ wᵢ·termᵢ / Σ wᵢ).
 //!
@@ -27,6 +34,7 @@ use smallvec::SmallVec;
 
 use super::config::Weights;
 use super::filter::Fit;
+use super::frag::Change;
 use super::inventory::ModelReplicas;
 use super::node::NodeInfo;
 
@@ -39,6 +47,7 @@ pub struct Terms {
     pub zone_spread: f64,
     pub node_spread: f64,
     pub frag: f64,
+    pub host_balance: f64,
 }
 
 /// A node's score: the exact weighted value in `0..=1` and the 0–10 integer sent on the wire.
@@ -54,10 +63,11 @@ const ZONE_CACHE: usize = 16;
 
 /// Scores feasible candidates against each other. `replicas` are the pod's model's replicas
 /// and `node_replicas(node)` their count on a candidate (the inventory reads it by slot);
-/// `frag_deltas[i]` is candidate i's fragmentation change (empty: no fragmentation term).
+/// `frag_deltas[i]` is candidate i's fragmentation and stranded-VRAM change (empty: no
+/// fragmentation or host-balance term).
 pub fn score_candidates(
     candidates: &[(&NodeInfo, &Fit)],
-    frag_deltas: &[f64],
+    frag_deltas: &[Change],
     replicas: Option<&ModelReplicas>,
     node_replicas: impl Fn(&NodeInfo) -> u32,
     weights: &Weights,
@@ -107,6 +117,7 @@ pub fn score_candidates(
         .zip(&zone_counts)
         .enumerate()
         .map(|(i, ((node, fit), zone_count))| {
+            let change = frag_deltas.get(i).copied();
             let context = Context {
                 reference,
                 frag_reference,
@@ -114,8 +125,9 @@ pub fn score_candidates(
                 zone_replicas: zone_count.unwrap_or(0),
                 busiest_zone,
                 node_replicas: on_node(node),
+                stranded_delta: change.map_or(0.0, |c| c.stranded),
             };
-            score_one(node, fit, frag_deltas.get(i).copied(), &context, weights)
+            score_one(node, fit, change.map(|c| c.frag), &context, weights)
         })
         .collect();
     if let (Some(max_skew), Some(_)) = (weights.max_zone_skew, replicas) {
@@ -196,6 +208,8 @@ pub struct Context {
     pub busiest_zone: u32,
     /// Replicas of the pod's model on the node.
     pub node_replicas: u32,
+    /// How much the node's stranded VRAM grows when the pod lands (MiB; 0: unknown or none).
+    pub stranded_delta: f64,
 }
 
 /// Scores one candidate given its context (what [`score_candidates`] does for each).
@@ -230,22 +244,32 @@ pub fn score_one(
             }
             _ => 0.5,
         },
+        host_balance: if frag_delta.is_some() && context.frag_reference > 0 {
+            1.0 / (1.0 + (context.stranded_delta / context.frag_reference as f64).exp())
+        } else {
+            0.5
+        },
     };
     // Without a fragmentation change (no workload model yet) the term is left out, so the
     // other terms keep their full range on the wire.
-    let frag_weight = if frag_delta.is_some() {
-        weights.frag
+    let (frag_weight, balance_weight) = if frag_delta.is_some() {
+        (weights.frag, weights.host_balance)
     } else {
-        0.0
+        (0.0, 0.0)
     };
-    let weight_sum =
-        weights.fit + weights.packing + weights.zone_spread + weights.node_spread + frag_weight;
+    let weight_sum = weights.fit
+        + weights.packing
+        + weights.zone_spread
+        + weights.node_spread
+        + frag_weight
+        + balance_weight;
     let exact = if weight_sum > 0.0 {
         (weights.fit * terms.fit
             + weights.packing * terms.packing
             + weights.zone_spread * terms.zone_spread
             + weights.node_spread * terms.node_spread
-            + frag_weight * terms.frag)
+            + frag_weight * terms.frag
+            + balance_weight * terms.host_balance)
             / weight_sum
     } else {
         0.0
@@ -450,7 +474,10 @@ mod tests {
         let (fa, fb) = (fit(81920, 40960), fit(81920, 40960));
         let candidates = [(&a, &fa), (&b, &fb)];
         // Frag deltas favour zone a strongly.
-        let deltas = [-40960.0, 40960.0];
+        let deltas = [-40960.0, 40960.0].map(|frag| Change {
+            frag,
+            stranded: 0.0,
+        });
         let within = replicas(&[("a", 4), ("b", 0)]);
         let scores = score_candidates(
             &candidates,
@@ -506,5 +533,39 @@ mod tests {
                 scored.terms.zone_spread
             );
         }
+    }
+
+    #[test]
+    fn host_balance_prefers_the_node_left_in_proportion() {
+        let weights = Weights {
+            fit: 0.0,
+            packing: 0.0,
+            zone_spread: 0.0,
+            node_spread: 0.0,
+            frag: 1.0,
+            host_balance: 1.0,
+            max_zone_skew: None,
+        };
+        let a = node("a", "z", 1000);
+        let b = node("b", "z", 1000);
+        let f = fit(1000, 1000);
+        let candidates = [(&a, &f), (&b, &f)];
+        let changes = [
+            Change {
+                frag: 0.0,
+                stranded: 500.0,
+            },
+            Change {
+                frag: 0.0,
+                stranded: 0.0,
+            },
+        ];
+        let scores = score_candidates(&candidates, &changes, None, |_| 0, &weights, 0.04);
+        assert_eq!(scores[1].terms.host_balance, 0.5);
+        assert!(scores[0].terms.host_balance < 0.5);
+        assert!(scores[1].exact > scores[0].exact);
+        // Without measured changes the term is left out.
+        let plain = score_candidates(&candidates, &[], None, |_| 0, &weights, 0.04);
+        assert_eq!(plain[0].exact, plain[1].exact);
     }
 }

@@ -176,7 +176,7 @@ fn judge(
     } else {
         fit_node(node, demand).ok()?
     };
-    let (delta, fit) = if weights.frag > 0.0 {
+    let (delta, stranded, fit) = if weights.frag > 0.0 {
         let a = assess(
             node,
             &fit,
@@ -185,9 +185,9 @@ fn judge(
             inventory.packing(),
             inventory.frag_state(node),
         );
-        (Some(a.delta), a.fit)
+        (Some(a.delta), a.stranded, a.fit)
     } else {
-        (None, fit)
+        (None, 0.0, fit)
     };
     // Every openb device has the same size, so the references every candidate would share are
     // the pod's own request in whole devices and one device.
@@ -195,6 +195,7 @@ fn judge(
         reference: fit.chosen_total_mib,
         frag_reference: UNITS_PER_GPU,
         frag_step,
+        stranded_delta: stranded,
         ..Context::default()
     };
     Some((score_one(node, &fit, delta, &context, weights).exact, fit))

@@ -78,6 +78,8 @@ pub struct Config {
     /// Resolution of the `frag` term: it is rounded down to a multiple of this, so changes too
     /// small to matter tie and the other terms decide (0: exact).
     pub frag_step: f64,
+    /// Resolution of the `hostBalance` term, as `frag_step` is of `frag` (0: exact).
+    pub host_balance_step: f64,
     /// Write `controller.kubernetes.io/pod-deletion-cost` at bind, so scale-downs delete the
     /// replicas of a model's fullest zones and those on oversized devices first (`core::deletion`).
     pub deletion_cost: bool,
@@ -114,6 +116,7 @@ impl Default for Config {
             default_profile: PROFILE_BINPACK.to_string(),
             workload: WorkloadParams::default(),
             frag_step: 0.04,
+            host_balance_step: 0.12,
             deletion_cost: true,
         }
     }
@@ -138,6 +141,8 @@ pub enum ConfigError {
     Workload(#[from] WorkloadParamsError),
     #[error("fragStep must be in 0..=0.5, got {0}")]
     FragStep(f64),
+    #[error("hostBalanceStep must be in 0..=0.5, got {0}")]
+    HostBalanceStep(f64),
 }
 
 const FALLBACK_WEIGHTS: Weights = Weights {
@@ -185,6 +190,9 @@ impl Config {
         self.workload.validate()?;
         if !(0.0..=0.5).contains(&self.frag_step) {
             return Err(ConfigError::FragStep(self.frag_step));
+        }
+        if !(0.0..=0.5).contains(&self.host_balance_step) {
+            return Err(ConfigError::HostBalanceStep(self.host_balance_step));
         }
         Ok(())
     }

@@ -277,6 +277,7 @@ fn rank(
             |node| replicas.map_or(0, |r| inventory.replicas_on(r, node)),
             weights,
             config.frag_step,
+            config.host_balance_step,
         ),
         fits,
     )

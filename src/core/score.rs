@@ -61,6 +61,16 @@ pub struct Scored {
 /// Distinct zones whose replica counts one scoring pass remembers.
 const ZONE_CACHE: usize = 16;
 
+/// `value` rounded down to a multiple of `step` (0: exact), so changes too small to matter tie
+/// and the other terms decide.
+fn round_down(value: f64, step: f64) -> f64 {
+    if step > 0.0 {
+        (value / step).floor() * step
+    } else {
+        value
+    }
+}
+
 /// Scores feasible candidates against each other. `replicas` are the pod's model's replicas
 /// and `node_replicas(node)` their count on a candidate (the inventory reads it by slot);
 /// `frag_deltas[i]` is candidate i's fragmentation and stranded-VRAM change (empty: no
@@ -72,6 +82,7 @@ pub fn score_candidates(
     node_replicas: impl Fn(&NodeInfo) -> u32,
     weights: &Weights,
     frag_step: f64,
+    host_balance_step: f64,
 ) -> Vec<Scored> {
     let reference = candidates
         .iter()
@@ -122,6 +133,7 @@ pub fn score_candidates(
                 reference,
                 frag_reference,
                 frag_step,
+                host_balance_step,
                 zone_replicas: zone_count.unwrap_or(0),
                 busiest_zone,
                 node_replicas: on_node(node),
@@ -203,6 +215,8 @@ pub struct Context {
     pub frag_reference: u64,
     /// The `frag` term is rounded down to a multiple of this (0: exact).
     pub frag_step: f64,
+    /// The `hostBalance` term is rounded down to a multiple of this (0: exact).
+    pub host_balance_step: f64,
     /// Replicas of the pod's model in the node's zone, and in the busiest candidate zone.
     pub zone_replicas: u32,
     pub busiest_zone: u32,
@@ -236,16 +250,14 @@ pub fn score_one(
         frag: match frag_delta {
             Some(delta) if context.frag_reference > 0 => {
                 let exact = 1.0 / (1.0 + (delta / context.frag_reference as f64).exp());
-                if context.frag_step > 0.0 {
-                    (exact / context.frag_step).floor() * context.frag_step
-                } else {
-                    exact
-                }
+                round_down(exact, context.frag_step)
             }
             _ => 0.5,
         },
         host_balance: if frag_delta.is_some() && context.frag_reference > 0 {
-            1.0 / (1.0 + (context.stranded_delta / context.frag_reference as f64).exp())
+            let exact =
+                1.0 / (1.0 + (context.stranded_delta / context.frag_reference as f64).exp());
+            round_down(exact, context.host_balance_step)
         } else {
             0.5
         },
@@ -444,12 +456,20 @@ mod tests {
         let (fa, fb) = (fit(15360, 12288), fit(81920, 12288));
         let candidates = [(&a, &fa), (&b, &fb)];
         let r = replicas(&[("a", 2), ("b", 1)]);
-        let scores = score_candidates(&candidates, &[], Some(&r), by_name(&r), weights, 0.04);
+        let scores = score_candidates(&candidates, &[], Some(&r), by_name(&r), weights, 0.04, 0.0);
         assert!(scores[1].exact > scores[0].exact);
         assert!(scores[1].score > scores[0].score);
         // Balanced zones: the T4 (best fit) wins, and nothing is capped.
         let even = replicas(&[("a", 1), ("b", 1)]);
-        let scores = score_candidates(&candidates, &[], Some(&even), by_name(&even), weights, 0.04);
+        let scores = score_candidates(
+            &candidates,
+            &[],
+            Some(&even),
+            by_name(&even),
+            weights,
+            0.04,
+            0.0,
+        );
         assert!(scores[0].exact > scores[1].exact);
         let plain = score_candidates(
             &candidates,
@@ -461,6 +481,7 @@ mod tests {
                 ..weights.clone()
             },
             0.04,
+            0.0,
         );
         assert_eq!(scores, plain);
     }
@@ -486,6 +507,7 @@ mod tests {
             by_name(&within),
             weights,
             0.04,
+            0.0,
         );
         assert!(scores[0].exact > scores[1].exact, "a skew of 5 is allowed");
         let beyond = replicas(&[("a", 5), ("b", 0)]);
@@ -496,6 +518,7 @@ mod tests {
             by_name(&beyond),
             weights,
             0.04,
+            0.0,
         );
         assert!(scores[1].exact > scores[0].exact, "a skew of 6 is not");
         assert!(scores[1].score > scores[0].score);
@@ -522,7 +545,7 @@ mod tests {
         let r = ModelReplicas::from_counts(counts.iter().map(|(z, n)| (z.as_str(), *n)), []);
         let f = fit(15360, 12288);
         let candidates: Vec<_> = nodes.iter().map(|n| (n, &f)).collect();
-        let scores = score_candidates(&candidates, &[], Some(&r), by_name(&r), weights, 0.04);
+        let scores = score_candidates(&candidates, &[], Some(&r), by_name(&r), weights, 0.04, 0.0);
         for (i, scored) in scores.iter().enumerate() {
             let z = (i / 3) as f64;
             let expected = 1.0 - z / 19.0;
@@ -560,12 +583,45 @@ mod tests {
                 stranded: 0.0,
             },
         ];
-        let scores = score_candidates(&candidates, &changes, None, |_| 0, &weights, 0.04);
+        let scores = score_candidates(&candidates, &changes, None, |_| 0, &weights, 0.04, 0.0);
         assert_eq!(scores[1].terms.host_balance, 0.5);
         assert!(scores[0].terms.host_balance < 0.5);
         assert!(scores[1].exact > scores[0].exact);
         // Without measured changes the term is left out.
-        let plain = score_candidates(&candidates, &[], None, |_| 0, &weights, 0.04);
+        let plain = score_candidates(&candidates, &[], None, |_| 0, &weights, 0.04, 0.0);
         assert_eq!(plain[0].exact, plain[1].exact);
+        // With a step, a change too small to leave the step ties; a large one does not.
+        let small = [
+            Change {
+                frag: 0.0,
+                stranded: 50.0,
+            },
+            changes[1],
+        ];
+        let stepped = score_candidates(&candidates, &small, None, |_| 0, &weights, 0.04, 0.12);
+        assert_eq!(stepped[0].terms.host_balance, stepped[1].terms.host_balance);
+        assert_eq!(stepped[0].exact, stepped[1].exact);
+        let stepped = score_candidates(&candidates, &changes, None, |_| 0, &weights, 0.04, 0.12);
+        assert!(stepped[1].terms.host_balance > stepped[0].terms.host_balance);
+        // 0.5 is a multiple of neither step exactly: rounding goes down.
+        assert!((stepped[1].terms.host_balance - 0.48).abs() < 1e-12);
+    }
+
+    #[test]
+    fn host_balance_step_is_validated() {
+        let mut config = Config {
+            host_balance_step: 0.6,
+            ..Config::default()
+        };
+        assert_eq!(
+            config.validate(),
+            Err(crate::core::config::ConfigError::HostBalanceStep(0.6))
+        );
+        assert_eq!(
+            crate::core::config::ConfigError::HostBalanceStep(0.6).to_string(),
+            "hostBalanceStep must be in 0..=0.5, got 0.6"
+        );
+        config.host_balance_step = 0.0;
+        assert_eq!(config.validate(), Ok(()));
     }
 }

@@ -169,7 +169,7 @@ fn judge(
     demand: &PodDemand,
     request: Host,
     weights: &Weights,
-    frag_step: f64,
+    config: &Config,
 ) -> Option<(f64, Fit)> {
     let fit = if demand.is_accelerator_free() {
         Fit::default()
@@ -194,7 +194,8 @@ fn judge(
     let context = Context {
         reference: fit.chosen_total_mib,
         frag_reference: UNITS_PER_GPU,
-        frag_step,
+        frag_step: config.frag_step,
+        host_balance_step: config.host_balance_step,
         stranded_delta: stranded,
         ..Context::default()
     };
@@ -239,14 +240,7 @@ impl Policy for VramfitPolicy {
             let epoch = cluster.node(i).epoch();
             if memo[i].epoch != epoch {
                 let node = inventory.node(&self.names[i])?;
-                memo[i] = match judge(
-                    inventory,
-                    node,
-                    &demand,
-                    request,
-                    weights,
-                    self.config.frag_step,
-                ) {
+                memo[i] = match judge(inventory, node, &demand, request, weights, &self.config) {
                     Some((exact, fit)) => {
                         let mut devices = [0u8; 8];
                         for (slot, &d) in devices.iter_mut().zip(&fit.devices) {

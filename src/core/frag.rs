@@ -882,18 +882,7 @@ mod tests {
             packing.model.add_batch(e.shape.clone(), 10.0);
         }
         packing.model.publish();
-        let demand = PodDemand {
-            key: "ml/small".into(),
-            id: "small".into(),
-            resource: Some(RESOURCE_NVIDIA_GPU),
-            devices: 1,
-            vram_mib: 10_240,
-            vram_source: crate::core::demand::VramSource::Annotation,
-            products: Vec::new(),
-            headroom_percent: 0,
-            model: None,
-            scheduler_name: None,
-        };
+        let demand = demand_of(Some(RESOURCE_NVIDIA_GPU), 1, 10_240);
         let a100 = node("a100", &[81_920], &[0]);
         let t4 = node("t4", &[16_384], &[0]);
         let on = |n: &NodeInfo| {
@@ -901,6 +890,27 @@ mod tests {
             assess(n, &fit, &demand, Host::default(), &packing, None).delta
         };
         assert!(on(&t4) < on(&a100), "t4 {} a100 {}", on(&t4), on(&a100));
+    }
+
+    /// A pod of `devices` whole devices of `resource` (0: sharing) needing `vram_mib` per
+    /// device, declared by annotation (undeclared when 0).
+    fn demand_of(resource: Option<&'static str>, devices: u32, vram_mib: u64) -> PodDemand {
+        PodDemand {
+            key: "a/b".into(),
+            id: "b".into(),
+            resource,
+            devices,
+            vram_mib,
+            vram_source: if vram_mib > 0 {
+                crate::core::demand::VramSource::Annotation
+            } else {
+                crate::core::demand::VramSource::Undeclared
+            },
+            products: Vec::new(),
+            headroom_percent: 0,
+            model: None,
+            scheduler_name: None,
+        }
     }
 
     #[test]
@@ -913,18 +923,7 @@ mod tests {
         // Free 500 and 400; a 300 pod on device 0 leaves 200+400 (fragment 600), on device 1
         // leaves 500+100 (fragment 100).
         let n = node("n", &[1000, 1000], &[500, 600]);
-        let demand = PodDemand {
-            key: "a/b".into(),
-            id: "b".into(),
-            resource: None,
-            devices: 0,
-            vram_mib: 300,
-            vram_source: crate::core::demand::VramSource::Annotation,
-            products: Vec::new(),
-            headroom_percent: 0,
-            model: None,
-            scheduler_name: None,
-        };
+        let demand = demand_of(None, 0, 300);
         let fit = crate::core::fit_node(&n, &demand).unwrap();
         let a = assess(&n, &fit, &demand, Host::default(), &packing, None);
         assert_eq!(a.fit.devices.as_slice(), &[1]);
@@ -947,21 +946,13 @@ mod tests {
         };
         packing.set_host("poor", Some(host(20_000)));
         packing.set_host("rich", Some(host(100_000)));
-        let demand = |devices: u32| PodDemand {
-            key: "a/b".into(),
-            id: "b".into(),
-            resource: (devices > 0).then_some(RESOURCE_NVIDIA_GPU),
-            devices,
-            vram_mib: if devices > 0 { 1000 } else { 0 },
-            vram_source: if devices > 0 {
-                crate::core::demand::VramSource::Annotation
-            } else {
-                crate::core::demand::VramSource::Undeclared
-            },
-            products: Vec::new(),
-            headroom_percent: 0,
-            model: None,
-            scheduler_name: None,
+        let demand = |devices: u32| {
+            let vram_mib = if devices > 0 { 1000 } else { 0 };
+            demand_of(
+                (devices > 0).then_some(RESOURCE_NVIDIA_GPU),
+                devices,
+                vram_mib,
+            )
         };
         let stranded = |packing: &Packing, n: &NodeInfo, devices: u32, cpu_milli: u64| {
             let d = demand(devices);

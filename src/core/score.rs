@@ -16,7 +16,7 @@
 //! * `hostBalance` = 1 / (1 + e^(Δs/ref)), where Δs is how much the node's *stranded* VRAM
 //!   grows when the pod lands: free VRAM its free cpu and memory could not feed at the cpu and
 //!   memory per MiB the expected workload asks (see [`super::frag::Assessment::stranded`]); ref
-//!   as for `frag`, not rounded. 0.5 when nothing changes or the node's free cpu and memory are
+//!   as for `frag`; rounded down to a multiple of `hostBalanceStep`. 0.5 when nothing changes or the node's free cpu and memory are
 //!   not known; above 0.5 when the pod leaves the node's host resources and VRAM in better
 //!   proportion (a cpu-light pod on a cpu-poor node), below when it uses up cpu or memory that
 //!   the node's free VRAM needs.
@@ -73,11 +73,11 @@ fn round_down(value: f64, step: f64) -> f64 {
 
 /// Scores feasible candidates against each other. `replicas` are the pod's model's replicas
 /// and `node_replicas(node)` their count on a candidate (the inventory reads it by slot);
-/// `frag_deltas[i]` is candidate i's fragmentation and stranded-VRAM change (empty: no
+/// `changes[i]` is candidate i's fragmentation and stranded-VRAM change (empty: no
 /// fragmentation or host-balance term).
 pub fn score_candidates(
     candidates: &[(&NodeInfo, &Fit)],
-    frag_deltas: &[Change],
+    changes: &[Change],
     replicas: Option<&ModelReplicas>,
     node_replicas: impl Fn(&NodeInfo) -> u32,
     weights: &Weights,
@@ -128,7 +128,6 @@ pub fn score_candidates(
         .zip(&zone_counts)
         .enumerate()
         .map(|(i, ((node, fit), zone_count))| {
-            let change = frag_deltas.get(i).copied();
             let context = Context {
                 reference,
                 frag_reference,
@@ -137,9 +136,8 @@ pub fn score_candidates(
                 zone_replicas: zone_count.unwrap_or(0),
                 busiest_zone,
                 node_replicas: on_node(node),
-                stranded_delta: change.map_or(0.0, |c| c.stranded),
             };
-            score_one(node, fit, change.map(|c| c.frag), &context, weights)
+            score_one(node, fit, changes.get(i).copied(), &context, weights)
         })
         .collect();
     if let (Some(max_skew), Some(_)) = (weights.max_zone_skew, replicas) {
@@ -222,15 +220,24 @@ pub struct Context {
     pub busiest_zone: u32,
     /// Replicas of the pod's model on the node.
     pub node_replicas: u32,
-    /// How much the node's stranded VRAM grows when the pod lands (MiB; 0: unknown or none).
-    pub stranded_delta: f64,
 }
 
-/// Scores one candidate given its context (what [`score_candidates`] does for each).
+/// The `frag` and `hostBalance` form: 1 / (1 + e^(Δ/ref)) rounded down to a multiple of
+/// `step`; 0.5 without a reference.
+fn logistic(delta: f64, reference: u64, step: f64) -> f64 {
+    if reference == 0 {
+        return 0.5;
+    }
+    round_down(1.0 / (1.0 + (delta / reference as f64).exp()), step)
+}
+
+/// Scores one candidate given its context (what [`score_candidates`] does for each); `change`
+/// is what the pod does to the node's fragmentation and stranded VRAM (`None`: not measured,
+/// both terms left out).
 pub fn score_one(
     node: &NodeInfo,
     fit: &Fit,
-    frag_delta: Option<f64>,
+    change: Option<Change>,
     context: &Context,
     weights: &Weights,
 ) -> Scored {
@@ -247,24 +254,20 @@ pub fn score_one(
             1.0 - f64::from(context.zone_replicas) / f64::from(context.busiest_zone)
         },
         node_spread: 1.0 / (1.0 + f64::from(context.node_replicas)),
-        frag: match frag_delta {
-            Some(delta) if context.frag_reference > 0 => {
-                let exact = 1.0 / (1.0 + (delta / context.frag_reference as f64).exp());
-                round_down(exact, context.frag_step)
-            }
-            _ => 0.5,
-        },
-        host_balance: if frag_delta.is_some() && context.frag_reference > 0 {
-            let exact =
-                1.0 / (1.0 + (context.stranded_delta / context.frag_reference as f64).exp());
-            round_down(exact, context.host_balance_step)
-        } else {
-            0.5
-        },
+        frag: change.map_or(0.5, |c| {
+            logistic(c.frag, context.frag_reference, context.frag_step)
+        }),
+        host_balance: change.map_or(0.5, |c| {
+            logistic(
+                c.stranded,
+                context.frag_reference,
+                context.host_balance_step,
+            )
+        }),
     };
     // Without a fragmentation change (no workload model yet) the term is left out, so the
     // other terms keep their full range on the wire.
-    let (frag_weight, balance_weight) = if frag_delta.is_some() {
+    let (frag_weight, balance_weight) = if change.is_some() {
         (weights.frag, weights.host_balance)
     } else {
         (0.0, 0.0)

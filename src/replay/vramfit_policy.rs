@@ -176,7 +176,7 @@ fn judge(
     } else {
         fit_node(node, demand).ok()?
     };
-    let (delta, stranded, fit) = if weights.frag > 0.0 {
+    let (change, fit) = if weights.frag > 0.0 {
         let a = assess(
             node,
             &fit,
@@ -185,9 +185,9 @@ fn judge(
             inventory.packing(),
             inventory.frag_state(node),
         );
-        (Some(a.delta), a.stranded, a.fit)
+        (Some(a.change()), a.fit)
     } else {
-        (None, 0.0, fit)
+        (None, fit)
     };
     // Every openb device has the same size, so the references every candidate would share are
     // the pod's own request in whole devices and one device.
@@ -196,10 +196,9 @@ fn judge(
         frag_reference: UNITS_PER_GPU,
         frag_step: config.frag_step,
         host_balance_step: config.host_balance_step,
-        stranded_delta: stranded,
         ..Context::default()
     };
-    Some((score_one(node, &fit, delta, &context, weights).exact, fit))
+    Some((score_one(node, &fit, change, &context, weights).exact, fit))
 }
 
 impl Policy for VramfitPolicy {

@@ -52,20 +52,25 @@ pub struct FilterOutcome<'a> {
 }
 
 impl<'a> FilterOutcome<'a> {
-    /// Rejections an eviction could fix (`FailedNodes`): node → reason.
-    pub fn failed(&self) -> impl Iterator<Item = (&'a str, &str)> + '_ {
+    /// Rejections no eviction can fix (`unresolvable`) or the others: node → index into
+    /// [`FilterOutcome::messages`].
+    pub fn rejections(&self, unresolvable: bool) -> impl Iterator<Item = (&'a str, usize)> + '_ {
         self.rejected
             .iter()
-            .filter(|r| !r.unresolvable)
-            .map(|r| (r.node, self.messages[r.message].as_str()))
+            .filter(move |r| r.unresolvable == unresolvable)
+            .map(|r| (r.node, r.message))
+    }
+
+    /// Rejections an eviction could fix (`FailedNodes`): node → reason.
+    pub fn failed(&self) -> impl Iterator<Item = (&'a str, &str)> + '_ {
+        self.rejections(false)
+            .map(|(node, i)| (node, self.messages[i].as_str()))
     }
 
     /// Rejections no eviction can fix (`FailedAndUnresolvableNodes`): node → reason.
     pub fn unresolvable(&self) -> impl Iterator<Item = (&'a str, &str)> + '_ {
-        self.rejected
-            .iter()
-            .filter(|r| r.unresolvable)
-            .map(|r| (r.node, self.messages[r.message].as_str()))
+        self.rejections(true)
+            .map(|(node, i)| (node, self.messages[i].as_str()))
     }
 }
 

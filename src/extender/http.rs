@@ -324,9 +324,8 @@ fn filter_inner(app: &App, body: &[u8]) -> Result<(&'static str, Vec<u8>), BadRe
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad_request(format!("encoding the reply: {e}")))?;
     let pairs = |unresolvable: bool| {
-        let rejected = outcome.rejected.iter();
-        let matching = rejected.filter(move |r| r.unresolvable == unresolvable);
-        PairMap(matching.map(|r| (r.node, &*reasons[r.message])).collect())
+        let rejected = outcome.rejections(unresolvable);
+        PairMap(rejected.map(|(node, i)| (node, &*reasons[i])).collect())
     };
     let result = ExtenderFilterResult {
         nodes,

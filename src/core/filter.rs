@@ -158,6 +158,9 @@ pub struct Fit {
     /// Total VRAM of the node's largest device (MiB), whichever devices were chosen.
     #[serde(skip)]
     pub node_largest_mib: u64,
+    /// Devices of the node, carried so scoring need not read the node again.
+    #[serde(skip)]
+    pub node_devices: u32,
 }
 
 impl Fit {
@@ -319,6 +322,7 @@ pub fn fit_node(node: &NodeInfo, demand: &PodDemand) -> Result<Fit, Reason> {
         busy_before,
         newly_busy: chosen.iter().filter(|c| !c.3).count() as u32,
         node_largest_mib: largest,
+        node_devices: node.devices.len() as u32,
     })
 }
 

@@ -137,7 +137,7 @@ pub fn score_candidates(
                 busiest_zone,
                 node_replicas: on_node(node),
             };
-            score_one(node, fit, changes.get(i).copied(), &context, weights)
+            score_one(fit, changes.get(i).copied(), &context, weights)
         })
         .collect();
     if let (Some(max_skew), Some(_)) = (weights.max_zone_skew, replicas) {
@@ -235,7 +235,6 @@ fn logistic(delta: f64, reference: u64, step: f64) -> f64 {
 /// is what the pod does to the node's fragmentation and stranded VRAM (`None`: not measured,
 /// both terms left out).
 pub fn score_one(
-    node: &NodeInfo,
     fit: &Fit,
     change: Option<Change>,
     context: &Context,
@@ -247,7 +246,7 @@ pub fn score_one(
         } else {
             1.0 - fit.idle_after_mib as f64 / context.reference as f64
         },
-        packing: packing_after(node, fit),
+        packing: packing_after(fit),
         zone_spread: if context.busiest_zone == 0 {
             1.0
         } else {
@@ -301,11 +300,11 @@ pub fn score_one(
     }
 }
 
-fn packing_after(node: &NodeInfo, fit: &Fit) -> f64 {
-    if node.devices.is_empty() {
+fn packing_after(fit: &Fit) -> f64 {
+    if fit.node_devices == 0 {
         return 0.0;
     }
-    f64::from(fit.busy_before + fit.newly_busy) / node.devices.len() as f64
+    f64::from(fit.busy_before + fit.newly_busy) / f64::from(fit.node_devices)
 }
 
 #[cfg(test)]
@@ -356,6 +355,7 @@ mod tests {
             busy_before: 0,
             newly_busy: 1,
             node_largest_mib: total,
+            node_devices: 1,
         }
     }
 

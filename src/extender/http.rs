@@ -19,8 +19,8 @@ use serde_json::json;
 
 use super::metrics::{Metrics, ReasonLabels, ScrapeInput};
 use super::wire::{
-    ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult, HostPriority,
-    Name, NodeListOut, PairMap, RawNodeList,
+    host_priorities_json, ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult,
+    ExtenderFilterResult, Name, NodeListOut, PairMap, RawNodeList,
 };
 use crate::core::node::{NodeProblem, MAX_DEVICES_PER_NODE};
 use crate::core::{build_node, pod_demand, NodeInfo};
@@ -334,8 +334,9 @@ fn filter_inner(app: &App, body: &[u8]) -> Result<(&'static str, Vec<u8>), BadRe
         failed_and_unresolvable_nodes: pairs(true),
         error: String::new(),
     };
-    let json =
-        serde_json::to_vec(&result).map_err(|e| bad_request(format!("encoding the reply: {e}")))?;
+    let json = result
+        .to_json(body)
+        .map_err(|e| bad_request(format!("encoding the reply: {e}")))?;
     Ok((label, json))
 }
 
@@ -377,14 +378,7 @@ fn prioritize_inner(app: &App, body: &[u8]) -> Result<Vec<u8>, BadRequest> {
             &app.cluster.config,
         ),
     };
-    let list: Vec<HostPriority> = scores
-        .into_iter()
-        .map(|(host, score)| HostPriority {
-            host: host.into(),
-            score: i64::from(score),
-        })
-        .collect();
-    serde_json::to_vec(&list).map_err(|e| bad_request(format!("encoding the reply: {e}")))
+    host_priorities_json(&scores, body).map_err(|e| bad_request(format!("encoding the reply: {e}")))
 }
 
 async fn bind(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {

@@ -109,6 +109,112 @@ impl Serialize for PairMap<'_> {
     }
 }
 
+impl ExtenderFilterResult<'_> {
+    /// The reply as JSON, byte for byte what `serde_json::to_vec` writes. Node names read
+    /// unescaped from the request `body` are copied as they are (see [`write_name`]), so a
+    /// reply of thousands of names costs a copy, not an escape scan per byte.
+    pub fn to_json(&self, body: &[u8]) -> serde_json::Result<Vec<u8>> {
+        let names: usize = self.node_names.iter().flatten().map(|n| n.len() + 3).sum();
+        let mut out = Vec::with_capacity(
+            128 + names
+                + self.failed_nodes.json_len()
+                + self.failed_and_unresolvable_nodes.json_len(),
+        );
+        out.extend_from_slice(b"{\"Nodes\":");
+        serde_json::to_writer(&mut out, &self.nodes)?;
+        out.extend_from_slice(b",\"NodeNames\":");
+        match &self.node_names {
+            None => out.extend_from_slice(b"null"),
+            Some(names) => {
+                out.push(b'[');
+                for (i, name) in names.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_name(&mut out, name, body)?;
+                }
+                out.push(b']');
+            }
+        }
+        out.extend_from_slice(b",\"FailedNodes\":");
+        self.failed_nodes.write_json(&mut out, body)?;
+        out.extend_from_slice(b",\"FailedAndUnresolvableNodes\":");
+        self.failed_and_unresolvable_nodes
+            .write_json(&mut out, body)?;
+        out.extend_from_slice(b",\"Error\":");
+        serde_json::to_writer(&mut out, &self.error)?;
+        out.push(b'}');
+        Ok(out)
+    }
+}
+
+impl PairMap<'_> {
+    /// About how many bytes [`PairMap::write_json`] writes.
+    fn json_len(&self) -> usize {
+        2 + self
+            .0
+            .iter()
+            .map(|(k, v)| k.len() + v.get().len() + 4)
+            .sum::<usize>()
+    }
+
+    /// Writes the object as `serde_json` would, names as [`write_name`] does.
+    fn write_json(&self, out: &mut Vec<u8>, body: &[u8]) -> serde_json::Result<()> {
+        out.push(b'{');
+        for (i, (key, value)) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_name(out, key, body)?;
+            out.push(b':');
+            out.extend_from_slice(value.get().as_bytes());
+        }
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+/// Appends `name` as a JSON string. A name that lies inside the request `body` was borrowed
+/// from it by the parser, which borrows only strings without escape sequences, and JSON text
+/// holds no raw quote, backslash or control character inside a string: its bytes need no
+/// escaping and are copied. Any other name (unescaped by the parser, or from the inventory)
+/// is escaped by serde_json.
+fn write_name(out: &mut Vec<u8>, name: &str, body: &[u8]) -> serde_json::Result<()> {
+    let within = body.as_ptr_range();
+    let start = name.as_ptr();
+    if within.start <= start && (start as usize).saturating_add(name.len()) <= within.end as usize {
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'"');
+        Ok(())
+    } else {
+        serde_json::to_writer(out, name)
+    }
+}
+
+/// The prioritize reply (a bare array of [`HostPriority`]) as JSON, byte for byte what
+/// `serde_json::to_vec` writes for it, names written as [`write_name`] does.
+pub fn host_priorities_json(scores: &[(&str, u8)], body: &[u8]) -> serde_json::Result<Vec<u8>> {
+    const HOST: &[u8] = b"{\"Host\":";
+    const SCORE: &[u8] = b",\"Score\":";
+    let names: usize = scores.iter().map(|(n, _)| n.len()).sum();
+    let mut out = Vec::with_capacity(2 + names + scores.len() * (HOST.len() + SCORE.len() + 7));
+    let mut digits = itoa::Buffer::new();
+    out.push(b'[');
+    for (i, (host, score)) in scores.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(HOST);
+        write_name(&mut out, host, body)?;
+        out.extend_from_slice(SCORE);
+        out.extend_from_slice(digits.format(*score).as_bytes());
+        out.push(b'}');
+    }
+    out.push(b']');
+    Ok(out)
+}
+
 /// `HostPriority`; the prioritize reply is a bare array of these.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct HostPriority<'a> {
@@ -179,6 +285,60 @@ mod tests {
         }
         let err = serde_json::from_str::<ExtenderArgs>(r#"{"NodeNames":[1]}"#).unwrap_err();
         assert!(err.to_string().contains("expected a node name"), "{err}");
+    }
+
+    #[test]
+    fn replies_are_written_as_serde_json_writes_them() {
+        // Names borrowed from the body are copied; escaped ones and names from elsewhere go
+        // through serde_json: the bytes match serde_json's own output either way.
+        let body = r#"{"NodeNames":["gpu-1","gpu-\"2\"","zone\\a","ünï"]}"#;
+        let args: ExtenderArgs = serde_json::from_str(body).unwrap();
+        let names = args.node_names.unwrap();
+        let outside = String::from("tab\there");
+        let mut all: Vec<&str> = names.iter().map(|n| n.as_ref()).collect();
+        all.push(&outside);
+        let reason = serde_json::value::to_raw_value("needs \"A100\" 20%").unwrap();
+        let result = ExtenderFilterResult {
+            nodes: None,
+            node_names: Some(all.clone()),
+            failed_nodes: PairMap(all.iter().map(|n| (*n, &*reason)).collect()),
+            failed_and_unresolvable_nodes: PairMap::default(),
+            error: "a \"quoted\" error".into(),
+        };
+        let expected = serde_json::to_vec(&result).unwrap();
+        assert_eq!(
+            String::from_utf8(result.to_json(body.as_bytes()).unwrap()).unwrap(),
+            String::from_utf8(expected).unwrap()
+        );
+        let without = ExtenderFilterResult {
+            node_names: None,
+            nodes: Some(NodeListOut {
+                metadata: serde_json::Map::new(),
+                items: vec![serde_json::value::to_raw_value(&serde_json::json!({"a": 1})).unwrap()],
+            }),
+            ..result
+        };
+        assert_eq!(
+            without.to_json(body.as_bytes()).unwrap(),
+            serde_json::to_vec(&without).unwrap()
+        );
+        let scores: Vec<(&str, u8)> = all
+            .iter()
+            .zip([0u8, 7, 10, 255, 3])
+            .map(|(n, s)| (*n, s))
+            .collect();
+        let list: Vec<HostPriority> = scores
+            .iter()
+            .map(|(host, score)| HostPriority {
+                host: (*host).into(),
+                score: i64::from(*score),
+            })
+            .collect();
+        assert_eq!(
+            String::from_utf8(host_priorities_json(&scores, body.as_bytes()).unwrap()).unwrap(),
+            serde_json::to_string(&list).unwrap()
+        );
+        assert_eq!(host_priorities_json(&[], b"").unwrap(), b"[]");
     }
 
     #[test]

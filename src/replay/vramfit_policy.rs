@@ -198,7 +198,7 @@ fn judge(
         host_balance_step: config.host_balance_step,
         ..Context::default()
     };
-    Some((score_one(node, &fit, change, &context, weights).exact, fit))
+    Some((score_one(&fit, change, &context, weights).exact, fit))
 }
 
 impl Policy for VramfitPolicy {

@@ -176,6 +176,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
         }
         prop_assert!(inventory.memo().len() <= MEMO_SHAPES);
+        // Scoring reads zones from the inventory's dense per-slot copy: it follows every
+        // reshape and removal (a removal moves the last node into the freed slot).
+        for node in inventory.nodes() {
+            prop_assert_eq!(inventory.zone_of(node), node.zone.as_deref());
+        }
     }
     Ok(())
 }

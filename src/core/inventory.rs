@@ -153,6 +153,9 @@ pub struct Inventory {
     /// One shared allocation per zone name, so nodes of a zone carry the same `Arc` and
     /// scoring looks each zone's replica count up once per request.
     zones: HashSet<Arc<str>>,
+    /// Each node's zone, slot for slot with `nodes`: scoring reads zones from this dense copy
+    /// instead of touching every node's own memory.
+    zone_by_slot: Vec<Option<Arc<str>>>,
     /// Renewed whenever a node's slot may have moved (a removal), so remembered name lists of
     /// an older layout are not trusted.
     layout: u64,
@@ -176,6 +179,7 @@ impl Inventory {
         self.apply_ledger(&mut node);
         let slot = match self.index.get(node.name.as_bytes()) {
             Some(&slot) => {
+                self.zone_by_slot[slot as usize] = node.zone.clone();
                 self.nodes[slot as usize] = node;
                 slot as usize
             }
@@ -184,6 +188,7 @@ impl Inventory {
                 self.index
                     .insert(NameKey::from_slice(node.name.as_bytes()), slot);
                 self.count_models_at(&node.name, slot);
+                self.zone_by_slot.push(node.zone.clone());
                 self.nodes.push(node);
                 slot as usize
             }
@@ -214,6 +219,7 @@ impl Inventory {
         let slot = self.index.remove(name.as_bytes())? as usize;
         self.layout += 1;
         let removed = self.nodes.swap_remove(slot);
+        self.zone_by_slot.swap_remove(slot);
         let last = self.nodes.len() as u32;
         for replicas in self.models.values_mut() {
             replicas.by_slot.remove(&(slot as u32));
@@ -295,6 +301,14 @@ impl Inventory {
             .get(slot)
             .is_some_and(|n| std::ptr::eq(n, node))
             .then_some(slot)
+    }
+
+    /// The zone of `node`, from the dense per-slot copy when the node is this inventory's own.
+    pub fn zone_of<'a>(&'a self, node: &'a NodeInfo) -> Option<&'a str> {
+        match self.own_slot(node) {
+            Some(slot) => self.zone_by_slot[slot].as_deref(),
+            None => node.zone.as_deref(),
+        }
     }
 
     /// The cached fragmentation of `node` when it is this inventory's own (not a copy).

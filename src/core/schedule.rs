@@ -280,6 +280,7 @@ fn rank(
             &deltas,
             replicas,
             |node| replicas.map_or(0, |r| inventory.replicas_on(r, node)),
+            |node| inventory.zone_of(node),
             weights,
             config.frag_step,
             config.host_balance_step,

@@ -72,14 +72,16 @@ fn round_down(value: f64, step: f64) -> f64 {
 }
 
 /// Scores feasible candidates against each other. `replicas` are the pod's model's replicas
-/// and `node_replicas(node)` their count on a candidate (the inventory reads it by slot);
+/// and `node_replicas(node)` their count on a candidate (the inventory reads it by slot),
+/// `zone_of(node)` its zone (the inventory reads a dense per-slot copy);
 /// `changes[i]` is candidate i's fragmentation and stranded-VRAM change (empty: no
 /// fragmentation or host-balance term).
-pub fn score_candidates(
-    candidates: &[(&NodeInfo, &Fit)],
+pub fn score_candidates<'n>(
+    candidates: &[(&'n NodeInfo, &Fit)],
     changes: &[Change],
     replicas: Option<&ModelReplicas>,
     node_replicas: impl Fn(&NodeInfo) -> u32,
+    zone_of: impl Fn(&'n NodeInfo) -> Option<&'n str>,
     weights: &Weights,
     frag_step: f64,
     host_balance_step: f64,
@@ -100,7 +102,7 @@ pub fn score_candidates(
     let mut recent_zones: SmallVec<[(*const u8, u32); ZONE_CACHE]> = SmallVec::new();
     let zone_counts: Vec<Option<u32>> = candidates
         .iter()
-        .map(|(node, _)| match (replicas, &node.zone) {
+        .map(|(node, _)| match (replicas, zone_of(node)) {
             (Some(r), Some(zone)) => {
                 let ptr = zone.as_ptr();
                 if let Some(&(_, count)) = recent_zones.iter().find(|(p, _)| *p == ptr) {
@@ -363,6 +365,11 @@ mod tests {
         ModelReplicas::from_counts(zones.iter().copied(), [])
     }
 
+    /// A candidate's zone read from the node itself (nodes outside an inventory).
+    fn zone_of(node: &NodeInfo) -> Option<&str> {
+        node.zone.as_deref()
+    }
+
     /// A candidate's replicas looked up by its name (nodes outside an inventory).
     fn by_name(r: &ModelReplicas) -> impl Fn(&NodeInfo) -> u32 + '_ {
         |node| r.on_node(&node.name)
@@ -459,7 +466,16 @@ mod tests {
         let (fa, fb) = (fit(15360, 12288), fit(81920, 12288));
         let candidates = [(&a, &fa), (&b, &fb)];
         let r = replicas(&[("a", 2), ("b", 1)]);
-        let scores = score_candidates(&candidates, &[], Some(&r), by_name(&r), weights, 0.04, 0.0);
+        let scores = score_candidates(
+            &candidates,
+            &[],
+            Some(&r),
+            by_name(&r),
+            zone_of,
+            weights,
+            0.04,
+            0.0,
+        );
         assert!(scores[1].exact > scores[0].exact);
         assert!(scores[1].score > scores[0].score);
         // Balanced zones: the T4 (best fit) wins, and nothing is capped.
@@ -469,6 +485,7 @@ mod tests {
             &[],
             Some(&even),
             by_name(&even),
+            zone_of,
             weights,
             0.04,
             0.0,
@@ -479,6 +496,7 @@ mod tests {
             &[],
             Some(&even),
             by_name(&even),
+            zone_of,
             &Weights {
                 max_zone_skew: None,
                 ..weights.clone()
@@ -508,6 +526,7 @@ mod tests {
             &deltas,
             Some(&within),
             by_name(&within),
+            zone_of,
             weights,
             0.04,
             0.0,
@@ -519,6 +538,7 @@ mod tests {
             &deltas,
             Some(&beyond),
             by_name(&beyond),
+            zone_of,
             weights,
             0.04,
             0.0,
@@ -548,7 +568,16 @@ mod tests {
         let r = ModelReplicas::from_counts(counts.iter().map(|(z, n)| (z.as_str(), *n)), []);
         let f = fit(15360, 12288);
         let candidates: Vec<_> = nodes.iter().map(|n| (n, &f)).collect();
-        let scores = score_candidates(&candidates, &[], Some(&r), by_name(&r), weights, 0.04, 0.0);
+        let scores = score_candidates(
+            &candidates,
+            &[],
+            Some(&r),
+            by_name(&r),
+            zone_of,
+            weights,
+            0.04,
+            0.0,
+        );
         for (i, scored) in scores.iter().enumerate() {
             let z = (i / 3) as f64;
             let expected = 1.0 - z / 19.0;
@@ -586,12 +615,21 @@ mod tests {
                 stranded: 0.0,
             },
         ];
-        let scores = score_candidates(&candidates, &changes, None, |_| 0, &weights, 0.04, 0.0);
+        let scores = score_candidates(
+            &candidates,
+            &changes,
+            None,
+            |_| 0,
+            zone_of,
+            &weights,
+            0.04,
+            0.0,
+        );
         assert_eq!(scores[1].terms.host_balance, 0.5);
         assert!(scores[0].terms.host_balance < 0.5);
         assert!(scores[1].exact > scores[0].exact);
         // Without measured changes the term is left out.
-        let plain = score_candidates(&candidates, &[], None, |_| 0, &weights, 0.04, 0.0);
+        let plain = score_candidates(&candidates, &[], None, |_| 0, zone_of, &weights, 0.04, 0.0);
         assert_eq!(plain[0].exact, plain[1].exact);
         // With a step, a change too small to leave the step ties; a large one does not.
         let small = [
@@ -601,10 +639,28 @@ mod tests {
             },
             changes[1],
         ];
-        let stepped = score_candidates(&candidates, &small, None, |_| 0, &weights, 0.04, 0.12);
+        let stepped = score_candidates(
+            &candidates,
+            &small,
+            None,
+            |_| 0,
+            zone_of,
+            &weights,
+            0.04,
+            0.12,
+        );
         assert_eq!(stepped[0].terms.host_balance, stepped[1].terms.host_balance);
         assert_eq!(stepped[0].exact, stepped[1].exact);
-        let stepped = score_candidates(&candidates, &changes, None, |_| 0, &weights, 0.04, 0.12);
+        let stepped = score_candidates(
+            &candidates,
+            &changes,
+            None,
+            |_| 0,
+            zone_of,
+            &weights,
+            0.04,
+            0.12,
+        );
         assert!(stepped[1].terms.host_balance > stepped[0].terms.host_balance);
         // 0.5 is a multiple of neither step exactly: rounding goes down.
         assert!((stepped[1].terms.host_balance - 0.48).abs() < 1e-12);

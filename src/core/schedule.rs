@@ -235,21 +235,68 @@ pub fn prioritize<'a>(
     let Ok(pod) = demand else {
         return nodes.into_iter().map(|(n, _)| (n, 0)).collect();
     };
+    let measure = measures_frag(inventory, pod, config);
     let mut out: Vec<(&'a str, u8)> = Vec::new();
     let mut passing: Vec<usize> = Vec::new();
-    let mut candidates: Vec<&NodeInfo> = Vec::new();
+    let mut assessed = Assessed::default();
+    // One judgement per node: the verdict and, for a node that passes, its fit and changes.
     for (name, node) in nodes {
-        if let Some(node) = node.filter(|n| judge.verdict(Some(n)).is_ok()) {
-            passing.push(out.len());
-            candidates.push(node);
+        if let Some(node) = node {
+            if let Some((fit, change)) = judge.scored_fit(node, measure) {
+                passing.push(out.len());
+                assessed.push(node, fit, change);
+            }
         }
         out.push((name, 0));
     }
-    let scores = rank(&mut judge, &candidates, pod, config).0;
+    let scores = assessed.score(inventory, pod, config);
     for (i, scored) in passing.into_iter().zip(scores) {
         out[i].1 = scored.score;
     }
     out
+}
+
+/// Whether scoring measures fragmentation: the pod's profile weighs `frag` and the workload
+/// model holds shapes.
+fn measures_frag(inventory: &Inventory, demand: &PodDemand, config: &Config) -> bool {
+    let (_, weights) = config.profile_for(demand.scheduler_name.as_deref());
+    weights.frag != 0.0 && !inventory.packing().profile().shapes.is_empty()
+}
+
+/// Nodes that pass with the fit and the fragmentation change each would be scored with.
+#[derive(Default)]
+struct Assessed<'n> {
+    nodes: Vec<&'n NodeInfo>,
+    fits: Vec<Fit>,
+    /// Empty when fragmentation is not measured.
+    changes: Vec<Change>,
+}
+
+impl<'n> Assessed<'n> {
+    fn push(&mut self, node: &'n NodeInfo, fit: Fit, change: Option<Change>) {
+        self.nodes.push(node);
+        self.fits.push(fit);
+        if let Some(change) = change {
+            self.changes.push(change);
+        }
+    }
+
+    /// Scores the nodes against each other, in order.
+    fn score(&self, inventory: &Inventory, demand: &PodDemand, config: &Config) -> Vec<Scored> {
+        let (_, weights) = config.profile_for(demand.scheduler_name.as_deref());
+        let replicas = demand.model.as_deref().and_then(|m| inventory.replicas(m));
+        let chosen: Vec<(&NodeInfo, &Fit)> = self.nodes.iter().copied().zip(&self.fits).collect();
+        score_candidates(
+            &chosen,
+            &self.changes,
+            replicas,
+            |node| replicas.map_or(0, |r| inventory.replicas_on(r, node)),
+            |node| inventory.zone_of(node),
+            weights,
+            config.frag_step,
+            config.host_balance_step,
+        )
+    }
 }
 
 /// Scores nodes that pass, against each other; also returns the fit each was scored with.
@@ -260,33 +307,14 @@ fn rank(
     config: &Config,
 ) -> (Vec<Scored>, Vec<Fit>) {
     let inventory = judge.inventory;
-    let (_, weights) = config.profile_for(demand.scheduler_name.as_deref());
-    let replicas = demand.model.as_deref().and_then(|m| inventory.replicas(m));
-    let measure = weights.frag != 0.0 && !inventory.packing().profile().shapes.is_empty();
-    let mut fits = Vec::with_capacity(candidates.len());
-    let mut deltas = Vec::with_capacity(if measure { candidates.len() } else { 0 });
+    let measure = measures_frag(inventory, demand, config);
+    let mut assessed = Assessed::default();
     for node in candidates {
         // Every candidate passed the same judge's verdict, so a fit is always there.
-        let (fit, delta) = judge.scored_fit(node, measure).unwrap_or_default();
-        fits.push(fit);
-        if measure {
-            deltas.push(delta.unwrap_or_default());
-        }
+        let (fit, change) = judge.scored_fit(node, measure).unwrap_or_default();
+        assessed.push(node, fit, change.or(measure.then(Change::default)));
     }
-    let chosen: Vec<(&NodeInfo, &Fit)> = candidates.iter().copied().zip(&fits).collect();
-    (
-        score_candidates(
-            &chosen,
-            &deltas,
-            replicas,
-            |node| replicas.map_or(0, |r| inventory.replicas_on(r, node)),
-            |node| inventory.zone_of(node),
-            weights,
-            config.frag_step,
-            config.host_balance_step,
-        ),
-        fits,
-    )
+    (assessed.score(inventory, demand, config), assessed.fits)
 }
 
 /// The outcome of placing one pod.

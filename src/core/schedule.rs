@@ -192,7 +192,12 @@ pub fn filter<'a>(
     inventory: &Inventory,
 ) -> FilterOutcome<'a> {
     let mut judge = Judge::new(inventory, demand);
-    let mut out = FilterOutcome::default();
+    let nodes = nodes.into_iter();
+    // Sized for the common answer, most nodes passing: no regrowth over thousands of nodes.
+    let mut out = FilterOutcome {
+        feasible: Vec::with_capacity(nodes.size_hint().0),
+        ..FilterOutcome::default()
+    };
     let mut distinct: Vec<Reason> = Vec::new();
     for (name, node) in nodes {
         let verdict = judge.verdict(node);
@@ -236,9 +241,11 @@ pub fn prioritize<'a>(
         return nodes.into_iter().map(|(n, _)| (n, 0)).collect();
     };
     let measure = measures_frag(inventory, pod, config);
-    let mut out: Vec<(&'a str, u8)> = Vec::new();
-    let mut passing: Vec<usize> = Vec::new();
-    let mut assessed = Assessed::default();
+    let nodes = nodes.into_iter();
+    let count = nodes.size_hint().0;
+    let mut out: Vec<(&'a str, u8)> = Vec::with_capacity(count);
+    let mut passing: Vec<usize> = Vec::with_capacity(count);
+    let mut assessed = Assessed::with_capacity(count, measure);
     // One judgement per node: the verdict and, for a node that passes, its fit and changes.
     for (name, node) in nodes {
         if let Some(node) = node {
@@ -264,7 +271,6 @@ fn measures_frag(inventory: &Inventory, demand: &PodDemand, config: &Config) -> 
 }
 
 /// Nodes that pass with the fit and the fragmentation change each would be scored with.
-#[derive(Default)]
 struct Assessed<'n> {
     nodes: Vec<&'n NodeInfo>,
     fits: Vec<Fit>,
@@ -273,6 +279,14 @@ struct Assessed<'n> {
 }
 
 impl<'n> Assessed<'n> {
+    fn with_capacity(count: usize, measure: bool) -> Self {
+        Assessed {
+            nodes: Vec::with_capacity(count),
+            fits: Vec::with_capacity(count),
+            changes: Vec::with_capacity(if measure { count } else { 0 }),
+        }
+    }
+
     fn push(&mut self, node: &'n NodeInfo, fit: Fit, change: Option<Change>) {
         self.nodes.push(node);
         self.fits.push(fit);
@@ -308,7 +322,7 @@ fn rank(
 ) -> (Vec<Scored>, Vec<Fit>) {
     let inventory = judge.inventory;
     let measure = measures_frag(inventory, demand, config);
-    let mut assessed = Assessed::default();
+    let mut assessed = Assessed::with_capacity(candidates.len(), measure);
     for node in candidates {
         // Every candidate passed the same judge's verdict, so a fit is always there.
         let (fit, change) = judge.scored_fit(node, measure).unwrap_or_default();

@@ -163,7 +163,7 @@ impl RawClient {
         stream.set_nodelay(true).expect("nodelay");
         RawClient {
             stream,
-            buffer: Vec::with_capacity(1 << 20),
+            buffer: vec![0; 1 << 20],
         }
     }
 
@@ -179,17 +179,26 @@ impl RawClient {
         request
     }
 
-    /// Sends a prepared request; the status and the reply body.
+    /// Sends a prepared request; the status and the reply body. Replies are read straight
+    /// into the connection's buffer (no second copy).
     pub fn send(&mut self, request: &[u8]) -> (u16, &[u8]) {
         use std::io::{Read, Write};
         self.stream.write_all(request).expect("write");
-        self.buffer.clear();
-        let mut chunk = [0u8; 64 * 1024];
-        let (head_end, length) = loop {
-            let n = self.stream.read(&mut chunk).expect("read");
+        let mut filled = 0;
+        let mut read_more = |buffer: &mut Vec<u8>, filled: &mut usize| {
+            if buffer.len() - *filled < 64 * 1024 {
+                buffer.resize(buffer.len() * 2, 0);
+            }
+            let n = self.stream.read(&mut buffer[*filled..]).expect("read");
             assert!(n > 0, "the server closed the connection");
-            self.buffer.extend_from_slice(&chunk[..n]);
-            if let Some(at) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            *filled += n;
+        };
+        let (head_end, length) = loop {
+            read_more(&mut self.buffer, &mut filled);
+            if let Some(at) = self.buffer[..filled]
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+            {
                 let head = std::str::from_utf8(&self.buffer[..at]).expect("ASCII head");
                 let length = head
                     .lines()
@@ -202,10 +211,8 @@ impl RawClient {
                 break (at + 4, length);
             }
         };
-        while self.buffer.len() < head_end + length {
-            let n = self.stream.read(&mut chunk).expect("read");
-            assert!(n > 0, "the server closed the connection");
-            self.buffer.extend_from_slice(&chunk[..n]);
+        while filled < head_end + length {
+            read_more(&mut self.buffer, &mut filled);
         }
         let status = std::str::from_utf8(&self.buffer[9..12])
             .ok()

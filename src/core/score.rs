@@ -65,9 +65,33 @@ const ZONE_CACHE: usize = 16;
 /// and the other terms decide.
 fn round_down(value: f64, step: f64) -> f64 {
     if step > 0.0 {
-        (value / step).floor() * step
+        let steps = value / step;
+        // Truncation is the floor of the non-negative values the terms give, without the libm
+        // call `f64::floor` makes on baseline x86-64 (once per candidate and term).
+        let whole = if (0.0..1e15).contains(&steps) {
+            (steps as u64) as f64
+        } else {
+            steps.floor()
+        };
+        whole * step
     } else {
         value
+    }
+}
+
+/// An exact score (`0..=1`) on kube-scheduler's 0–10 scale, rounded half away from zero as
+/// `f64::round` rounds, without its libm call.
+fn wire_score(exact: f64) -> u8 {
+    let tenths = exact * 10.0;
+    if !(0.0..=25.0).contains(&tenths) {
+        return tenths.round() as u8;
+    }
+    let whole = tenths as u8;
+    // `tenths - whole` is exact here (Sterbenz), so the half-way test is too.
+    if tenths - f64::from(whole) >= 0.5 {
+        whole + 1
+    } else {
+        whole
     }
 }
 
@@ -201,7 +225,7 @@ pub fn limit_zone_skew(scored: &mut [Scored], keeps: &[bool]) {
     for &i in &breakers {
         let exact = scored[i].exact * cap;
         scored[i].exact = exact;
-        scored[i].score = (exact * 10.0).round() as u8;
+        scored[i].score = wire_score(exact);
     }
 }
 
@@ -229,6 +253,10 @@ pub struct Context {
 fn logistic(delta: f64, reference: u64, step: f64) -> f64 {
     if reference == 0 {
         return 0.5;
+    }
+    if delta == 0.0 {
+        // 1 / (1 + e^0), exactly: most candidates' stranded VRAM does not change.
+        return round_down(0.5, step);
     }
     round_down(1.0 / (1.0 + (delta / reference as f64).exp()), step)
 }
@@ -297,7 +325,7 @@ pub fn score_one(
     };
     Scored {
         exact,
-        score: (exact * 10.0).round() as u8,
+        score: wire_score(exact),
         terms,
     }
 }
@@ -395,6 +423,35 @@ mod tests {
         );
         assert_eq!(keeps_zone_skew(&[None, None], counts, 1), [true, true]);
         assert!(keeps_zone_skew(&[], counts, 1).is_empty());
+    }
+
+    #[test]
+    fn wire_scores_and_steps_round_as_the_float_functions_do() {
+        let mut values: Vec<f64> = (0..=100_000).map(|i| f64::from(i) / 100_000.0).collect();
+        values.extend([
+            0.049_999_999_999_999_996,
+            0.05,
+            0.15,
+            0.25,
+            0.35,
+            0.45,
+            0.95,
+            1.0,
+        ]);
+        values.extend([0.5f64.next_down(), 0.5f64.next_up(), 0.0f64.next_up()]);
+        for v in values {
+            assert_eq!(wire_score(v), (v * 10.0).round() as u8, "{v}");
+            for step in [0.04, 0.12, 0.5, 0.03] {
+                assert_eq!(round_down(v, step), (v / step).floor() * step, "{v} {step}");
+            }
+        }
+        for odd in [f64::NAN, -0.3, 2.0, f64::INFINITY] {
+            assert_eq!(wire_score(odd), (odd * 10.0).round() as u8, "{odd}");
+            let (a, b) = (round_down(odd, 0.04), (odd / 0.04).floor() * 0.04);
+            assert!(a == b || (a.is_nan() && b.is_nan()), "{odd}");
+        }
+        assert_eq!(logistic(0.0, 80, 0.12), round_down(0.5, 0.12));
+        assert_eq!(logistic(0.0, 80, 0.0), 1.0 / (1.0 + 0f64.exp()));
     }
 
     #[test]

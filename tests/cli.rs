@@ -17,16 +17,15 @@ fn vramfit(args: &[&str]) -> Output {
         .expect("run vramfit")
 }
 
+/// `vramfit place --snapshot SNAPSHOT --pods PODS` and `extra` arguments.
+fn place(snapshot: &str, pods: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["place", "--snapshot", snapshot, "--pods", pods];
+    args.extend_from_slice(extra);
+    vramfit(&args)
+}
+
 fn place_json(snapshot: &str, pods: &str) -> (i32, Value) {
-    let out = vramfit(&[
-        "place",
-        "--snapshot",
-        snapshot,
-        "--pods",
-        pods,
-        "--output",
-        "json",
-    ]);
+    let out = place(snapshot, pods, &["--output", "json"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
         panic!(
@@ -87,13 +86,7 @@ fn the_example_places_every_model_where_it_belongs() {
 
 #[test]
 fn table_output_is_readable() {
-    let out = vramfit(&[
-        "place",
-        "--snapshot",
-        "examples/cluster.yaml",
-        "--pods",
-        "examples/models.yaml",
-    ]);
+    let out = place("examples/cluster.yaml", "examples/models.yaml", &[]);
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.starts_with("POD "), "{text}");
@@ -167,24 +160,12 @@ fn unplaced_pods_exit_2_with_grouped_reasons() {
 #[test]
 fn bad_input_is_a_clear_error_with_exit_1() {
     let broken = scratch("broken.yaml", "kind: Pod\nmetadata: {name: [unclosed\n");
-    let out = vramfit(&[
-        "place",
-        "--snapshot",
-        "examples/cluster.yaml",
-        "--pods",
-        broken.to_str().unwrap(),
-    ]);
+    let out = place("examples/cluster.yaml", broken.to_str().unwrap(), &[]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("broken.yaml:"), "{stderr}");
 
-    let missing = vramfit(&[
-        "place",
-        "--snapshot",
-        "no/such/file.yaml",
-        "--pods",
-        "examples/models.yaml",
-    ]);
+    let missing = place("no/such/file.yaml", "examples/models.yaml", &[]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no/such/file.yaml"));
 
@@ -192,26 +173,16 @@ fn bad_input_is_a_clear_error_with_exit_1() {
         "deploy.yaml",
         "kind: ConfigMap\napiVersion: v1\nmetadata: {name: x}\n",
     );
-    let out = vramfit(&[
-        "place",
-        "--snapshot",
-        "examples/cluster.yaml",
-        "--pods",
-        kinds.to_str().unwrap(),
-    ]);
+    let out = place("examples/cluster.yaml", kinds.to_str().unwrap(), &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unsupported kind \"ConfigMap\""));
 
     let config = scratch("config.yaml", "placement:\n  headroomPercent: 99\n");
-    let out = vramfit(&[
-        "place",
-        "--snapshot",
+    let out = place(
         "examples/cluster.yaml",
-        "--pods",
         "examples/models.yaml",
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+        &["--config", config.to_str().unwrap()],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("headroomPercent must be 0..=90"));
 }
@@ -227,19 +198,18 @@ fn config_and_catalog_files_are_read() {
         "tiny.yaml",
         "kind: Pod\napiVersion: v1\nmetadata: {name: t, namespace: ml, labels: {vramfit.io/model: tiny}}\nspec:\n  containers:\n  - name: c\n    resources: {limits: {nvidia.com/gpu: 1}}\n",
     );
-    let out = vramfit(&[
-        "place",
-        "--snapshot",
+    let out = place(
         "examples/cluster.yaml",
-        "--pods",
         pods.to_str().unwrap(),
-        "--output",
-        "json",
-        "--config",
-        config.to_str().unwrap(),
-        "--catalog",
-        catalog.to_str().unwrap(),
-    ]);
+        &[
+            "--output",
+            "json",
+            "--config",
+            config.to_str().unwrap(),
+            "--catalog",
+            catalog.to_str().unwrap(),
+        ],
+    );
     let stdout = succeeded(&out);
     let report: Value = serde_json::from_str(&stdout).unwrap();
     // 14Gi fits a T4 only because headroom is 0 in this config.
@@ -316,21 +286,20 @@ fn what_if_nodes_and_the_picture() {
         "kind: Node\napiVersion: v1\nmetadata:\n  name: t4-new\n  labels: {topology.kubernetes.io/zone: b, nvidia.com/gpu.product: Tesla-T4, nvidia.com/gpu.memory: \"15360\", pool: inference}\nstatus: {allocatable: {cpu: \"16\", memory: 64Gi, pods: \"110\", nvidia.com/gpu: \"1\"}}\n",
     );
     let spec = format!("1x {}", template.display());
-    let out = vramfit(&[
-        "place",
-        "--snapshot",
+    let out = place(
         path.to_str().unwrap(),
-        "--pods",
         "tests/fixtures/dry-run/workloads.yaml",
-        "--add-nodes",
-        &spec,
-        "--add-nodes",
-        "1x T4@b",
-        "--output",
-        "json",
-        "--svg",
-        svg.to_str().unwrap(),
-    ]);
+        &[
+            "--add-nodes",
+            &spec,
+            "--add-nodes",
+            "1x T4@b",
+            "--output",
+            "json",
+            "--svg",
+            svg.to_str().unwrap(),
+        ],
+    );
     let stdout = succeeded(&out);
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
@@ -350,15 +319,11 @@ fn what_if_nodes_and_the_picture() {
         "the tooltip names the model"
     );
 
-    let bad = vramfit(&[
-        "place",
-        "--snapshot",
+    let bad = place(
         path.to_str().unwrap(),
-        "--pods",
         "tests/fixtures/dry-run/workloads.yaml",
-        "--add-nodes",
-        "3x B200",
-    ]);
+        &["--add-nodes", "3x B200"],
+    );
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown class \"B200\""));
 }

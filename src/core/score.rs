@@ -95,6 +95,14 @@ fn wire_score(exact: f64) -> u8 {
     }
 }
 
+/// How finely the `frag` and `hostBalance` terms are resolved: the config's `fragStep` and
+/// `hostBalanceStep`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Steps {
+    pub frag: f64,
+    pub host_balance: f64,
+}
+
 /// Scores feasible candidates against each other. `replicas` are the pod's model's replicas
 /// and `node_replicas(node)` their count on a candidate (the inventory reads it by slot),
 /// `zone_of(node)` its zone (the inventory reads a dense per-slot copy);
@@ -107,8 +115,7 @@ pub fn score_candidates<'n>(
     node_replicas: impl Fn(&NodeInfo) -> u32,
     zone_of: impl Fn(&'n NodeInfo) -> Option<&'n str>,
     weights: &Weights,
-    frag_step: f64,
-    host_balance_step: f64,
+    steps: Steps,
 ) -> Vec<Scored> {
     let reference = candidates
         .iter()
@@ -157,8 +164,8 @@ pub fn score_candidates<'n>(
             let context = Context {
                 reference,
                 frag_reference,
-                frag_step,
-                host_balance_step,
+                frag_step: steps.frag,
+                host_balance_step: steps.host_balance,
                 zone_replicas: zone_count.unwrap_or(0),
                 busiest_zone,
                 node_replicas: on_node(node),
@@ -393,14 +400,32 @@ mod tests {
         ModelReplicas::from_counts(zones.iter().copied(), [])
     }
 
+    /// Scores candidates outside an inventory (replicas by node name, zones from the nodes),
+    /// `fragStep` 0.04 and the given `hostBalanceStep`.
+    fn score(
+        candidates: &[(&NodeInfo, &Fit)],
+        changes: &[Change],
+        replicas: Option<&ModelReplicas>,
+        weights: &Weights,
+        balance_step: f64,
+    ) -> Vec<Scored> {
+        score_candidates(
+            candidates,
+            changes,
+            replicas,
+            |node| replicas.map_or(0, |r| r.on_node(&node.name)),
+            zone_of,
+            weights,
+            Steps {
+                frag: 0.04,
+                host_balance: balance_step,
+            },
+        )
+    }
+
     /// A candidate's zone read from the node itself (nodes outside an inventory).
     fn zone_of(node: &NodeInfo) -> Option<&str> {
         node.zone.as_deref()
-    }
-
-    /// A candidate's replicas looked up by its name (nodes outside an inventory).
-    fn by_name(r: &ModelReplicas) -> impl Fn(&NodeInfo) -> u32 + '_ {
-        |node| r.on_node(&node.name)
     }
 
     #[test]
@@ -523,42 +548,21 @@ mod tests {
         let (fa, fb) = (fit(15360, 12288), fit(81920, 12288));
         let candidates = [(&a, &fa), (&b, &fb)];
         let r = replicas(&[("a", 2), ("b", 1)]);
-        let scores = score_candidates(
-            &candidates,
-            &[],
-            Some(&r),
-            by_name(&r),
-            zone_of,
-            weights,
-            0.04,
-            0.0,
-        );
+        let scores = score(&candidates, &[], Some(&r), weights, 0.0);
         assert!(scores[1].exact > scores[0].exact);
         assert!(scores[1].score > scores[0].score);
         // Balanced zones: the T4 (best fit) wins, and nothing is capped.
         let even = replicas(&[("a", 1), ("b", 1)]);
-        let scores = score_candidates(
-            &candidates,
-            &[],
-            Some(&even),
-            by_name(&even),
-            zone_of,
-            weights,
-            0.04,
-            0.0,
-        );
+        let scores = score(&candidates, &[], Some(&even), weights, 0.0);
         assert!(scores[0].exact > scores[1].exact);
-        let plain = score_candidates(
+        let plain = score(
             &candidates,
             &[],
             Some(&even),
-            by_name(&even),
-            zone_of,
             &Weights {
                 max_zone_skew: None,
                 ..weights.clone()
             },
-            0.04,
             0.0,
         );
         assert_eq!(scores, plain);
@@ -578,28 +582,10 @@ mod tests {
             stranded: 0.0,
         });
         let within = replicas(&[("a", 4), ("b", 0)]);
-        let scores = score_candidates(
-            &candidates,
-            &deltas,
-            Some(&within),
-            by_name(&within),
-            zone_of,
-            weights,
-            0.04,
-            0.0,
-        );
+        let scores = score(&candidates, &deltas, Some(&within), weights, 0.0);
         assert!(scores[0].exact > scores[1].exact, "a skew of 5 is allowed");
         let beyond = replicas(&[("a", 5), ("b", 0)]);
-        let scores = score_candidates(
-            &candidates,
-            &deltas,
-            Some(&beyond),
-            by_name(&beyond),
-            zone_of,
-            weights,
-            0.04,
-            0.0,
-        );
+        let scores = score(&candidates, &deltas, Some(&beyond), weights, 0.0);
         assert!(scores[1].exact > scores[0].exact, "a skew of 6 is not");
         assert!(scores[1].score > scores[0].score);
     }
@@ -625,16 +611,7 @@ mod tests {
         let r = ModelReplicas::from_counts(counts.iter().map(|(z, n)| (z.as_str(), *n)), []);
         let f = fit(15360, 12288);
         let candidates: Vec<_> = nodes.iter().map(|n| (n, &f)).collect();
-        let scores = score_candidates(
-            &candidates,
-            &[],
-            Some(&r),
-            by_name(&r),
-            zone_of,
-            weights,
-            0.04,
-            0.0,
-        );
+        let scores = score(&candidates, &[], Some(&r), weights, 0.0);
         for (i, scored) in scores.iter().enumerate() {
             let z = (i / 3) as f64;
             let expected = 1.0 - z / 19.0;
@@ -672,21 +649,12 @@ mod tests {
                 stranded: 0.0,
             },
         ];
-        let scores = score_candidates(
-            &candidates,
-            &changes,
-            None,
-            |_| 0,
-            zone_of,
-            &weights,
-            0.04,
-            0.0,
-        );
+        let scores = score(&candidates, &changes, None, &weights, 0.0);
         assert_eq!(scores[1].terms.host_balance, 0.5);
         assert!(scores[0].terms.host_balance < 0.5);
         assert!(scores[1].exact > scores[0].exact);
         // Without measured changes the term is left out.
-        let plain = score_candidates(&candidates, &[], None, |_| 0, zone_of, &weights, 0.04, 0.0);
+        let plain = score(&candidates, &[], None, &weights, 0.0);
         assert_eq!(plain[0].exact, plain[1].exact);
         // With a step, a change too small to leave the step ties; a large one does not.
         let small = [
@@ -696,28 +664,10 @@ mod tests {
             },
             changes[1],
         ];
-        let stepped = score_candidates(
-            &candidates,
-            &small,
-            None,
-            |_| 0,
-            zone_of,
-            &weights,
-            0.04,
-            0.12,
-        );
+        let stepped = score(&candidates, &small, None, &weights, 0.12);
         assert_eq!(stepped[0].terms.host_balance, stepped[1].terms.host_balance);
         assert_eq!(stepped[0].exact, stepped[1].exact);
-        let stepped = score_candidates(
-            &candidates,
-            &changes,
-            None,
-            |_| 0,
-            zone_of,
-            &weights,
-            0.04,
-            0.12,
-        );
+        let stepped = score(&candidates, &changes, None, &weights, 0.12);
         assert!(stepped[1].terms.host_balance > stepped[0].terms.host_balance);
         // 0.5 is a multiple of neither step exactly: rounding goes down.
         assert!((stepped[1].terms.host_balance - 0.48).abs() < 1e-12);

@@ -408,6 +408,13 @@ mod tests {
         policy.select(c, p, &feasible, &mut rng()).unwrap()
     }
 
+    fn chosen(node: usize, gpus: &[u8]) -> Choice {
+        Choice {
+            node,
+            gpus: gpus.to_vec(),
+        }
+    }
+
     /// Node 0: 8 GPUs, GPU3 half used, 16 vCPU free of 96; node 1: idle 2-GPU node, 64 vCPU.
     fn two_nodes() -> Cluster {
         let mut a = node("a", 96_000, &[MILLI; 8]);
@@ -424,13 +431,7 @@ mod tests {
         // b: 0.5·60000/128000 + 0.5·1700/8000 = 0.234375 + 0.10625 → int(65.9375) = 65
         assert_eq!(best_fit_score(c.node(1), &share), 65);
         let ch = choose(&mut Scored::new(ScoreRule::BestFit), &c, &share);
-        assert_eq!(
-            ch,
-            Choice {
-                node: 1,
-                gpus: vec![0]
-            }
-        );
+        assert_eq!(ch, chosen(1, &[0]));
         // The sharing pod takes the tightest fitting GPU on node a.
         assert_eq!(best_fit_gpus(c.node(0), &share), vec![3]);
     }
@@ -443,13 +444,7 @@ mod tests {
         assert_eq!(dot_prod_score(c.node(0), &whole), 93);
         assert_eq!(dot_prod_score(c.node(1), &whole), 96);
         let ch = choose(&mut Scored::new(ScoreRule::DotProd), &c, &whole);
-        assert_eq!(
-            ch,
-            Choice {
-                node: 1,
-                gpus: vec![0]
-            }
-        );
+        assert_eq!(ch, chosen(1, &[0]));
     }
 
     #[test]
@@ -466,13 +461,7 @@ mod tests {
             &c,
             &pod(1000, 1, 200, 0),
         );
-        assert_eq!(
-            ch,
-            Choice {
-                node: 0,
-                gpus: vec![3]
-            }
-        );
+        assert_eq!(ch, chosen(0, &[3]));
     }
 
     #[test]
@@ -489,13 +478,7 @@ mod tests {
             &c,
             &pod(1000, 1, 300, 0),
         );
-        assert_eq!(
-            ch,
-            Choice {
-                node: 0,
-                gpus: vec![3]
-            }
-        );
+        assert_eq!(ch, chosen(0, &[3]));
     }
 
     #[test]
@@ -536,13 +519,7 @@ mod tests {
         // A 0.4-GPU pod on a's GPU3 lowers fragment (500 → 100): sigmoid(0.4) → 59;
         // anywhere else it adds 600: sigmoid(−0.6) → 35.
         let ch = choose(&mut Fgd::default(), &c, &pod(1000, 1, 400, 0));
-        assert_eq!(
-            ch,
-            Choice {
-                node: 0,
-                gpus: vec![3]
-            }
-        );
+        assert_eq!(ch, chosen(0, &[3]));
         // Cached path gives the same answer.
         let mut f = Fgd::default();
         let p = pod(1000, 1, 400, 0);

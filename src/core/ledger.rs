@@ -85,7 +85,7 @@ impl Placement {
         Placement {
             pod: demand.key.clone(),
             node: node.name.clone(),
-            zone: node.zone.as_deref().map(String::from),
+            zone: node.zone_name(),
             model: demand.model.clone(),
             shares: fit.shares(),
             exclusive: fit.exclusive,

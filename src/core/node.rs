@@ -221,6 +221,11 @@ pub struct NodeInfo {
 }
 
 impl NodeInfo {
+    /// The node's zone as an owned name (for placements and reports).
+    pub fn zone_name(&self) -> Option<String> {
+        self.zone.as_deref().map(String::from)
+    }
+
     /// Devices held by whole-device pods.
     pub fn held_devices(&self) -> u32 {
         self.devices.iter().map(|d| d.exclusive_holders).sum()

@@ -423,7 +423,7 @@ pub fn place_where(
     let fit = &chosen[best];
     let placement = Placement::from_fit(pod, node, fit);
     decision.node = Some(node.name.clone());
-    decision.zone = node.zone.as_deref().map(String::from);
+    decision.zone = node.zone_name();
     decision.shares = placement.shares.clone();
     decision.exclusive = fit.exclusive;
     decision.score = Some(scored.score);
@@ -493,7 +493,7 @@ pub fn record_bound(
     let placement = Placement {
         pod: demand.key.clone(),
         node: node_name.to_string(),
-        zone: node.and_then(|n| n.zone.as_deref().map(String::from)),
+        zone: node.and_then(NodeInfo::zone_name),
         model: demand.model.clone(),
         shares: indices
             .into_iter()

@@ -304,7 +304,7 @@ impl DryRun {
             .and_then(|d| d.scheduler_name.as_deref());
         PodResult {
             pod,
-            zone: info.and_then(|n| n.zone.as_deref().map(String::from)),
+            zone: info.and_then(crate::core::NodeInfo::zone_name),
             node: Some(node),
             devices,
             score: None,

@@ -990,7 +990,7 @@ fn schedule(
     // Where the pod could run (VRAM and room), for the placement-time figures.
     let candidates: Vec<(Option<String>, Class)> = world
         .fitting(pod)
-        .map(|n| (n.zone.as_deref().map(String::from), Class::of(n)))
+        .map(|n| (n.zone_name(), Class::of(n)))
         .collect();
     let before = world.zone_counts(pod.model);
     let node = match scheduler {
@@ -1083,7 +1083,7 @@ fn stock_place(world: &mut World, pod: &Pod, rng: &mut ChaCha8Rng) -> Option<Str
     let placement = Placement {
         pod: pod.demand.key.clone(),
         node: node.name.clone(),
-        zone: node.zone.as_deref().map(String::from),
+        zone: node.zone_name(),
         model: pod.demand.model.clone(),
         shares: indices
             .into_iter()
@@ -1720,10 +1720,8 @@ mod tests {
         assert_eq!(sizes[3], (Class::A100, 8, 81920, true));
         assert_eq!(sizes[5], (Class::Ascend, 8, 65536, false));
         assert!(nodes.iter().all(|n| n.problem.is_none()));
-        let zones: std::collections::BTreeSet<_> = nodes
-            .iter()
-            .filter_map(|n| n.zone.as_deref().map(String::from))
-            .collect();
+        let zones: std::collections::BTreeSet<_> =
+            nodes.iter().filter_map(NodeInfo::zone_name).collect();
         assert_eq!(zones.len(), 2);
     }
 }

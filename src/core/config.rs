@@ -197,6 +197,14 @@ impl Config {
         Ok(())
     }
 
+    /// `fragStep` and `hostBalanceStep`, as scoring takes them.
+    pub fn steps(&self) -> super::score::Steps {
+        super::score::Steps {
+            frag: self.frag_step,
+            host_balance: self.host_balance_step,
+        }
+    }
+
     /// The weights for a pod's `spec.schedulerName` (the default profile when unknown).
     pub fn profile_for(&self, scheduler_name: Option<&str>) -> (&str, &Weights) {
         if let Some((name, weights)) = scheduler_name.and_then(|n| self.profiles.get_key_value(n)) {

@@ -13,7 +13,7 @@ use super::frag::{assess, Change, Host};
 use super::inventory::{DeviceShare, Inventory, Placement};
 use super::memo::{Judged, ShapeKey, ShapeMemo};
 use super::node::NodeInfo;
-use super::score::{score_candidates, Scored, Steps};
+use super::score::{score_candidates, Scored};
 use super::workload::Shape;
 
 /// A pod's demand, or why it is invalid.
@@ -307,10 +307,7 @@ impl<'n> Assessed<'n> {
             |node| replicas.map_or(0, |r| inventory.replicas_on(r, node)),
             |node| inventory.zone_of(node),
             weights,
-            Steps {
-                frag: config.frag_step,
-                host_balance: config.host_balance_step,
-            },
+            config.steps(),
         )
     }
 }

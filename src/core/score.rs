@@ -164,8 +164,7 @@ pub fn score_candidates<'n>(
             let context = Context {
                 reference,
                 frag_reference,
-                frag_step: steps.frag,
-                host_balance_step: steps.host_balance,
+                steps,
                 zone_replicas: zone_count.unwrap_or(0),
                 busiest_zone,
                 node_replicas: on_node(node),
@@ -244,10 +243,8 @@ pub struct Context {
     pub reference: u64,
     /// Reference for the fragmentation change: the largest device among the candidates (MiB).
     pub frag_reference: u64,
-    /// The `frag` term is rounded down to a multiple of this (0: exact).
-    pub frag_step: f64,
-    /// The `hostBalance` term is rounded down to a multiple of this (0: exact).
-    pub host_balance_step: f64,
+    /// The `frag` and `hostBalance` terms are rounded down to multiples of these (0: exact).
+    pub steps: Steps,
     /// Replicas of the pod's model in the node's zone, and in the busiest candidate zone.
     pub zone_replicas: u32,
     pub busiest_zone: u32,
@@ -291,13 +288,13 @@ pub fn score_one(
         },
         node_spread: 1.0 / (1.0 + f64::from(context.node_replicas)),
         frag: change.map_or(0.5, |c| {
-            logistic(c.frag, context.frag_reference, context.frag_step)
+            logistic(c.frag, context.frag_reference, context.steps.frag)
         }),
         host_balance: change.map_or(0.5, |c| {
             logistic(
                 c.stranded,
                 context.frag_reference,
-                context.host_balance_step,
+                context.steps.host_balance,
             )
         }),
     };

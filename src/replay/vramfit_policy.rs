@@ -194,8 +194,7 @@ fn judge(
     let context = Context {
         reference: fit.chosen_total_mib,
         frag_reference: UNITS_PER_GPU,
-        frag_step: config.frag_step,
-        host_balance_step: config.host_balance_step,
+        steps: config.steps(),
         ..Context::default()
     };
     Some((score_one(&fit, change, &context, weights).exact, fit))

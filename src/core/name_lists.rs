@@ -164,8 +164,22 @@ impl NameLists {
 /// Where `name` is in `list` at `from` or up to [`LOOKAHEAD`] places further, with its slot.
 fn find_ahead(list: &NameList, from: usize, name: &[u8]) -> Option<(usize, u32)> {
     (from..list.len().min(from + 1 + LOOKAHEAD))
-        .find(|&k| list.name(k) == name)
+        .find(|&k| same_name(list.name(k), name))
         .map(|k| (k, list.slots[k]))
+}
+
+/// `a == b`, without a `memcmp` call for names of 8 to 16 bytes (most node names): two
+/// overlapping 8-byte words cover every byte.
+fn same_name(a: &[u8], b: &[u8]) -> bool {
+    let len = a.len();
+    if len != b.len() {
+        return false;
+    }
+    if !(8..=16).contains(&len) {
+        return a == b;
+    }
+    let word = |s: &[u8], at: usize| u64::from_ne_bytes(s[at..at + 8].try_into().unwrap_or([0; 8]));
+    word(a, 0) == word(b, 0) && word(a, len - 8) == word(b, len - 8)
 }
 
 #[cfg(test)]
@@ -179,6 +193,24 @@ mod tests {
             .enumerate()
             .map(|(i, n)| (n.to_string(), i as u32))
             .collect()
+    }
+
+    #[test]
+    fn names_compare_as_bytes_do() {
+        let names: Vec<Vec<u8>> = (0..=20)
+            .map(|len| (0..len).map(|i| b'a' + i as u8).collect())
+            .collect();
+        for a in &names {
+            for b in &names {
+                assert_eq!(same_name(a, b), a == b);
+            }
+            // One byte different anywhere, same length.
+            for at in 0..a.len() {
+                let mut c = a.clone();
+                c[at] ^= 1;
+                assert!(!same_name(a, &c), "{a:?} {at}");
+            }
+        }
     }
 
     #[test]

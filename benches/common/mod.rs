@@ -179,22 +179,26 @@ impl RawClient {
         request
     }
 
+    /// Reads what the server sent next into the buffer after its first `filled` bytes,
+    /// growing the buffer when less than 64 KiB is left.
+    fn read_more(&mut self, filled: &mut usize) {
+        use std::io::Read;
+        if self.buffer.len() - *filled < 64 * 1024 {
+            self.buffer.resize(self.buffer.len() * 2, 0);
+        }
+        let n = self.stream.read(&mut self.buffer[*filled..]).expect("read");
+        assert!(n > 0, "the server closed the connection");
+        *filled += n;
+    }
+
     /// Sends a prepared request; the status and the reply body. Replies are read straight
     /// into the connection's buffer (no second copy).
     pub fn send(&mut self, request: &[u8]) -> (u16, &[u8]) {
-        use std::io::{Read, Write};
+        use std::io::Write;
         self.stream.write_all(request).expect("write");
         let mut filled = 0;
-        let mut read_more = |buffer: &mut Vec<u8>, filled: &mut usize| {
-            if buffer.len() - *filled < 64 * 1024 {
-                buffer.resize(buffer.len() * 2, 0);
-            }
-            let n = self.stream.read(&mut buffer[*filled..]).expect("read");
-            assert!(n > 0, "the server closed the connection");
-            *filled += n;
-        };
         let (head_end, length) = loop {
-            read_more(&mut self.buffer, &mut filled);
+            self.read_more(&mut filled);
             if let Some(at) = self.buffer[..filled]
                 .windows(4)
                 .position(|w| w == b"\r\n\r\n")
@@ -212,7 +216,7 @@ impl RawClient {
             }
         };
         while filled < head_end + length {
-            read_more(&mut self.buffer, &mut filled);
+            self.read_more(&mut filled);
         }
         let status = std::str::from_utf8(&self.buffer[9..12])
             .ok()

@@ -14,7 +14,8 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use vramfit::core::demand::VramSource;
-use vramfit::core::frag::{assess, node_frag, FragMeasure, Host, Packing};
+use vramfit::core::frag::{assess, node_frag, FragMeasure, Packing};
+use vramfit::core::host::Host;
 use vramfit::core::node::{
     CapacitySource, Device, DeviceNames, Devices, NodeInfo, Vendor, RESOURCE_NVIDIA_GPU,
 };
@@ -63,6 +64,7 @@ fn node(devs: &[DevSpec]) -> NodeInfo {
         source: CapacitySource::Report,
         problem: None,
         notes: Vec::new(),
+        host: None,
     }
 }
 
@@ -233,6 +235,7 @@ fn demand(vram_mib: u64, devices: u32) -> PodDemand {
         headroom_percent: 0,
         model: None,
         scheduler_name: None,
+        host: Default::default(),
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use proptest::prelude::*;
 
 use common::facts::{mk_a100, mk_gpu_node, mk_pod, mk_t4, sharing};
-use vramfit::core::frag::Host;
+use vramfit::core::host::Host;
 use vramfit::core::memo::MEMO_SHAPES;
 use vramfit::core::{
     build_node, filter, place, pod_demand, prioritize, Catalog, Config, Demand, Inventory,
@@ -37,11 +37,14 @@ fn facts(name: &str, variant: u8) -> NodeFacts {
 fn demand(shape: u8, id: u32) -> Demand {
     let name = format!("p{id}");
     let pod = match shape % 10 {
-        0 => mk_pod(&name).gpus(1).vram("12Gi"),
+        0 => mk_pod(&name)
+            .gpus(1)
+            .vram("12Gi")
+            .resource("memory", "64Gi"),
         1 => mk_pod(&name).gpus(1).vram("40Gi"),
         2 => mk_pod(&name).gpus(2).vram("30Gi"),
         3 => mk_pod(&name).gpus(1),
-        4 => mk_pod(&name).vram("6Gi"),
+        4 => mk_pod(&name).vram("6Gi").resource("cpu", "8"),
         5 => mk_pod(&name).vram("20Gi"),
         6 => mk_pod(&name)
             .gpus(1)
@@ -72,8 +75,10 @@ enum Op {
     Release(usize),
     /// Re-reads a node with other capacity.
     Reshape(usize, u8),
-    /// Gives a node host resources (or forgets them).
+    /// Gives a node allocatable cpu/memory (or none).
     Host(usize, Option<(u64, u64)>),
+    /// Counts an accelerator-free pod's cpu/memory on a node.
+    HostPod(usize, u64, u64),
     /// Counts many pods of a shape in the workload model (the profile moves).
     Observe(u8, u8),
     /// Removes a node, then (true) adds it back.
@@ -88,6 +93,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..NODES.len(), any::<u8>()).prop_map(|(n, v)| Op::Reshape(n, v)),
         1 => (0..NODES.len(), proptest::option::of((0u64..64_000, 0u64..512_000)))
             .prop_map(|(n, h)| Op::Host(n, h)),
+        1 => (0..NODES.len(), 0u64..16_000, 0u64..128_000)
+            .prop_map(|(n, cpu, memory)| Op::HostPod(n, cpu, memory)),
         1 => (any::<u8>(), 1u8..40).prop_map(|(s, c)| Op::Observe(s, c)),
         1 => (0..NODES.len(), any::<bool>()).prop_map(|(n, back)| Op::Remove(n, back)),
     ]
@@ -152,13 +159,24 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 inventory.upsert_node(node);
             }
             Op::Host(n, host) => {
-                inventory.set_host(
-                    NODES[n],
-                    host.map(|(cpu_milli, memory_mib)| Host {
-                        cpu_milli,
-                        memory_mib,
-                    }),
-                );
+                let mut facts = facts(NODES[n], 0);
+                if let Some((cpu_milli, memory_mib)) = host {
+                    facts
+                        .allocatable
+                        .insert("cpu".into(), format!("{cpu_milli}m"));
+                    facts
+                        .allocatable
+                        .insert("memory".into(), format!("{memory_mib}Mi"));
+                }
+                inventory.upsert_node(build_node(&facts, &config, SystemTime::now()));
+            }
+            Op::HostPod(n, cpu_milli, memory_mib) => {
+                let request = Host {
+                    cpu_milli,
+                    memory_mib,
+                };
+                inventory.hold_host(&format!("cpu-only-{step}"), NODES[n], request);
+                placed.push(format!("cpu-only-{step}"));
             }
             Op::Observe(shape, count) => {
                 if let Ok(d) = demand(shape, id) {

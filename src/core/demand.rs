@@ -6,8 +6,9 @@ use serde::Serialize;
 use super::catalog::Catalog;
 use super::config::{Config, MAX_HEADROOM_PERCENT};
 use super::facts::{ContainerResources, PodFacts};
+use super::host::Host;
 use super::node::{clip, device_resource};
-use super::quantity::{parse_count, parse_mib};
+use super::quantity::{parse_count, parse_mib, parse_millis};
 
 /// Annotation: VRAM per device, a Kubernetes quantity.
 pub const ANNOTATION_VRAM: &str = "vramfit.io/vram";
@@ -74,6 +75,8 @@ pub struct PodDemand {
     /// Identity for spreading replicas.
     pub model: Option<String>,
     pub scheduler_name: Option<String>,
+    /// cpu and memory requests ([`host_request`]), for the `frag` and `hostBalance` terms.
+    pub host: Host,
 }
 
 impl PodDemand {
@@ -142,6 +145,16 @@ where
         }
     }
     Ok(seen.then_some(running.max(init_peak)))
+}
+
+/// The pod's cpu (millicores, rounded up) and memory (MiB, rounded up) requests, counted the
+/// way kube-scheduler counts them (containers and sidecars add up, init containers peak);
+/// zero where not given. An unreadable quantity is an error naming it.
+pub fn host_request(pod: &PodFacts) -> Result<Host, DemandError> {
+    Ok(Host {
+        cpu_milli: effective_quantity(pod, "cpu", parse_millis)?.unwrap_or(0),
+        memory_mib: effective_quantity(pod, "memory", parse_mib)?.unwrap_or(0),
+    })
 }
 
 /// Reads a pod's demand. Invalid values are errors naming the key and value, never defaults.
@@ -294,6 +307,7 @@ pub fn pod_demand(
         headroom_percent,
         model,
         scheduler_name: pod.scheduler_name.clone(),
+        host: host_request(pod)?,
     })
 }
 

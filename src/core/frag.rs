@@ -26,27 +26,13 @@ use smallvec::SmallVec;
 
 use super::demand::PodDemand;
 use super::filter::Fit;
+use super::host::Host;
 use super::node::{product_matches, Device, NodeInfo, NodeProblem, Vendor};
 use super::workload::{Shape, WorkloadModel, WorkloadParams, WorkloadProfile};
 
-/// Host resources (cpu milli-cores, memory MiB): free on a node, or requested by a pod.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Host {
-    pub cpu_milli: u64,
-    pub memory_mib: u64,
-}
-
-impl Host {
-    fn lacks(&self, shape: &Shape) -> bool {
-        self.cpu_milli < shape.cpu_milli || self.memory_mib < shape.memory_mib
-    }
-
-    fn minus(self, request: Host) -> Host {
-        Host {
-            cpu_milli: self.cpu_milli.saturating_sub(request.cpu_milli),
-            memory_mib: self.memory_mib.saturating_sub(request.memory_mib),
-        }
-    }
+/// Whether `host` has too little cpu or memory free for one pod of `shape`.
+fn lacks(host: &Host, shape: &Shape) -> bool {
+    host.cpu_milli < shape.cpu_milli || host.memory_mib < shape.memory_mib
 }
 
 /// Device sizes beyond this (4 PiB in MiB) count as this much, so sums over a node's devices
@@ -296,7 +282,7 @@ fn frag_of(
                 let need = shape.devices.max(1);
                 let lost = match measure {
                     FragMeasure::Reach => {
-                        if host.is_some_and(|h| h.lacks(shape)) || sum.usable < need {
+                        if host.is_some_and(|h| lacks(&h, shape)) || sum.usable < need {
                             total
                         } else {
                             sum.unusable as f64
@@ -822,6 +808,7 @@ mod tests {
             source: CapacitySource::Report,
             problem: None,
             notes: Vec::new(),
+            host: None,
         }
     }
 
@@ -910,6 +897,7 @@ mod tests {
             headroom_percent: 0,
             model: None,
             scheduler_name: None,
+            host: Default::default(),
         }
     }
 

@@ -11,7 +11,8 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use serde::Serialize;
 
-use super::frag::{Host, NodeFrag, Packing};
+use super::frag::{NodeFrag, Packing};
+use super::host::{Host, HostLedger};
 use super::memo::Memo;
 use super::name_lists::NameLists;
 use super::node::NodeInfo;
@@ -161,6 +162,8 @@ pub struct Inventory {
     layout: u64,
     /// The node-name lists of recent requests, with their slots.
     name_lists: NameLists,
+    /// Nodes' allocatable cpu/memory and the requests of the pods bound or reserved on them.
+    hosts: HostLedger,
 }
 
 /// Distinct zone names shared between nodes; names beyond it stay unshared (still correct, only
@@ -177,6 +180,9 @@ impl Inventory {
     pub fn upsert_node(&mut self, mut node: NodeInfo) {
         self.intern_zone(&mut node);
         self.apply_ledger(&mut node);
+        self.hosts.set_allocatable(&node.name, node.host);
+        self.packing
+            .set_host(&node.name, self.hosts.free(&node.name));
         let slot = match self.index.get(node.name.as_bytes()) {
             Some(&slot) => {
                 self.zone_by_slot[slot as usize] = node.zone.clone();
@@ -228,6 +234,7 @@ impl Inventory {
             }
         }
         self.packing.node_removed(slot, name);
+        self.hosts.set_allocatable(name, None);
         self.memo.truncate(self.nodes.len());
         self.keep_cache_budget();
         if let Some(moved) = self.nodes.get(slot) {
@@ -348,10 +355,38 @@ impl Inventory {
         }
     }
 
-    /// Records a node's free cpu/memory for the fragmentation term (`None`: unknown).
-    pub fn set_host(&mut self, name: &str, host: Option<Host>) {
-        self.packing.set_host(name, host);
-        self.node_touched(name);
+    /// Counts pod `id`'s cpu/memory `request` on `node` (bound or reserved there), replacing
+    /// what it counted before; [`Inventory::remove`] gives it back. The node's free host
+    /// resources, and so its fragmentation, follow.
+    pub fn hold_host(&mut self, id: &str, node: &str, request: Host) {
+        if self.hosts.held(id) == Some((node, request)) {
+            return;
+        }
+        let before = self.hosts.hold(id, node, request);
+        self.host_changed(node);
+        if let Some(before) = before.filter(|b| b != node) {
+            self.host_changed(&before);
+        }
+    }
+
+    /// Recomputes a node's fragmentation when its free host resources moved.
+    fn host_changed(&mut self, node: &str) {
+        let free = self.hosts.free(node);
+        if free != self.packing.host(node) {
+            self.packing.set_host(node, free);
+            self.node_touched(node);
+        }
+    }
+
+    /// A node's free cpu/memory (allocatable minus the requests of the pods counted there);
+    /// `None` when the node's allocatable is not known.
+    pub fn free_host(&self, node: &str) -> Option<Host> {
+        self.hosts.free(node)
+    }
+
+    /// Pod ids whose cpu/memory is counted on a node.
+    pub fn host_holders(&self) -> impl Iterator<Item = &String> {
+        self.hosts.pods()
     }
 
     /// All nodes, in no particular order.
@@ -387,9 +422,10 @@ impl Inventory {
         self.insert(id, placement, Stage::Bound);
     }
 
-    /// Records `placement` for pod `id` at `stage`, replacing what it held before.
+    /// Records `placement` for pod `id` at `stage`, replacing what it held before (its host
+    /// resources stay counted).
     pub(super) fn insert(&mut self, id: &str, placement: Placement, stage: Stage) {
-        self.remove(id);
+        self.take_placement(id);
         let slot = self.index.get(placement.node.as_bytes()).copied();
         if let Some(slot) = slot {
             occupy(&mut self.nodes[slot as usize], &placement, 1);
@@ -410,8 +446,17 @@ impl Inventory {
             .insert(id.to_string(), Entry { placement, stage });
     }
 
-    /// Removes whatever pod `id` holds, at any stage (the pod finished or is gone), returning it.
+    /// Removes whatever pod `id` holds, at any stage (the pod finished or is gone): its
+    /// devices, returned, and its host resources.
     pub fn remove(&mut self, id: &str) -> Option<Placement> {
+        if let Some(node) = self.hosts.release(id) {
+            self.host_changed(&node);
+        }
+        self.take_placement(id)
+    }
+
+    /// Removes pod `id`'s placement from the ledger, returning it.
+    fn take_placement(&mut self, id: &str) -> Option<Placement> {
         let placement = self.ledger.remove(id)?.placement;
         let slot = self.index.get(placement.node.as_bytes()).copied();
         if let Some(slot) = slot {

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use super::catalog::Catalog;
 use super::config::Config;
 use super::demand::{
-    pod_demand, DemandError, PodDemand, ANNOTATION_HEADROOM, ANNOTATION_PRODUCTS, ANNOTATION_VRAM,
-    LABEL_MODEL,
+    host_request, pod_demand, DemandError, PodDemand, ANNOTATION_HEADROOM, ANNOTATION_PRODUCTS,
+    ANNOTATION_VRAM, LABEL_MODEL,
 };
 use super::facts::PodFacts;
 use super::filter::Reason;
@@ -146,6 +146,9 @@ impl Inventory {
                 ambiguous: false,
             };
             self.insert(&pod.id, placement.clone(), stage);
+            // Released with the reservation; an accelerator-free pod holds nothing to release,
+            // so its cpu and memory count once the watch sees it bound.
+            self.hold_host(&pod.id, node, pod.host);
         }
         Ok(Reservation {
             id: pod.id.clone(),
@@ -248,7 +251,11 @@ impl Inventory {
         let Some(node) = facts.node_name.as_deref() else {
             return Observed::Pending(pod_demand(facts, config, catalog));
         };
-        match bound_pod_demand(facts, config, catalog) {
+        // Every bound pod's cpu and memory count on its node, whatever it asks of accelerators;
+        // an unreadable quantity (the API server validates them) counts as zero.
+        let id = facts.ledger_id();
+        let request = host_request(facts).unwrap_or_default();
+        let observed = match bound_pod_demand(facts, config, catalog) {
             Ok((demand, ignored)) => {
                 let assigned = facts
                     .annotations
@@ -258,18 +265,27 @@ impl Inventory {
                 Observed::Bound { ignored }
             }
             Err(error) => Observed::Unreadable(error),
-        }
+        };
+        self.hold_host(&id, node, request);
+        observed
     }
 
     /// After a full relist of pods: removes the bound pods `keep` rejects (gone while the watch
-    /// was down). Reservations stay: their binds may still be in flight. Returns how many went.
+    /// was down), with their cpu and memory. Reservations stay: their binds may still be in
+    /// flight. Returns how many went.
     pub fn retain_pods(&mut self, keep: impl Fn(&str) -> bool) -> usize {
-        let gone: Vec<String> = self
+        let mut gone: Vec<String> = self
             .ledger
             .iter()
             .filter(|(id, e)| e.stage == Stage::Bound && !keep(id))
             .map(|(id, _)| id.clone())
             .collect();
+        // Pods holding only cpu and memory (accelerator-free ones); a reservation's stay.
+        gone.extend(
+            self.host_holders()
+                .filter(|id| !keep(id) && !self.ledger.contains_key(*id))
+                .cloned(),
+        );
         for id in &gone {
             self.remove(id);
         }
@@ -332,6 +348,17 @@ fn bound_pod_demand(
     let mut relaxed = facts.clone();
     for key in [ANNOTATION_VRAM, ANNOTATION_HEADROOM, ANNOTATION_PRODUCTS] {
         relaxed.annotations.remove(key);
+    }
+    // Host quantities do not decide where devices are held (observe_pod counts them apart).
+    for c in relaxed
+        .containers
+        .iter_mut()
+        .chain(&mut relaxed.init_containers)
+    {
+        for key in ["cpu", "memory"] {
+            c.requests.remove(key);
+            c.limits.remove(key);
+        }
     }
     relaxed.labels.remove(LABEL_MODEL);
     match pod_demand(&relaxed, config, catalog) {

@@ -15,6 +15,7 @@ use std::sync::Mutex;
 
 use super::demand::PodDemand;
 use super::filter::{Fit, Reason};
+use super::host::Host;
 
 /// How many pod shapes the memo keeps (least recently used goes first).
 pub const MEMO_SHAPES: usize = 8;
@@ -28,6 +29,8 @@ pub struct ShapeKey {
     sharing: bool,
     headroom_percent: u8,
     products: Vec<String>,
+    /// The pod's cpu/memory: it moves the fragmentation change, not the verdict.
+    host: Host,
 }
 
 impl ShapeKey {
@@ -40,6 +43,7 @@ impl ShapeKey {
             sharing: demand.is_sharing(),
             headroom_percent: demand.headroom_percent,
             products: demand.products.clone(),
+            host: demand.host,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod demand;
 pub mod facts;
 pub mod filter;
 pub mod frag;
+pub mod host;
 pub mod inventory;
 pub mod ledger;
 pub mod memo;

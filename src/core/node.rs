@@ -10,7 +10,8 @@ use smallvec::SmallVec;
 
 use super::config::Config;
 use super::facts::NodeFacts;
-use super::quantity::parse_count;
+use super::host::Host;
+use super::quantity::{parse_count, parse_mib, parse_millis};
 
 /// Annotation holding the node agent's live device report (JSON, [`GpuStatus`]).
 pub const ANNOTATION_GPU_STATUS: &str = "vramfit.io/gpu-status";
@@ -218,6 +219,10 @@ pub struct NodeInfo {
     pub problem: Option<NodeProblem>,
     /// Things worth a log line (an unparsable or stale report), never fatal.
     pub notes: Vec<String>,
+    /// Allocatable cpu and memory (`status.allocatable`), when the node gives both: with the
+    /// requests of the pods bound there, the free host resources the `frag` and `hostBalance`
+    /// terms read ([`super::host`]).
+    pub host: Option<Host>,
 }
 
 impl NodeInfo {
@@ -258,7 +263,9 @@ pub fn build_node(facts: &NodeFacts, config: &Config, now: SystemTime) -> NodeIn
         source: CapacitySource::Unknown,
         problem: None,
         notes: Vec::new(),
+        host: None,
     };
+    node.host = host_allocatable(facts, &mut node.notes);
     let Some((resource, count)) = accelerator_allocatable(facts, &mut node.notes) else {
         return node;
     };
@@ -312,6 +319,29 @@ pub fn build_node(facts: &NodeFacts, config: &Config, now: SystemTime) -> NodeIn
         None => node.problem = Some(NodeProblem::VramUnknown),
     }
     node
+}
+
+/// Allocatable cpu (millicores) and memory (MiB); `None` unless both are given and valid.
+fn host_allocatable(facts: &NodeFacts, notes: &mut Vec<String>) -> Option<Host> {
+    let cpu = facts.allocatable.get("cpu")?;
+    let memory = facts.allocatable.get("memory")?;
+    match (parse_millis(cpu), parse_mib(memory)) {
+        (Ok(cpu_milli), Ok(memory_mib)) => Some(Host {
+            cpu_milli,
+            memory_mib,
+        }),
+        (cpu_read, memory_read) => {
+            for (key, value, error) in [
+                ("cpu", cpu, cpu_read.err()),
+                ("memory", memory, memory_read.err()),
+            ] {
+                if let Some(e) = error {
+                    notes.push(format!("allocatable {key}={:?} ignored: {e}", clip(value)));
+                }
+            }
+            None
+        }
+    }
 }
 
 fn accelerator_allocatable(

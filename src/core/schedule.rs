@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::config::Config;
 use super::demand::{DemandError, PodDemand};
 use super::filter::{fit_node, Fit, Reason};
-use super::frag::{assess, Change, Host};
+use super::frag::{assess, Change};
 use super::inventory::{DeviceShare, Inventory, Placement};
 use super::memo::{Judged, ShapeKey, ShapeMemo};
 use super::node::NodeInfo;
@@ -150,7 +150,7 @@ impl<'a> Judge<'a> {
                 node,
                 fit,
                 pod,
-                Host::default(),
+                pod.host,
                 inventory.packing(),
                 inventory.frag_state(node),
             );
@@ -419,6 +419,7 @@ pub fn place_where(
     let node = fits[best];
     let fit = &chosen[best];
     let placement = Placement::from_fit(pod, node, fit);
+    let node_name = node.name.clone();
     decision.node = Some(node.name.clone());
     decision.zone = node.zone_name();
     decision.shares = placement.shares.clone();
@@ -429,12 +430,13 @@ pub fn place_where(
     if !pod.is_accelerator_free() {
         inventory.commit(&pod.id, placement);
     }
+    inventory.hold_host(&pod.id, &node_name, pod.host);
     decision
 }
 
 /// Counts a pod in the inventory's workload model (pods asked about, placed or seen bound).
 pub fn observe(inventory: &mut Inventory, demand: &PodDemand) {
-    if let Some(shape) = Shape::of(demand, 0, 0) {
+    if let Some(shape) = Shape::of(demand, demand.host.cpu_milli, demand.host.memory_mib) {
         inventory.observe(&demand.id, shape);
     }
 }

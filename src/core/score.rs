@@ -376,6 +376,7 @@ mod tests {
             source: CapacitySource::Report,
             problem: None,
             notes: Vec::new(),
+            host: None,
         }
     }
 

@@ -9,8 +9,9 @@
 //! the simulator before the policy is asked, as kube-scheduler does before calling the extender.
 //!
 //! The workload model is seeded from the trace (every pod's shape, with cpu and memory) before
-//! the first pod, as `place` seeds it from its pods file; the mirror also tells the core each
-//! node's free cpu and memory, so fragmentation counts GPUs stranded without cpu.
+//! the first pod, as `place` seeds it from its pods file; the mirror gives each node its cpu
+//! and memory and counts every placed pod's requests there (`Inventory::hold_host`, as `serve`
+//! does for the pods it sees bound), so fragmentation counts GPUs stranded without cpu.
 //! A node's score for a pod shape only changes when the node does, so it is kept per (shape,
 //! node) and recomputed when the simulator's node epoch moves: the same core computation, done
 //! once per change instead of once per pod.
@@ -20,7 +21,8 @@ use rand_chacha::ChaCha8Rng;
 use super::sim::{Choice, Cluster, Policy};
 use super::workload::PodReq;
 use crate::core::demand::VramSource;
-use crate::core::frag::{assess, Host};
+use crate::core::frag::assess;
+use crate::core::host::Host;
 use crate::core::node::{
     CapacitySource, Device, DeviceNames, Devices, NodeInfo, Vendor, RESOURCE_NVIDIA_GPU,
 };
@@ -94,13 +96,6 @@ impl VramfitPolicy {
                     sharers: 0,
                 })
                 .collect();
-            inventory.set_host(
-                &name,
-                Some(Host {
-                    cpu_milli: u64::from(node.cpu_free()),
-                    memory_mib: node.mem_free(),
-                }),
-            );
             inventory.upsert_node(NodeInfo {
                 name: name.clone(),
                 zone: None,
@@ -112,6 +107,10 @@ impl VramfitPolicy {
                 source: CapacitySource::Report,
                 problem: None,
                 notes: Vec::new(),
+                host: Some(Host {
+                    cpu_milli: u64::from(node.cpu_free()),
+                    memory_mib: node.mem_free(),
+                }),
             });
             names.push(name);
         }
@@ -159,6 +158,10 @@ fn demand(cluster: &Cluster, pod: &PodReq) -> PodDemand {
         headroom_percent: 0,
         model: None,
         scheduler_name: None,
+        host: Host {
+            cpu_milli: u64::from(pod.cpu_milli),
+            memory_mib: pod.memory_mib,
+        },
     }
 }
 
@@ -167,7 +170,6 @@ fn judge(
     inventory: &Inventory,
     node: &NodeInfo,
     demand: &PodDemand,
-    request: Host,
     weights: &Weights,
     config: &Config,
 ) -> Option<(f64, Fit)> {
@@ -181,7 +183,7 @@ fn judge(
             node,
             &fit,
             demand,
-            request,
+            demand.host,
             inventory.packing(),
             inventory.frag_state(node),
         );
@@ -219,10 +221,6 @@ impl Policy for VramfitPolicy {
             self.memo = vec![Vec::new(); cluster.num_pod_shapes() as usize];
         }
         let demand = demand(cluster, pod);
-        let request = Host {
-            cpu_milli: u64::from(pod.cpu_milli),
-            memory_mib: pod.memory_mib,
-        };
         let (_, weights) = self.config.profile_for(None);
         let inventory = self.inventory.as_mut()?;
         let shape = pod.shape as usize;
@@ -238,7 +236,7 @@ impl Policy for VramfitPolicy {
             let epoch = cluster.node(i).epoch();
             if memo[i].epoch != epoch {
                 let node = inventory.node(&self.names[i])?;
-                memo[i] = match judge(inventory, node, &demand, request, weights, &self.config) {
+                memo[i] = match judge(inventory, node, &demand, weights, &self.config) {
                     Some((exact, fit)) => {
                         let mut devices = [0u8; 8];
                         for (slot, &d) in devices.iter_mut().zip(&fit.devices) {
@@ -278,16 +276,11 @@ impl Policy for VramfitPolicy {
         let chosen = memo[node_index];
         let gpus: Vec<u8> = chosen.devices[..usize::from(chosen.count)].to_vec();
         let name = self.names[node_index].clone();
-        let state = cluster.node(node_index);
-        inventory.set_host(
-            &name,
-            Some(Host {
-                cpu_milli: u64::from(state.cpu_free()).saturating_sub(request.cpu_milli),
-                memory_mib: state.mem_free().saturating_sub(request.memory_mib),
-            }),
-        );
+        // Every pod's cpu and memory count on its node, accelerator-free ones included.
+        self.placed += 1;
+        let id = self.placed.to_string();
+        inventory.hold_host(&id, &name, demand.host);
         if !demand.is_accelerator_free() {
-            self.placed += 1;
             let placement = Placement {
                 pod: String::new(),
                 node: name,
@@ -302,7 +295,7 @@ impl Policy for VramfitPolicy {
                     .collect(),
                 exclusive: !demand.is_sharing(),
             };
-            inventory.commit(&self.placed.to_string(), placement);
+            inventory.commit(&id, placement);
         }
         Some(Choice {
             node: node_index,

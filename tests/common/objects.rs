@@ -36,6 +36,12 @@ impl NodeJson {
         self.0["metadata"]["annotations"][key] = json!(value);
         self
     }
+    /// Allocatable `cpu` and `memory`.
+    pub fn host(mut self, cpu: &str, memory: &str) -> Self {
+        self.0["status"]["allocatable"]["cpu"] = json!(cpu);
+        self.0["status"]["allocatable"]["memory"] = json!(memory);
+        self
+    }
     /// The JSON object.
     pub fn build(self) -> Value {
         self.0
@@ -70,6 +76,13 @@ impl PodJson {
     /// Sets an annotation.
     pub fn annotation(mut self, key: &str, value: &str) -> Self {
         self.0["metadata"]["annotations"][key] = json!(value);
+        self
+    }
+    /// `requests` of `cpu` and `memory` on the first container.
+    pub fn requests(mut self, cpu: &str, memory: &str) -> Self {
+        let requests = &mut self.0["spec"]["containers"][0]["resources"]["requests"];
+        requests["cpu"] = json!(cpu);
+        requests["memory"] = json!(memory);
         self
     }
     /// `vramfit.io/vram`: the VRAM the pod needs per device.

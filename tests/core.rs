@@ -600,3 +600,40 @@ fn nodes_of_one_zone_share_the_zone_name_in_the_inventory() {
     assert_eq!(&*zone("t4-b-0"), "b");
     assert!(!std::sync::Arc::ptr_eq(&zone("t4-a-0"), &zone("t4-b-0")));
 }
+
+#[test]
+fn host_requests_and_allocatable_are_read_exactly_and_refused_with_the_key_when_unreadable() {
+    let config = Config::default();
+    let catalog = Catalog::default();
+    // Containers add up, init containers peak (kube-scheduler's rule), rounding up.
+    let pod = mk_pod("p")
+        .vram("6Gi")
+        .resource("cpu", "250m")
+        .resource("memory", "1Gi")
+        .container("cpu", "9m")
+        .init_container("memory", "3Gi")
+        .build();
+    let host = pod_demand(&pod, &config, &catalog).unwrap().host;
+    assert_eq!((host.cpu_milli, host.memory_mib), (259, 3072));
+    let bad = mk_pod("p").vram("6Gi").resource("cpu", "two").build();
+    let error = pod_demand(&bad, &config, &catalog).unwrap_err();
+    assert_eq!(error.key, "cpu");
+    assert_eq!(error.value, "two");
+
+    // A node's allocatable cpu and memory, when both are there and readable.
+    let mut node = mk_t4("t4", "z");
+    node.allocatable.remove("cpu");
+    assert_eq!(build_node(&node, &config, SystemTime::now()).host, None);
+    node.allocatable.insert("cpu".into(), "15500m".into());
+    node.allocatable.insert("memory".into(), "64Gi".into());
+    let host = build_node(&node, &config, SystemTime::now()).host.unwrap();
+    assert_eq!((host.cpu_milli, host.memory_mib), (15_500, 65_536));
+    node.allocatable.insert("memory".into(), "lots".into());
+    let info = build_node(&node, &config, SystemTime::now());
+    assert_eq!(info.host, None);
+    assert!(
+        info.notes.iter().any(|n| n.contains("memory=\"lots\"")),
+        "{:?}",
+        info.notes
+    );
+}

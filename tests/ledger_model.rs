@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
+use vramfit::core::host::Host;
 use vramfit::core::schedule::verdict;
 use vramfit::core::{
     build_node, filter, pod_demand, Catalog, Config, Demand, Inventory, NodeInfo, Observed,
@@ -552,7 +553,7 @@ fn agreement_inventory() -> Inventory {
         if sharing {
             labels["vramfit.io/sharing"] = json!("vram");
         }
-        let mut allocatable = json!({"cpu": "64"});
+        let mut allocatable = json!({"cpu": "64", "memory": "256Gi"});
         if gpus > 0 {
             allocatable["nvidia.com/gpu"] = json!(gpus.to_string());
         } else {
@@ -783,4 +784,91 @@ fn expiry_counts_from_the_time_passed_in() {
         vec!["confirmed".to_string()]
     );
     assert_eq!(inventory.placements().count(), 0);
+}
+
+#[test]
+fn host_resources_follow_reservations_binds_and_pod_events() {
+    let mut inventory = agreement_inventory();
+    let full = Host {
+        cpu_milli: 64_000,
+        memory_mib: 256 * 1024,
+    };
+    let less = |by: u64| Host {
+        cpu_milli: 64_000 - 2_000 * by,
+        memory_mib: 256 * 1024 - 4_096 * by,
+    };
+    assert_eq!(inventory.free_host("four-gpus"), Some(full));
+    let with_requests = |uid: &str, gpus: u8, vram_gib: u8| {
+        let mut value = pod(uid, gpus, vram_gib);
+        value["spec"]["containers"][0]["resources"]["requests"] =
+            json!({"cpu": "2", "memory": "4Gi"});
+        value
+    };
+    let demand =
+        |value: &Value| pod_demand(&as_facts(value), &Config::default(), &Catalog::default());
+    let config = Config::default();
+    let catalog = Catalog::default();
+    let now = Instant::now();
+
+    // Reserved at bind: counted; a definite refusal gives it back.
+    let whole = with_requests("whole", 1, 10);
+    inventory
+        .reserve(&demand(&whole), "four-gpus", now)
+        .unwrap();
+    assert_eq!(inventory.free_host("four-gpus"), Some(less(1)));
+    inventory.release("whole");
+    assert_eq!(inventory.free_host("four-gpus"), Some(full));
+
+    // Reserved, confirmed, then seen bound: counted once; finished: given back.
+    inventory
+        .reserve(&demand(&whole), "four-gpus", now)
+        .unwrap();
+    assert!(inventory.confirm("whole", now));
+    let mut bound = whole.clone();
+    bound["spec"]["nodeName"] = json!("four-gpus");
+    bound["status"]["phase"] = json!("Running");
+    inventory.observe_pod(&as_facts(&bound), &config, &catalog);
+    inventory.observe_pod(&as_facts(&bound), &config, &catalog);
+    assert_eq!(inventory.free_host("four-gpus"), Some(less(1)));
+    bound["status"]["phase"] = json!("Succeeded");
+    inventory.observe_pod(&as_facts(&bound), &config, &catalog);
+    assert_eq!(inventory.free_host("four-gpus"), Some(full));
+
+    // An accelerator-free pod holds no device but uses cpu: counted while bound, given back
+    // when deleted.
+    let mut plain = with_requests("plain", 0, 0);
+    plain["spec"]["nodeName"] = json!("four-gpus");
+    plain["status"]["phase"] = json!("Running");
+    inventory.observe_pod(&as_facts(&plain), &config, &catalog);
+    assert_eq!(inventory.free_host("four-gpus"), Some(less(1)));
+    assert_eq!(inventory.placement("plain"), None);
+    inventory.remove("plain");
+    assert_eq!(inventory.free_host("four-gpus"), Some(full));
+
+    // A reservation that expires gives its cpu back; a relist keeps one still in flight and
+    // drops the bound pods it no longer has, accelerator-free ones included.
+    inventory
+        .reserve(&demand(&whole), "four-gpus", now)
+        .unwrap();
+    inventory.expire(now + Duration::from_secs(61), Duration::from_secs(60));
+    assert_eq!(inventory.free_host("four-gpus"), Some(full));
+    inventory
+        .reserve(&demand(&whole), "four-gpus", now)
+        .unwrap();
+    inventory.observe_pod(&as_facts(&plain), &config, &catalog);
+    assert_eq!(inventory.free_host("four-gpus"), Some(less(2)));
+    inventory.retain_pods(|_| false);
+    assert_eq!(inventory.free_host("four-gpus"), Some(less(1)));
+    assert_eq!(
+        inventory.stage("whole").map(|s| s != Stage::Bound),
+        Some(true)
+    );
+
+    // Moved to another node (a new node name in a later event): counted there only.
+    plain["spec"]["nodeName"] = json!("one-gpu");
+    inventory.observe_pod(&as_facts(&plain), &config, &catalog);
+    plain["spec"]["nodeName"] = json!("shared-gpus");
+    inventory.observe_pod(&as_facts(&plain), &config, &catalog);
+    assert_eq!(inventory.free_host("one-gpu"), Some(full));
+    assert_eq!(inventory.free_host("shared-gpus"), Some(less(1)));
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::api::FakeApi;
 use common::objects::node_json;
 use futures::future::BoxFuture;
-use vramfit::agent::run::{run, AgentOptions, AnnotationWriter, NodeAnnotationWriter};
+use vramfit::agent::run::{run, AgentOptions, AnnotationWriter, NodeAnnotationWriter, WriteError};
 use vramfit::agent::{
     Backoff, DeviceReader, DeviceReading, Health, MigMode, ReadError, WritePolicy,
 };
@@ -57,11 +57,11 @@ struct Recorder {
 }
 
 impl AnnotationWriter for Recorder {
-    fn write<'a>(&'a self, value: &'a str) -> BoxFuture<'a, Result<(), String>> {
+    fn write<'a>(&'a self, value: &'a str) -> BoxFuture<'a, Result<(), WriteError>> {
         Box::pin(async move {
             if self.failures.load(Ordering::SeqCst) > 0 {
                 self.failures.fetch_sub(1, Ordering::SeqCst);
-                return Err("409 conflict".into());
+                return Err(WriteError::Refused("409 conflict".into()));
             }
             let mut written = self.written.lock().unwrap();
             written.push(value.to_string());

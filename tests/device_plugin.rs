@@ -585,7 +585,10 @@ struct CapturingWriter {
 }
 
 impl vramfit::agent::run::AnnotationWriter for CapturingWriter {
-    fn write<'a>(&'a self, value: &'a str) -> BoxFuture<'a, Result<(), String>> {
+    fn write<'a>(
+        &'a self,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<(), vramfit::agent::run::WriteError>> {
         self.values.lock().unwrap().push(value.to_string());
         self.written.notify_one();
         Box::pin(async { Ok(()) })

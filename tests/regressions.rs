@@ -713,6 +713,13 @@ mod dry_run {
             err.to_string().contains(&format!("at most {MAX_NESTING}")),
             "{err}"
         );
+        // The error names the line where the limit was passed (two columns per level).
+        let line = MAX_NESTING + 2;
+        assert!(
+            err.to_string()
+                .starts_with(&format!("deep.yaml:{line}: nested at least")),
+            "{err}"
+        );
         let dashes = format!("{}x\n", "- ".repeat(deep));
         assert!(parse_objects(&dashes, Path::new("deep.yaml"), false).is_err());
         // JSON is held to the same depth by its parser.

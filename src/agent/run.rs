@@ -17,7 +17,19 @@ use futures::future::BoxFuture;
 
 /// Writes the annotation value somewhere (the Node through the API server; a fake in tests).
 pub trait AnnotationWriter: Send + Sync {
-    fn write<'a>(&'a self, value: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    /// Writes `value` as the annotation.
+    fn write<'a>(&'a self, value: &'a str) -> BoxFuture<'a, Result<(), WriteError>>;
+}
+
+/// Why an annotation write failed (the loop backs off and retries).
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The API server refused the patch or could not be reached.
+    #[error("patching the node: {0}")]
+    Api(#[from] kube::Error),
+    /// Another writer refused it, with its reason.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Patches one Node's annotation with a JSON merge patch (RBAC: `patch` on `nodes`).
@@ -48,14 +60,14 @@ impl NodeAnnotationWriter {
 }
 
 impl AnnotationWriter for NodeAnnotationWriter {
-    fn write<'a>(&'a self, value: &'a str) -> BoxFuture<'a, Result<(), String>> {
+    fn write<'a>(&'a self, value: &'a str) -> BoxFuture<'a, Result<(), WriteError>> {
         Box::pin(async move {
             let patch = json!({"metadata": {"annotations": {self.annotation: value}}});
             self.api
                 .patch(&self.node, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(WriteError::from)
         })
     }
 }

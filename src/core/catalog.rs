@@ -58,6 +58,9 @@ pub enum CatalogError {
     },
     #[error("model {0:?}: devices must be 1..=64")]
     Devices(String),
+    /// The document is not a `models:` map of entries (the decoder's message).
+    #[error("{0}")]
+    Format(String),
 }
 
 impl Catalog {
@@ -93,8 +96,9 @@ impl Catalog {
     }
 
     /// Parses the `models:` document (already decoded from YAML or JSON by the caller).
-    pub fn from_value(value: serde_json::Value) -> Result<Self, String> {
-        let file: CatalogFile = serde_json::from_value(value).map_err(|e| e.to_string())?;
-        Catalog::from_specs(file.models).map_err(|e| e.to_string())
+    pub fn from_value(value: serde_json::Value) -> Result<Self, CatalogError> {
+        let file: CatalogFile =
+            serde_json::from_value(value).map_err(|e| CatalogError::Format(e.to_string()))?;
+        Catalog::from_specs(file.models)
     }
 }

@@ -44,10 +44,15 @@ pub const MAX_PRODUCT_LEN: usize = 128;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum VramSource {
+    /// The [`ANNOTATION_VRAM`] annotation.
     Annotation,
+    /// The [`RESOURCE_VRAM`] extended resource (bytes).
     Resource,
+    /// The catalog entry for the pod's [`LABEL_MODEL`] label.
     Catalog,
+    /// HAMi's [`RESOURCE_HAMI_GPUMEM`] resource (MiB).
     HamiGpumem,
+    /// gpushare's [`RESOURCE_ALIYUN_GPUMEM`] resource (GiB).
     AliyunGpuMem,
     /// The sharing resource [`RESOURCE_VRAM_GIB`] (GiB).
     VramGib,
@@ -68,12 +73,15 @@ pub struct PodDemand {
     pub devices: u32,
     /// VRAM per device in MiB (0 when undeclared).
     pub vram_mib: u64,
+    /// Where `vram_mib` came from.
     pub vram_source: VramSource,
     /// Allowed products or classes; empty allows all.
     pub products: Vec<String>,
+    /// Percent of each device to keep free after placement.
     pub headroom_percent: u8,
     /// Identity for spreading replicas.
     pub model: Option<String>,
+    /// The pod's `spec.schedulerName`, if set.
     pub scheduler_name: Option<String>,
     /// cpu and memory requests ([`host_request`]), for the `frag` and `hostBalance` terms.
     pub host: Host,
@@ -95,8 +103,11 @@ impl PodDemand {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {key} {value:?}: {reason}")]
 pub struct DemandError {
+    /// The annotation or resource at fault.
     pub key: String,
+    /// Its value, clipped.
     pub value: String,
+    /// Why the value was refused.
     pub reason: String,
 }
 
@@ -110,8 +121,9 @@ fn invalid(key: &str, value: &str, reason: impl ToString) -> DemandError {
 
 /// Effective amount of `resource` over the pod, the kube-scheduler way: app containers and
 /// sidecars (init containers with `restartPolicy: Always`) add up; each other init container
-/// needs its own amount plus the sidecars started before it; the pod needs the larger.
-fn effective_quantity<F>(
+/// needs its own amount plus the sidecars started before it; the pod needs the larger. A
+/// container's limit stands in for a missing request. `None` when no container names it.
+pub fn effective_quantity<F>(
     pod: &PodFacts,
     resource: &str,
     parse: F,

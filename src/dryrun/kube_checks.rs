@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::core::demand::{effective_quantity, DemandError};
 use crate::core::quantity::{parse_quantity, QuantityError};
 use crate::kubernetes::objects::{Node, Pod, SelectorRequirement, Taint, Toleration};
 
@@ -53,65 +54,24 @@ fn base_units(resource: &str, text: &str) -> Result<u64, QuantityError> {
     Ok(amount)
 }
 
-/// The pod's effective requests with kube-scheduler's rule (containers and sidecars add up; each
-/// other init container needs its own amount plus the sidecars before it; the pod needs the max).
-/// A container's limit stands in for a missing request.
-pub fn pod_requests(pod: &Pod) -> Result<Requests, String> {
-    let read =
-        |c: &crate::kubernetes::objects::Container| -> Result<BTreeMap<String, u64>, String> {
-            let mut out = BTreeMap::new();
-            let names = c
-                .resources
-                .requests
-                .0
-                .keys()
-                .chain(c.resources.limits.0.keys());
-            for name in names {
-                if out.contains_key(name) {
-                    continue;
-                }
-                let text = c
-                    .resources
-                    .requests
-                    .0
-                    .get(name)
-                    .or_else(|| c.resources.limits.0.get(name));
-                if let Some(text) = text {
-                    let amount = base_units(name, text)
-                        .map_err(|e| format!("invalid {name} {text:?}: {e}"))?;
-                    out.insert(name.clone(), amount);
-                }
-            }
-            Ok(out)
-        };
-    let mut running: BTreeMap<String, u64> = BTreeMap::new();
-    for c in &pod.spec.containers {
-        for (name, amount) in read(c)? {
-            *running.entry(name).or_default() += amount;
+/// The pod's effective requests with kube-scheduler's rule ([`effective_quantity`]: containers
+/// and sidecars add up, init containers peak; a limit stands in for a missing request), for
+/// every resource a container names. An unreadable quantity is an error naming it.
+pub fn pod_requests(pod: &Pod) -> Result<Requests, DemandError> {
+    let facts = pod.facts();
+    let names: std::collections::BTreeSet<&String> = facts
+        .containers
+        .iter()
+        .chain(&facts.init_containers)
+        .flat_map(|c| c.requests.keys().chain(c.limits.keys()))
+        .collect();
+    let mut amounts = BTreeMap::new();
+    for name in names {
+        if let Some(amount) = effective_quantity(&facts, name, |text| base_units(name, text))? {
+            amounts.insert(name.clone(), amount);
         }
     }
-    let mut sidecars: BTreeMap<String, u64> = BTreeMap::new();
-    let mut init_peak: BTreeMap<String, u64> = BTreeMap::new();
-    for c in &pod.spec.init_containers {
-        let amounts = read(c)?;
-        if c.restart_policy == "Always" {
-            for (name, amount) in amounts {
-                *sidecars.entry(name.clone()).or_default() += amount;
-                *running.entry(name).or_default() += amount;
-            }
-        } else {
-            for (name, amount) in amounts {
-                let with_sidecars = amount + sidecars.get(&name).copied().unwrap_or(0);
-                let peak = init_peak.entry(name).or_default();
-                *peak = (*peak).max(with_sidecars);
-            }
-        }
-    }
-    for (name, peak) in init_peak {
-        let entry = running.entry(name).or_default();
-        *entry = (*entry).max(peak);
-    }
-    Ok(Requests { amounts: running })
+    Ok(Requests { amounts })
 }
 
 fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
@@ -389,7 +349,7 @@ mod tests {
             json!({"spec": {"containers": [{"name": "a", "resources": {"requests": {"cpu": "lots"}}}]}}),
         );
         assert_eq!(
-            pod_requests(&bad).unwrap_err(),
+            pod_requests(&bad).unwrap_err().to_string(),
             "invalid cpu \"lots\": not a Kubernetes quantity"
         );
     }

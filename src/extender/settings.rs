@@ -13,7 +13,9 @@ use crate::kubernetes::snapshot::{parse_documents, LoadError};
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
+    /// Placement and scoring settings (the core's config).
     pub placement: Config,
+    /// HTTP server settings.
     pub server: ServerConfig,
 }
 
@@ -65,6 +67,8 @@ impl Settings {
 pub fn load_catalog(path: Option<&Path>) -> Result<Catalog, LoadError> {
     match path {
         None => Ok(Catalog::default()),
-        Some(path) => Catalog::from_value(single_document(path)?).map_err(|e| invalid(path, e)),
+        Some(path) => {
+            Catalog::from_value(single_document(path)?).map_err(|e| invalid(path, e.to_string()))
+        }
     }
 }

@@ -122,12 +122,15 @@ pub const MAX_NESTING: usize = 128;
 /// Refuses YAML nested deeper than [`MAX_NESTING`]: by flow brackets (`[`, `{`, outside quotes
 /// and comments) or by block indentation (columns of leading spaces, and `- ` list markers
 /// opening a line). An over-estimate is fine: real files stay far below the limit.
-fn check_yaml_nesting(text: &str) -> Result<(), String> {
-    let too_deep = |depth: usize| {
-        format!("nested at least {depth} levels deep; at most {MAX_NESTING} are read")
-    };
+/// The error names the file and the line where the limit was passed.
+fn check_yaml_nesting(text: &str, path: &Path) -> Result<(), LoadError> {
     let mut flow: usize = 0;
-    for line in text.lines() {
+    for (number, line) in text.lines().enumerate() {
+        let too_deep = |depth: usize| LoadError::Parse {
+            path: path.to_path_buf(),
+            line: Some(number + 1),
+            message: format!("nested at least {depth} levels deep; at most {MAX_NESTING} are read"),
+        };
         let indent = line.len() - line.trim_start_matches(' ').len();
         let mut rest = &line[indent..];
         let mut markers = 0;
@@ -170,11 +173,7 @@ pub fn parse_documents(text: &str, path: &Path) -> Result<Vec<Value>, LoadError>
         })?;
         return Ok(vec![value]);
     }
-    check_yaml_nesting(text).map_err(|message| LoadError::Parse {
-        path: path.to_path_buf(),
-        line: None,
-        message,
-    })?;
+    check_yaml_nesting(text, path)?;
     let mut docs = Vec::new();
     for document in serde_yaml_ng::Deserializer::from_str(text) {
         let value: Value =

@@ -38,7 +38,47 @@ pub enum SimError {
         /// Pod name.
         pod: String,
         /// Why the choice is invalid.
-        reason: String,
+        reason: ChoiceError,
+    },
+}
+
+/// Why a policy's [`Choice`] is not a valid placement of the pod.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChoiceError {
+    /// The node index is outside the cluster.
+    #[error("node index {0} out of range")]
+    NoSuchNode(usize),
+    /// The pod's cpu, memory, GPU count or GPU model does not fit the node.
+    #[error("pod does not fit node `{0}`")]
+    DoesNotFit(String),
+    /// Not one GPU index per requested GPU.
+    #[error("{given} GPU indices for a pod requesting {requested}")]
+    GpuCount {
+        /// Indices given.
+        given: usize,
+        /// GPUs the pod requests.
+        requested: u8,
+    },
+    /// A GPU index the node does not have.
+    #[error("GPU index {index} on a node with {gpus} GPUs")]
+    NoSuchGpu {
+        /// The index given.
+        index: u8,
+        /// GPUs on the node.
+        gpus: u8,
+    },
+    /// The same GPU index twice.
+    #[error("GPU index {0} given twice")]
+    GpuTwice(u8),
+    /// A GPU with too little free.
+    #[error("GPU {index} has {free} milli free, pod needs {need}")]
+    GpuFull {
+        /// The GPU index.
+        index: u8,
+        /// Its free milli-GPU.
+        free: u32,
+        /// The pod's milli-GPU per GPU.
+        need: u32,
     },
 }
 
@@ -182,30 +222,30 @@ impl NodeState {
         fitting >= usize::from(pod.num_gpu)
     }
 
-    fn check_gpus(&self, pod: &PodReq, gpus: &[u8]) -> Result<(), String> {
+    fn check_gpus(&self, pod: &PodReq, gpus: &[u8]) -> Result<(), ChoiceError> {
         if gpus.len() != usize::from(pod.num_gpu) {
-            return Err(format!(
-                "{} GPU indices for a pod requesting {}",
-                gpus.len(),
-                pod.num_gpu
-            ));
+            return Err(ChoiceError::GpuCount {
+                given: gpus.len(),
+                requested: pod.num_gpu,
+            });
         }
         for (k, &g) in gpus.iter().enumerate() {
             if g >= self.num_gpus {
-                return Err(format!(
-                    "GPU index {g} on a node with {} GPUs",
-                    self.num_gpus
-                ));
+                return Err(ChoiceError::NoSuchGpu {
+                    index: g,
+                    gpus: self.num_gpus,
+                });
             }
             if gpus[..k].contains(&g) {
-                return Err(format!("GPU index {g} given twice"));
+                return Err(ChoiceError::GpuTwice(g));
             }
-            if self.gpu_free[usize::from(g)] < pod.gpu_milli {
-                return Err(format!(
-                    "GPU {g} has {} milli free, pod needs {}",
-                    self.gpu_free[usize::from(g)],
-                    pod.gpu_milli
-                ));
+            let free = self.gpu_free[usize::from(g)];
+            if free < pod.gpu_milli {
+                return Err(ChoiceError::GpuFull {
+                    index: g,
+                    free: free.into(),
+                    need: pod.gpu_milli.into(),
+                });
             }
         }
         Ok(())
@@ -376,13 +416,13 @@ impl Cluster {
     }
 
     /// Applies a placement after checking it; updates allocation and fragmentation.
-    pub fn apply(&mut self, pod: &PodReq, choice: &Choice) -> Result<(), String> {
+    pub fn apply(&mut self, pod: &PodReq, choice: &Choice) -> Result<(), ChoiceError> {
         let node = self
             .nodes
             .get(choice.node)
-            .ok_or_else(|| format!("node index {} out of range", choice.node))?;
+            .ok_or(ChoiceError::NoSuchNode(choice.node))?;
         if !node.fits(pod) {
-            return Err(format!("pod does not fit node `{}`", node.name));
+            return Err(ChoiceError::DoesNotFit(node.name.clone()));
         }
         node.check_gpus(pod, &choice.gpus)?;
         let node = &mut self.nodes[choice.node];
@@ -534,32 +574,45 @@ mod tests {
         assert_eq!((c.total_gpu_milli(), c.allocated_gpu_milli()), (2000, 500));
         let share = pod(1000, 0, 1, 600, ModelSet::ANY);
         let bad = |gpus: Vec<u8>| Choice { node: 0, gpus };
-        assert!(c
-            .apply(&share, &bad(vec![1]))
-            .unwrap_err()
-            .contains("500 milli free"));
-        assert!(c
-            .apply(&share, &bad(vec![2]))
-            .unwrap_err()
-            .contains("GPU index 2"));
-        assert!(c
-            .apply(&share, &bad(vec![]))
-            .unwrap_err()
-            .contains("0 GPU indices"));
-        assert!(c
-            .apply(
-                &share,
-                &Choice {
-                    node: 5,
-                    gpus: vec![0]
-                }
+        let refused = |c: &mut Cluster, pod: &PodReq, choice: Choice| {
+            let error = c.apply(pod, &choice).unwrap_err();
+            (error.clone(), error.to_string())
+        };
+        assert_eq!(
+            refused(&mut c, &share, bad(vec![1])),
+            (
+                ChoiceError::GpuFull {
+                    index: 1,
+                    free: 500,
+                    need: 600
+                },
+                "GPU 1 has 500 milli free, pod needs 600".into()
             )
-            .is_err());
+        );
+        assert_eq!(
+            refused(&mut c, &share, bad(vec![2])).0,
+            ChoiceError::NoSuchGpu { index: 2, gpus: 2 }
+        );
+        assert_eq!(
+            refused(&mut c, &share, bad(vec![])).0,
+            ChoiceError::GpuCount {
+                given: 0,
+                requested: 1
+            }
+        );
+        let elsewhere = Choice {
+            node: 5,
+            gpus: vec![0],
+        };
+        assert_eq!(
+            refused(&mut c, &share, elsewhere).0,
+            ChoiceError::NoSuchNode(5)
+        );
         let whole = pod(1000, 0, 2, 1000, ModelSet::ANY);
-        assert!(c
-            .apply(&whole, &bad(vec![0, 0]))
-            .unwrap_err()
-            .contains("does not fit"));
+        assert_eq!(
+            refused(&mut c, &whole, bad(vec![0, 0])).0,
+            ChoiceError::DoesNotFit("n".into())
+        );
         let epoch = c.node(0).epoch();
         c.apply(&share, &bad(vec![0])).unwrap();
         assert_eq!(c.node(0).gpu_free(), &[400, 500]);

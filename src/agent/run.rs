@@ -75,7 +75,9 @@ impl AnnotationWriter for NodeAnnotationWriter {
 /// How often to read, and when to write.
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
+    /// Time between two device reads.
     pub poll: Duration,
+    /// When a read is written to the node (a change, a heartbeat).
     pub policy: WritePolicy,
 }
 
@@ -91,9 +93,13 @@ impl Default for AgentOptions {
 /// What a run did, for logs and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgentStats {
+    /// Device reads that succeeded.
     pub reads: u64,
+    /// Device reads that failed.
     pub read_errors: u64,
+    /// Annotation writes that succeeded.
     pub writes: u64,
+    /// Annotation writes that failed (retried after a backoff).
     pub write_errors: u64,
 }
 

@@ -29,14 +29,18 @@ pub struct ModelSpec {
 /// A validated catalog entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelEntry {
+    /// VRAM per device in MiB.
     pub vram_mib: u64,
+    /// Devices the model needs, when the catalog says.
     pub devices: Option<u32>,
+    /// Allowed products or classes; empty allows all.
     pub products: Vec<String>,
 }
 
 /// Model name → entry.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Catalog {
+    /// Entries by model name (the `vramfit.io/model` label).
     pub models: BTreeMap<String, ModelEntry>,
 }
 
@@ -50,12 +54,17 @@ struct CatalogFile {
 /// Why a catalog was refused.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum CatalogError {
+    /// A model's `vram` is unreadable, zero or over 1 TiB.
     #[error("model {model:?}: vram {value:?}: {reason}")]
     Vram {
+        /// The model.
         model: String,
+        /// The `vram` as written.
         value: String,
+        /// What is wrong with it.
         reason: String,
     },
+    /// A model's `devices` is outside 1..=64.
     #[error("model {0:?}: devices must be 1..=64")]
     Devices(String),
     /// The document is not a `models:` map of entries (the decoder's message).

@@ -18,13 +18,16 @@ pub const IGNORED_RESOURCES: &[&str] =
 /// (memory in bytes).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Requests {
+    /// Resource name → amount.
     pub amounts: BTreeMap<String, u64>,
 }
 
 /// What is already requested on a node.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NodeUsage {
+    /// Resource name → amount requested by the node's pods.
     pub amounts: BTreeMap<String, u64>,
+    /// Pods on the node.
     pub pods: u64,
 }
 

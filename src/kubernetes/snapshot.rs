@@ -11,15 +11,22 @@ use crate::kubernetes::objects::{Node, Pod};
 /// Why a file could not be loaded. Always names the file, and the line where known.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The file could not be read.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The reading error.
         source: std::io::Error,
     },
+    /// The file's content is not what was expected.
     #[error("{path}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
     Parse {
+        /// The file.
         path: PathBuf,
+        /// The line, when known (1-based).
         line: Option<usize>,
+        /// What is wrong.
         message: String,
     },
 }
@@ -27,7 +34,9 @@ pub enum LoadError {
 /// Nodes and pods read from a file, plus what was skipped.
 #[derive(Debug, Default)]
 pub struct Objects {
+    /// The Nodes, in file order.
     pub nodes: Vec<Node>,
+    /// The Pods, in file order (workloads' replicas expanded when asked).
     pub pods: Vec<Pod>,
     /// Kind → count of objects that are neither Node nor Pod (nor, when expanding, a workload).
     pub skipped: BTreeMap<String, usize>,

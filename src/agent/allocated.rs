@@ -77,9 +77,13 @@ pub fn allocated_devices(
 /// What a reporting run did, for logs and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReportStats {
+    /// Polls made (each reads the devices and kubelet's allocations).
     pub reads: u64,
+    /// Polls whose device read or allocation listing failed.
     pub read_errors: u64,
+    /// Annotation writes that succeeded.
     pub writes: u64,
+    /// Annotation writes that failed.
     pub write_errors: u64,
 }
 

@@ -41,12 +41,16 @@ pub const PLUGIN_SOCKET_NAME: &str = "vramfit-vram-gib.sock";
 /// Why the plugin stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DevicePluginError {
+    /// The plugin's Unix socket could not be bound.
     #[error("binding the plugin socket {path}: {source}")]
     Bind {
+        /// The socket path.
         path: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The gRPC server failed while serving.
     #[error("serving the device plugin: {0}")]
     Serve(#[from] tonic::transport::Error),
 }

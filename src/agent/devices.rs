@@ -27,25 +27,31 @@ pub struct DeviceReading {
     /// Product name as the runtime reports it (`NVIDIA A100-SXM4-80GB`, `Ascend910B3`);
     /// the report sanitises it.
     pub product: String,
+    /// Device memory in MiB.
     pub total_mib: u64,
     /// Memory in use by anything, as the driver measures it.
     pub used_mib: u64,
+    /// Memory free in MiB, as the driver measures it.
     pub free_mib: u64,
     /// Device memory held per process (pid → MiB); 0 where the driver does not say.
     pub processes: BTreeMap<u32, u64>,
+    /// Whether the device should take work.
     pub health: Health,
+    /// The device's MIG mode.
     pub mig: MigMode,
 }
 
 /// Whether a device should take work, and why not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
+    /// Fit for work.
     Healthy,
     /// Unhealthy, with the reason in words (`pages pending retirement`, `memory_info: …`).
     Unhealthy(String),
 }
 
 impl Health {
+    /// Whether this is [`Health::Healthy`].
     pub fn is_healthy(&self) -> bool {
         matches!(self, Health::Healthy)
     }
@@ -64,6 +70,7 @@ impl Health {
 pub enum MigMode {
     /// The device has no MIG: pre-Ampere and consumer NVIDIA parts, every Ascend NPU.
     NotSupported,
+    /// MIG is supported but turned off.
     Disabled,
     /// The device is split into MIG instances; its memory belongs to them, not to whole-device pods.
     Enabled,
@@ -82,12 +89,18 @@ pub enum ReadError {
         index: Option<u32>,
         /// The NVML call (`device_count`, `memory_info`, …).
         query: &'static str,
+        /// NVML's error.
         #[source]
         source: NvmlError,
     },
     /// A command could not be run, timed out, or exited unsuccessfully.
     #[error("{command}: {message}")]
-    Command { command: String, message: String },
+    Command {
+        /// The command line that was run.
+        command: String,
+        /// What went wrong, in words.
+        message: String,
+    },
     /// `npu-smi info` ran but its output could not be read.
     #[error("npu-smi info output: {0}")]
     NpuSmi(#[from] ParseError),

@@ -47,7 +47,9 @@ pub use report::{
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("no accelerator runtime found ({nvml}; {npu_smi})")]
 pub struct NoRuntime {
+    /// Why NVML did not answer.
     pub nvml: String,
+    /// Why `npu-smi` did not answer.
     pub npu_smi: String,
 }
 

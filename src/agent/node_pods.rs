@@ -15,6 +15,7 @@ use super::sharing::{NodePod, RESOURCE_VRAM_GIB};
 
 /// Lists the pods bound to this node.
 pub trait NodePods: Send + Sync {
+    /// The pods currently bound to this node.
     fn list(&self) -> BoxFuture<'_, Result<Vec<NodePod>, kube::Error>>;
 }
 
@@ -25,6 +26,7 @@ pub struct KubeNodePods {
 }
 
 impl KubeNodePods {
+    /// Lists the pods bound to `node`, through `client`.
     pub fn new(client: kube::Client, node: impl Into<String>) -> Self {
         KubeNodePods {
             api: Api::all(client),

@@ -27,7 +27,9 @@ use super::devices::{DeviceReader, DeviceReading, Health, MigMode, ReadError};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}{message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
 pub struct ParseError {
+    /// The 1-based line at fault; `None` when no one line is to blame.
     pub line: Option<usize>,
+    /// What was wrong.
     pub message: String,
 }
 
@@ -50,7 +52,9 @@ impl ParseError {
 /// One chip row pair of the device table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NpuChip {
+    /// The `NPU` ID column.
     pub npu: u32,
+    /// The `Chip` ID column.
     pub chip: u32,
     /// The `Device` / `Phy-ID` column beside `Chip`, where the table has one.
     pub device: Option<u32>,
@@ -58,25 +62,33 @@ pub struct NpuChip {
     pub name: String,
     /// Health as printed (`OK`, `Warning`, `Alarm`, `Critical`).
     pub health: String,
+    /// PCI bus ID as printed (`0000:C1:00.0`).
     pub bus_id: String,
     /// Device memory in use (HBM where the chip has it, else `Memory-Usage`), MB as printed (MiB).
     pub used_mb: u64,
+    /// Device memory total, MB as printed (MiB); same column as `used_mb`.
     pub total_mb: u64,
 }
 
 /// One row of the process table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NpuProcess {
+    /// The `NPU` ID column.
     pub npu: u32,
+    /// The `Chip` ID column.
     pub chip: u32,
+    /// Process ID.
     pub pid: u32,
+    /// Device memory the process holds, MB as printed (MiB).
     pub memory_mb: u64,
 }
 
 /// The parsed output of `npu-smi info`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NpuSmiInfo {
+    /// Rows of the device table, one per chip.
     pub chips: Vec<NpuChip>,
+    /// Rows of the process table.
     pub processes: Vec<NpuProcess>,
 }
 
@@ -464,15 +476,19 @@ pub fn readings(info: &NpuSmiInfo) -> Result<Vec<DeviceReading>, ParseError> {
 /// What a finished command printed.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CommandOutput {
+    /// Whether it exited successfully.
     pub success: bool,
     /// How it ended, in words (`exit status: 1`).
     pub status: String,
+    /// Standard output, as text.
     pub stdout: String,
+    /// Standard error, as text.
     pub stderr: String,
 }
 
 /// Runs a command to completion (a fake in tests).
 pub trait CommandRunner: Send + Sync {
+    /// Runs `program` with `args` and waits for it to finish.
     fn run(&self, program: &str, args: &[&str]) -> io::Result<CommandOutput>;
 }
 
@@ -480,6 +496,7 @@ pub trait CommandRunner: Send + Sync {
 /// make `npu-smi` hang).
 #[derive(Debug, Clone, Copy)]
 pub struct SystemRunner {
+    /// Longest a command may run before it is killed.
     pub timeout: Duration,
 }
 

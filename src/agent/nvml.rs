@@ -22,16 +22,23 @@ const MIG_ENABLED: u32 = 1;
 /// Framebuffer memory of one device, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryBytes {
+    /// Total framebuffer memory in bytes.
     pub total: u64,
+    /// Memory in use in bytes.
     pub used: u64,
+    /// Memory free in bytes.
     pub free: u64,
 }
 
 /// The NVML queries the reader makes, by device index. Errors are NVML's own.
 pub trait NvmlApi: Send + Sync {
+    /// Number of devices NVML sees.
     fn device_count(&self) -> Result<u32, NvmlError>;
+    /// The device's UUID (`GPU-…`).
     fn uuid(&self, index: u32) -> Result<String, NvmlError>;
+    /// The device's product name.
     fn name(&self, index: u32) -> Result<String, NvmlError>;
+    /// The device's framebuffer memory.
     fn memory_info(&self, index: u32) -> Result<MemoryBytes, NvmlError>;
     /// Running compute processes: pid and bytes used (`None` where the driver does not say).
     fn running_compute_processes(&self, index: u32) -> Result<Vec<(u32, Option<u64>)>, NvmlError>;

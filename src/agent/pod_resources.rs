@@ -13,6 +13,7 @@ use super::sharing::ContainerKey;
 /// Devices of one resource held by one container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldDevices {
+    /// The container holding the devices.
     pub container: ContainerKey,
     /// Extended resource name (`nvidia.com/gpu`, `vramfit.io/vram-gib`).
     pub resource: String,
@@ -23,12 +24,16 @@ pub struct HeldDevices {
 /// Why the PodResources API could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum PodResourcesError {
+    /// The socket could not be connected to.
     #[error("connecting to kubelet's PodResources socket {path}: {source}")]
     Connect {
+        /// The socket path.
         path: PathBuf,
+        /// The underlying transport error.
         #[source]
         source: tonic::transport::Error,
     },
+    /// kubelet answered the `List` call with an error.
     #[error("kubelet PodResources List: {0}")]
     List(#[from] tonic::Status),
 }
@@ -60,6 +65,7 @@ pub fn held_devices(response: ListPodResourcesResponse) -> Vec<HeldDevices> {
 
 /// Lists what kubelet allocated (where to ask is the implementation's business).
 pub trait PodResourcesSource: Send + Sync {
+    /// Devices kubelet has allocated, one entry per container and resource.
     fn list(&self) -> BoxFuture<'_, Result<Vec<HeldDevices>, PodResourcesError>>;
 }
 
@@ -70,10 +76,12 @@ pub struct PodResourcesSocket {
 }
 
 impl PodResourcesSocket {
+    /// The PodResources socket at `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         PodResourcesSocket { path: path.into() }
     }
 
+    /// The socket path.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -61,9 +61,11 @@ pub fn annotation_value(status: &GpuStatus) -> Result<String, serde_json::Error>
 /// How long to wait after failed writes: `initial × factor^(failures−1)`, at most `cap`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
+    /// Wait after the first failure.
     pub initial: Duration,
     /// Growth per failure; 0 is read as 1.
     pub factor: u32,
+    /// Longest wait.
     pub cap: Duration,
 }
 
@@ -100,7 +102,9 @@ pub struct WritePolicy {
     /// than this percentage of its total, or by more than `used_change_mib`: whichever is
     /// smaller decides.
     pub used_change_percent: u8,
+    /// Used-memory change threshold in MiB; see `used_change_percent`.
     pub used_change_mib: u64,
+    /// Wait between retries after failed writes.
     pub backoff: Backoff,
 }
 
@@ -131,11 +135,17 @@ pub enum WriteReason {
     /// A device appeared, went away, or changed identity, product or size.
     DevicesChanged,
     /// A device's health flipped.
-    HealthChanged { index: u32 },
+    HealthChanged {
+        /// The device's index.
+        index: u32,
+    },
     /// A device's used memory moved past the threshold since the last write.
     UsedMemoryMoved {
+        /// The device's index.
         index: u32,
+        /// Used memory last written, in MiB.
         from_mib: u64,
+        /// Used memory now, in MiB.
         to_mib: u64,
     },
     /// Nothing changed, but the last write is a heartbeat old.
@@ -145,13 +155,16 @@ pub enum WriteReason {
 /// What to do with a fresh report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteDecision {
+    /// Write the report, for this reason.
     Write(WriteReason),
     /// Nothing worth writing; the next heartbeat is due at `heartbeat_at`.
     Skip {
+        /// When the next heartbeat is due.
         heartbeat_at: Instant,
     },
     /// Earlier writes failed; try again no sooner than `until`.
     BackOff {
+        /// Earliest time to retry.
         until: Instant,
     },
 }
@@ -170,6 +183,7 @@ pub struct WriteState {
 }
 
 impl WriteState {
+    /// A state with nothing written yet and no failures.
     pub fn new(policy: WritePolicy) -> Self {
         Self {
             policy,
@@ -179,6 +193,7 @@ impl WriteState {
         }
     }
 
+    /// The policy it decides by.
     pub fn policy(&self) -> &WritePolicy {
         &self.policy
     }

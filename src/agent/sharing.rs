@@ -31,6 +31,7 @@ use super::kubelet_api::deviceplugin::{CdiDevice, ContainerAllocateResponse, Dev
 pub const UNIT_MIB: u64 = 1024;
 /// Health strings of the device plugin API.
 pub const HEALTHY: &str = "Healthy";
+/// See [`HEALTHY`].
 pub const UNHEALTHY: &str = "Unhealthy";
 /// Environment variable naming the pod a container's devices were handed to (`namespace/name`).
 pub const ENV_ALLOCATED_FOR: &str = "VRAMFIT_ALLOCATED_FOR";
@@ -69,8 +70,11 @@ pub fn units(readings: &[DeviceReading]) -> Vec<Device> {
 /// A pod bound to this node, as the handshake needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NodePod {
+    /// Pod namespace.
     pub namespace: String,
+    /// Pod name.
     pub name: String,
+    /// Pod UID.
     pub uid: String,
     /// Phase `Pending` and not being deleted: kubelet may still be admitting it.
     pub pending: bool,
@@ -93,8 +97,11 @@ impl NodePod {
 /// One container of one pod.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ContainerKey {
+    /// Pod namespace.
     pub namespace: String,
+    /// Pod name.
     pub pod: String,
+    /// Container name.
     pub container: String,
 }
 
@@ -111,45 +118,77 @@ impl std::fmt::Display for ContainerKey {
 /// What a container is handed: vramfit's devices (node indices) and its VRAM limit per device.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Answer {
+    /// Assigned devices, by node index.
     pub indices: Vec<u32>,
+    /// VRAM limit per device in MiB.
     pub vram_mib: u64,
 }
 
 /// The handshake's result: whose container it is, and its answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
+    /// The container being allocated.
     pub container: ContainerKey,
+    /// UID of the container's pod.
     pub pod_uid: String,
+    /// The devices and VRAM limit to hand it.
     pub answer: Answer,
 }
 
 /// Why an allocation was refused. The text is what kubelet shows on the pod's admission error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AllocateError {
+    /// No pending, unallocated container requests this many units.
     #[error(
         "no pending pod on this node has a container requesting {units} {RESOURCE_VRAM_GIB} \
          that is not allocated yet; was the pod scheduled by a vramfit profile?"
     )]
-    NoCandidate { units: u64 },
+    NoCandidate {
+        /// Units kubelet asked for.
+        units: u64,
+    },
+    /// The matching pod's assigned-devices annotation is absent or malformed.
     #[error(
         "{pod} requests {units} {RESOURCE_VRAM_GIB} but has no valid \
          {ANNOTATION_ASSIGNED_DEVICES} ({reason}); schedule it with a vramfit profile"
     )]
     NoAssignment {
+        /// The pod, `namespace/name`.
         pod: String,
+        /// Units kubelet asked for.
         units: u64,
+        /// What is wrong with the annotation.
         reason: String,
     },
+    /// Several pods bound in the same second match with different devices.
     #[error(
         "ambiguous: pods {candidates:?} each request {units} {RESOURCE_VRAM_GIB}, were bound in the \
          same second and were assigned different devices; refusing to guess (the pod fails admission; its controller replaces \
          it)"
     )]
-    Ambiguous { units: u64, candidates: Vec<String> },
+    Ambiguous {
+        /// Units kubelet asked for.
+        units: u64,
+        /// The matching pods, `namespace/name`.
+        candidates: Vec<String>,
+    },
+    /// The pod is assigned a device index this node does not have.
     #[error("{pod} is assigned device {index}, which this node does not have")]
-    UnknownDevice { pod: String, index: u32 },
+    UnknownDevice {
+        /// The pod, `namespace/name`.
+        pod: String,
+        /// The assigned device index.
+        index: u32,
+    },
+    /// The pod is assigned a device that is unhealthy now.
     #[error("{pod} is assigned device {index}, which is unhealthy now")]
-    UnhealthyDevice { pod: String, index: u32 },
+    UnhealthyDevice {
+        /// The pod, `namespace/name`.
+        pod: String,
+        /// The assigned device index.
+        index: u32,
+    },
+    /// kubelet asked for 0 units.
     #[error("kubelet asked for 0 units of {RESOURCE_VRAM_GIB}")]
     Empty,
 }
@@ -275,7 +314,10 @@ pub fn devices_for(
 pub enum Vendor {
     /// NVIDIA: `NVIDIA_VISIBLE_DEVICES=<uuid>`, or CDI names `nvidia.com/gpu=<uuid>` with
     /// `cdi: true` (runtimes with CDI enabled: containerd 1.7+, CRI-O 1.23+).
-    Nvidia { cdi: bool },
+    Nvidia {
+        /// Name devices through CDI instead of `NVIDIA_VISIBLE_DEVICES`.
+        cdi: bool,
+    },
     /// Ascend: `ASCEND_VISIBLE_DEVICES=<index>` for Ascend Docker Runtime.
     Ascend,
 }
@@ -286,10 +328,16 @@ pub enum Backend {
     /// CUDA MPS: the client's pinned device memory limit
     /// (`CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`), talking to the node's MPS control daemon through
     /// its pipe directory, mounted into the container.
-    Mps { pipe_dir: String },
+    Mps {
+        /// The MPS pipe directory on the host, mounted at the same path.
+        pipe_dir: String,
+    },
     /// HAMi-core (`libvgpu.so`, preloaded): `CUDA_DEVICE_MEMORY_LIMIT_<i>`. The library and an
     /// `ld.so.preload` naming it are mounted read-only from `library_dir` on the host.
-    HamiCore { library_dir: String },
+    HamiCore {
+        /// Host directory holding `libvgpu.so` and `ld.so.preload`.
+        library_dir: String,
+    },
     /// Placement only: the container sees its device, nothing limits its memory.
     None,
 }
@@ -300,7 +348,9 @@ pub const HAMI_CORE_LIBRARY: &str = "/usr/local/vgpu/libvgpu.so";
 /// Turns a grant into the container's `Allocate` answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handover {
+    /// Whose devices these are.
     pub vendor: Vendor,
+    /// How the VRAM limit is enforced.
     pub backend: Backend,
 }
 

@@ -125,22 +125,31 @@ impl Default for Config {
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
+    /// `headroomPercent` is above 90.
     #[error("headroomPercent must be 0..=90, got {0}")]
     Headroom(u8),
+    /// A profile's weights are negative, not finite, or all zero; names the profile.
     #[error("profile {0:?}: weights must be finite, non-negative, and not all zero")]
     Weights(String),
+    /// A profile's `maxZoneSkew` is 0; names the profile.
     #[error("profile {0:?}: maxZoneSkew must be at least 1")]
     MaxZoneSkew(String),
+    /// `defaultProfile` names no configured profile.
     #[error("defaultProfile {0:?} is not among the profiles")]
     DefaultProfile(String),
+    /// `defaultDeviceVramMib` is 0.
     #[error("defaultDeviceVramMib must be positive")]
     DefaultVram,
+    /// An `ascendHbmMib` entry is 0; names the chip.
     #[error("ascendHbmMib[{0:?}] must be positive")]
     AscendHbm(String),
+    /// The workload parameters are invalid.
     #[error(transparent)]
     Workload(#[from] WorkloadParamsError),
+    /// `fragStep` is outside 0..=0.5.
     #[error("fragStep must be in 0..=0.5, got {0}")]
     FragStep(f64),
+    /// `hostBalanceStep` is outside 0..=0.5.
     #[error("hostBalanceStep must be in 0..=0.5, got {0}")]
     HostBalanceStep(f64),
 }

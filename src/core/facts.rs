@@ -6,8 +6,11 @@ use std::collections::BTreeMap;
 /// What the core needs to know about a Node.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NodeFacts {
+    /// Node name.
     pub name: String,
+    /// Node labels.
     pub labels: BTreeMap<String, String>,
+    /// Node annotations.
     pub annotations: BTreeMap<String, String>,
     /// `status.allocatable` as quantity strings.
     pub allocatable: BTreeMap<String, String>,
@@ -18,7 +21,9 @@ pub struct NodeFacts {
 /// Requests and limits of one container, as quantity strings.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ContainerResources {
+    /// `resources.requests` as quantity strings.
     pub requests: BTreeMap<String, String>,
+    /// `resources.limits` as quantity strings.
     pub limits: BTreeMap<String, String>,
     /// An init container with `restartPolicy: Always` (a sidecar) runs beside the app containers.
     pub sidecar: bool,
@@ -37,15 +42,23 @@ impl ContainerResources {
 /// What the core needs to know about a Pod.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PodFacts {
+    /// Pod namespace.
     pub namespace: String,
+    /// Pod name.
     pub name: String,
+    /// Pod UID.
     pub uid: String,
+    /// Pod labels.
     pub labels: BTreeMap<String, String>,
+    /// Pod annotations.
     pub annotations: BTreeMap<String, String>,
     /// Name of the owning controller (`ownerReferences[controller=true].name`).
     pub controller: Option<String>,
+    /// `spec.schedulerName`, if set.
     pub scheduler_name: Option<String>,
+    /// App containers (`spec.containers`).
     pub containers: Vec<ContainerResources>,
+    /// Init containers (`spec.initContainers`), sidecars included.
     pub init_containers: Vec<ContainerResources>,
     /// `spec.nodeName`, when bound.
     pub node_name: Option<String>,

@@ -16,31 +16,65 @@ use super::quantity::format_mib;
 #[serde(tag = "code", rename_all = "kebab-case")]
 pub enum Reason {
     /// The pod's own declarations are invalid; no node can take it.
-    InvalidPod { message: String },
+    InvalidPod {
+        /// What is invalid.
+        message: String,
+    },
     /// The node is not in vramfit's cluster state.
     UnknownNode,
     /// The node has none of the accelerator resource the pod requests.
-    NoDevices { resource: String },
+    NoDevices {
+        /// The requested resource (`nvidia.com/gpu`).
+        resource: String,
+    },
     /// A sharing pod on a node whose devices are not shared by VRAM.
     NotSharing,
     /// No source tells the size of this node's devices.
     VramUnknown,
     /// The node's data is unusable (e.g. it claims more devices than any node has).
-    InvalidNode { message: String },
+    InvalidNode {
+        /// What is wrong with the node's data.
+        message: String,
+    },
     /// No device on this node is of an allowed product.
-    ProductNotAllowed { allowed: String, present: String },
+    ProductNotAllowed {
+        /// The pod's allow-list, comma separated.
+        allowed: String,
+        /// The node's products, comma separated (`none` when it has no devices).
+        present: String,
+    },
     /// Fewer devices than the pod needs, even when all are free.
-    TooFewDevices { need: u32, have: u32 },
+    TooFewDevices {
+        /// Devices the pod needs.
+        need: u32,
+        /// Allowed devices the node has (capped by its allocatable count for whole devices).
+        have: u32,
+    },
     /// No (or too few) devices large enough, even when empty.
     DeviceTooSmall {
+        /// VRAM the pod needs per device, in MiB.
         need_mib: u64,
+        /// Headroom percent kept free on each device.
         headroom: u8,
+        /// Total VRAM of the node's largest device, in MiB.
         largest_mib: u64,
     },
     /// Large enough devices exist but too few are healthy.
-    Unhealthy { need: u32, healthy: u32 },
+    Unhealthy {
+        /// Devices the pod needs.
+        need: u32,
+        /// Healthy devices large enough for the pod.
+        healthy: u32,
+    },
     /// Not enough free VRAM or free devices right now.
-    Insufficient { need: u32, need_mib: u64, free: u32 },
+    Insufficient {
+        /// Devices the pod needs.
+        need: u32,
+        /// VRAM the pod needs per device, in MiB (0 when undeclared).
+        need_mib: u64,
+        /// Devices that could take the pod right now.
+        free: u32,
+    },
 }
 
 impl Reason {
@@ -154,6 +188,7 @@ pub struct Fit {
     pub chosen_total_mib: u64,
     /// Devices of the node busy before placement, and those the placement newly occupies.
     pub busy_before: u32,
+    /// Chosen devices that were idle before placement.
     pub newly_busy: u32,
     /// Total VRAM of the node's largest device (MiB), whichever devices were chosen.
     #[serde(skip)]

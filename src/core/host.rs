@@ -15,7 +15,9 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Host {
+    /// CPU in millicores.
     pub cpu_milli: u64,
+    /// Memory in MiB.
     pub memory_mib: u64,
 }
 

@@ -21,7 +21,9 @@ use super::workload::{Shape, WorkloadParams};
 /// VRAM a pod holds on one device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct DeviceShare {
+    /// The device's index on its node.
     pub index: u32,
+    /// VRAM held on it, in MiB.
     pub vram_mib: u64,
 }
 
@@ -30,9 +32,13 @@ pub struct DeviceShare {
 pub struct Placement {
     /// `namespace/name`.
     pub pod: String,
+    /// The node's name.
     pub node: String,
+    /// The node's zone, if labelled.
     pub zone: Option<String>,
+    /// The model the pod serves (its spreading identity), if any.
     pub model: Option<String>,
+    /// VRAM held per device.
     pub shares: Vec<DeviceShare>,
     /// Whole devices (true) or VRAM on shared devices (false).
     pub exclusive: bool,
@@ -44,13 +50,17 @@ pub struct Placement {
 pub enum Stage {
     /// Reserved by a bind whose binding is not (known to be) made.
     Assumed {
+        /// When the reservation was made.
         since: Instant,
         /// A binding attempt failed ambiguously: it may exist, so a later definite refusal
         /// does not release the devices (the pod watch or the TTL settles it).
         ambiguous: bool,
     },
     /// The binder reported success; the pod watch has not shown the pod bound yet.
-    Confirmed { since: Instant },
+    Confirmed {
+        /// When the binder reported success (the TTL counts from then).
+        since: Instant,
+    },
     /// Seen bound (pod watch, snapshot, restart) or committed by a dry run.
     Bound,
 }

@@ -50,7 +50,10 @@ pub struct Reservation {
 pub enum ReserveError {
     /// The pod already holds (or is reserved) a place on another node.
     #[error("already placed on {node}")]
-    PlacedElsewhere { node: String },
+    PlacedElsewhere {
+        /// The node it is placed on.
+        node: String,
+    },
     /// The node's verdict is a rejection, the same filter would give.
     #[error("{0}")]
     NoFit(Reason),
@@ -59,8 +62,10 @@ pub enum ReserveError {
 /// Why [`Inventory::relocate`] refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RelocateError {
+    /// The pod holds nothing in the ledger.
     #[error("pod {0} holds nothing in the ledger")]
     UnknownPod(String),
+    /// The pod would be moved onto no devices.
     #[error("pod {0} cannot be moved to an empty device list")]
     NoDevices(String),
 }
@@ -72,7 +77,10 @@ pub enum Observed {
     Pending(Demand),
     /// Bound and recorded as holding its devices (none for an accelerator-free pod). `ignored`
     /// is the invalid VRAM declaration that was left out so its devices still count.
-    Bound { ignored: Option<DemandError> },
+    Bound {
+        /// The invalid VRAM declaration left out, if any.
+        ignored: Option<DemandError>,
+    },
     /// Bound, but even its device count is unreadable: not counted.
     Unreadable(DemandError),
     /// Succeeded or Failed: whatever it held is released.

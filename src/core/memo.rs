@@ -53,6 +53,7 @@ impl ShapeKey {
 pub struct Judged {
     /// The node's generation when this was computed.
     pub generation: u64,
+    /// The filter verdict: the fit, or why the node was rejected.
     pub verdict: Result<Fit, Reason>,
     /// The changes placing the pod makes and the fit it chose, once prioritize asked.
     pub assessed: Option<(super::frag::Change, Fit)>,
@@ -61,6 +62,7 @@ pub struct Judged {
 /// The memo of one shape: an entry per node slot.
 #[derive(Debug, Clone)]
 pub struct ShapeMemo {
+    /// The shape this memo is for.
     pub key: ShapeKey,
     entries: Vec<Option<Judged>>,
 }

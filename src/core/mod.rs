@@ -1,7 +1,7 @@
 //! The placement core: pure, synchronous, no I/O.
 //!
 //! Facts ([`facts`]) become capacity ([`node`]) and demand ([`demand`]); the [`inventory`] holds
-//! both plus the placement ledger; [`filter`] and [`score`] judge one node; [`schedule`] judges
+//! both plus the placement ledger; [`filter`](mod@filter) and [`score`] judge one node; [`schedule`] judges
 //! many and commits placements; [`ledger`] carries a bind's reservation from reserve to bound
 //! (or released). Adapters (HTTP, CLI, watchers) only translate to and from this.
 

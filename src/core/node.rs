@@ -19,14 +19,19 @@ pub const ANNOTATION_GPU_STATUS: &str = "vramfit.io/gpu-status";
 pub const LABEL_SHARING: &str = "vramfit.io/sharing";
 /// Zone label, and its deprecated fallback.
 pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
+/// Deprecated zone label, read when [`LABEL_ZONE`] is absent.
 pub const LABEL_ZONE_LEGACY: &str = "failure-domain.beta.kubernetes.io/zone";
 /// GPU Feature Discovery labels.
 pub const LABEL_GFD_PRODUCT: &str = "nvidia.com/gpu.product";
+/// GFD label: VRAM per device in MiB.
 pub const LABEL_GFD_MEMORY: &str = "nvidia.com/gpu.memory";
+/// GFD label: devices on the node.
 pub const LABEL_GFD_COUNT: &str = "nvidia.com/gpu.count";
 /// Ascend labels.
 pub const LABEL_NPU_CHIP: &str = "node.kubernetes.io/npu.chip.name";
+/// Ascend server type label (`Ascend910B-24…`); names the chip only where unambiguous.
 pub const LABEL_ASCEND_SERVERTYPE: &str = "servertype";
+/// Ascend accelerator label (`huawei-Ascend310P`).
 pub const LABEL_ASCEND_ACCELERATOR: &str = "accelerator";
 
 /// Most accelerator devices one node may have. Real nodes have at most 16; a larger count
@@ -78,6 +83,7 @@ pub struct GpuStatus {
     pub version: u32,
     /// When the agent read the devices (RFC 3339, UTC).
     pub observed_at: String,
+    /// One entry per device.
     pub devices: Vec<DeviceStatus>,
 }
 
@@ -87,14 +93,17 @@ pub struct GpuStatus {
 pub struct DeviceStatus {
     /// Index as the device plugin numbers it (NVML index, NPU id).
     pub index: u32,
+    /// Device UUID (`GPU-…`); empty where the runtime gives none.
     pub uuid: String,
     /// Product name, GFD-style (`NVIDIA-A100-SXM4-80GB`, `Ascend910B3`).
     pub product: String,
+    /// Device memory in MiB (`totalMiB`).
     #[serde(rename = "totalMiB")]
     pub total_mib: u64,
     /// Memory in use as the driver measures it, by anything.
     #[serde(rename = "usedMiB")]
     pub used_mib: u64,
+    /// Whether the device should take work.
     pub healthy: bool,
 }
 
@@ -102,7 +111,9 @@ pub struct DeviceStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Vendor {
+    /// NVIDIA GPUs.
     Nvidia,
+    /// Huawei Ascend NPUs.
     Ascend,
 }
 
@@ -110,10 +121,15 @@ pub enum Vendor {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CapacitySource {
+    /// The agent's [`ANNOTATION_GPU_STATUS`] report.
     Report,
+    /// GPU Feature Discovery labels.
     GfdLabels,
+    /// Ascend resource names and labels, with the configured HBM sizes.
     AscendLabels,
+    /// The config's `defaultDeviceVramMib`.
     ConfigDefault,
+    /// No source; the node has no accelerators or their VRAM is unknown.
     Unknown,
 }
 
@@ -122,7 +138,9 @@ pub enum CapacitySource {
 /// UUID tells them apart).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeviceNames {
+    /// Device UUID, when known.
     pub uuid: Option<Box<str>>,
+    /// Product name, GFD-style (`NVIDIA-A100-SXM4-80GB`, `Ascend910B3`).
     pub product: Arc<str>,
     /// Short model name used for allow-lists and metrics (`A100`, `T4`, `910B3`).
     pub class: Arc<str>,
@@ -133,18 +151,22 @@ pub struct DeviceNames {
 /// behind one pointer.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Device {
+    /// Device memory in MiB.
     pub total_mib: u64,
     /// Measured use (from a fresh report), by anything on the device.
     pub measured_used_mib: u64,
     /// VRAM reserved by placed pods (ledger).
     pub reserved_mib: u64,
+    /// UUID, product and class.
     #[serde(flatten)]
     pub names: Arc<DeviceNames>,
+    /// Index as the device plugin numbers it.
     pub index: u32,
     /// Pods holding the whole device (normally 0 or 1).
     pub exclusive_holders: u32,
     /// Pods sharing the device by VRAM.
     pub sharers: u32,
+    /// Whether the device should take work.
     pub healthy: bool,
 }
 
@@ -196,18 +218,25 @@ pub enum NodeProblem {
     /// Accelerators are allocatable but no source tells their VRAM.
     VramUnknown,
     /// The node claims more devices than [`MAX_DEVICES_PER_NODE`]; `source` names where.
-    TooManyDevices { count: u64, source: String },
+    TooManyDevices {
+        /// Devices claimed.
+        count: u64,
+        /// Where the count came from (`allocatable nvidia.com/gpu`, `label nvidia.com/gpu.count`).
+        source: String,
+    },
 }
 
 /// A node as the core sees it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NodeInfo {
+    /// Node name.
     pub name: String,
     /// The zone; the inventory shares one allocation per zone name among its nodes, so
     /// scoring can tell zones apart by pointer.
     pub zone: Option<Arc<str>>,
     /// The whole-device resource of this node's accelerators, if any.
     pub resource: Option<&'static str>,
+    /// The accelerators' vendor, if any.
     pub vendor: Option<Vendor>,
     /// Devices the device plugin advertises as allocatable.
     pub allocatable_devices: u32,
@@ -215,7 +244,9 @@ pub struct NodeInfo {
     pub devices: Devices,
     /// Devices may host several pods by VRAM.
     pub sharing: bool,
+    /// Where the device sizes came from.
     pub source: CapacitySource,
+    /// What is wrong with the node's data, if anything.
     pub problem: Option<NodeProblem>,
     /// Things worth a log line (an unparsable or stale report), never fatal.
     pub notes: Vec<String>,

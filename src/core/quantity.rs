@@ -8,16 +8,22 @@ use thiserror::Error;
 /// Why a quantity string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum QuantityError {
+    /// The string is empty.
     #[error("empty quantity")]
     Empty,
+    /// Not a Kubernetes quantity.
     #[error("not a Kubernetes quantity")]
     Malformed,
+    /// The quantity is negative.
     #[error("negative quantity")]
     Negative,
+    /// Too large to hold (counts stop at `u32::MAX`).
     #[error("quantity too large")]
     TooLarge,
+    /// More than 38 significant digits, or an exponent beyond ±38.
     #[error("more than 38 significant digits or an exponent beyond ±38")]
     Precision,
+    /// A whole number was needed.
     #[error("not a whole number")]
     Fractional,
 }

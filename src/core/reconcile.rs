@@ -19,6 +19,7 @@ pub const ALLOCATED_DEVICES_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AllocatedDevices {
+    /// Schema version ([`ALLOCATED_DEVICES_VERSION`]).
     pub version: u32,
     /// When the agent asked kubelet (RFC 3339).
     pub observed_at: String,
@@ -29,8 +30,10 @@ pub struct AllocatedDevices {
 /// Why an annotation value was not read.
 #[derive(Debug, thiserror::Error)]
 pub enum AllocatedDevicesError {
+    /// The value is not valid JSON of this shape.
     #[error("{ANNOTATION_ALLOCATED_DEVICES}: {0}")]
     Json(#[from] serde_json::Error),
+    /// The schema version is not [`ALLOCATED_DEVICES_VERSION`].
     #[error("{ANNOTATION_ALLOCATED_DEVICES}: schema version {0} (this vramfit reads {ALLOCATED_DEVICES_VERSION})")]
     Version(u32),
 }
@@ -49,10 +52,13 @@ impl AllocatedDevices {
 /// One ledger entry to move: pod `id` (ledger identity) from the recorded devices to the real.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Correction {
+    /// The placement's ledger identity.
     pub id: String,
     /// `namespace/name`.
     pub pod: String,
+    /// Device indices the ledger records, ascending.
     pub recorded: Vec<u32>,
+    /// Device indices the agent reports, ascending.
     pub real: Vec<u32>,
 }
 

@@ -33,10 +33,13 @@ pub fn verdict(node: Option<&NodeInfo>, demand: &Demand) -> Result<Fit, Reason> 
 /// One rejected node of a filter call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Rejected<'a> {
+    /// The node's name.
     pub node: &'a str,
     /// Index into [`FilterOutcome::messages`].
     pub message: usize,
+    /// Whether no eviction can fix the rejection ([`Reason::is_unresolvable`]).
     pub unresolvable: bool,
+    /// The reason's metrics code ([`Reason::code`]).
     pub code: &'static str,
 }
 
@@ -335,8 +338,11 @@ fn rank(
 pub struct Decision {
     /// `namespace/name`.
     pub pod: String,
+    /// The chosen node; `None` when the pod was not placed.
     pub node: Option<String>,
+    /// The chosen node's zone, if labelled.
     pub zone: Option<String>,
+    /// VRAM reserved per chosen device.
     pub shares: Vec<DeviceShare>,
     /// Whole devices (true) or VRAM on a shared device (false).
     pub exclusive: bool,

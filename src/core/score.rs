@@ -42,19 +42,28 @@ use super::node::NodeInfo;
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Terms {
+    /// The `fit` term: how little VRAM the chosen devices leave idle.
     pub fit: f64,
+    /// The `packing` term: busy devices after placement over the node's devices.
     pub packing: f64,
+    /// The `zoneSpread` term: fewer of the model's replicas in the zone scores higher.
     pub zone_spread: f64,
+    /// The `nodeSpread` term: 1 / (1 + the model's replicas on the node).
     pub node_spread: f64,
+    /// The `frag` term: above 0.5 when the pod reduces fragmentation.
     pub frag: f64,
+    /// The `hostBalance` term: above 0.5 when the pod leaves less VRAM stranded.
     pub host_balance: f64,
 }
 
 /// A node's score: the exact weighted value in `0..=1` and the 0–10 integer sent on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Scored {
+    /// The weighted score in `0..=1`.
     pub exact: f64,
+    /// The 0–10 score sent to kube-scheduler.
     pub score: u8,
+    /// The terms it was computed from.
     pub terms: Terms,
 }
 
@@ -99,7 +108,9 @@ fn wire_score(exact: f64) -> u8 {
 /// `hostBalanceStep`.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Steps {
+    /// `fragStep`: the `frag` term's resolution (0: exact).
     pub frag: f64,
+    /// `hostBalanceStep`: the `hostBalance` term's resolution (0: exact).
     pub host_balance: f64,
 }
 
@@ -247,6 +258,7 @@ pub struct Context {
     pub steps: Steps,
     /// Replicas of the pod's model in the node's zone, and in the busiest candidate zone.
     pub zone_replicas: u32,
+    /// Replicas of the pod's model in the busiest candidate zone.
     pub busiest_zone: u32,
     /// Replicas of the pod's model on the node.
     pub node_replicas: u32,

@@ -167,10 +167,13 @@ impl Default for WorkloadParams {
 /// Why workload parameters were refused.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum WorkloadParamsError {
+    /// `workload.maxShapes` is 0 or above [`MAX_SHAPES_LIMIT`].
     #[error("workload.maxShapes must be 1..={MAX_SHAPES_LIMIT}, got {0}")]
     MaxShapes(usize),
+    /// `workload.halfLifePods` is below 1 or not finite.
     #[error("workload.halfLifePods must be a finite number ≥ 1, got {0}")]
     HalfLife(f64),
+    /// `workload.coverage` is outside (0, 1].
     #[error("workload.coverage must be in (0, 1], got {0}")]
     Coverage(f64),
 }
@@ -195,8 +198,10 @@ impl WorkloadParams {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Expected {
+    /// The shape.
     #[serde(flatten)]
     pub shape: Shape,
+    /// Its share of the profile, in `0..=1`.
     pub share: f64,
 }
 
@@ -243,6 +248,7 @@ impl Default for WorkloadModel {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadReport {
+    /// The model's parameters.
     pub params: WorkloadParams,
     /// Pods observed since start.
     pub observed: u64,
@@ -256,9 +262,12 @@ pub struct WorkloadReport {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LiveShape {
+    /// The shape.
     #[serde(flatten)]
     pub shape: Shape,
+    /// Its share of the live weight, in `0..=1`.
     pub share: f64,
+    /// Pods of this shape observed.
     pub seen: u64,
 }
 

@@ -21,11 +21,14 @@ use crate::kubernetes::snapshot::Objects;
 /// One device a placed pod got.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeviceOut {
+    /// The device's index on the node.
     pub index: u32,
+    /// The device's product name; empty when unknown.
     pub product: String,
     /// VRAM reserved on it (MiB); 0 when the pod declared none.
     #[serde(rename = "vramMiB")]
     pub vram_mib: u64,
+    /// VRAM on a shared device (true) or the whole device (false).
     pub shared: bool,
 }
 
@@ -34,11 +37,15 @@ pub struct DeviceOut {
 pub struct PodResult {
     /// `namespace/name`.
     pub pod: String,
+    /// The chosen node; `None` when the pod could not be placed.
     pub node: Option<String>,
+    /// Devices the pod got on `node`.
     pub devices: Vec<DeviceOut>,
+    /// The node's zone, if labelled.
     pub zone: Option<String>,
     /// 0–10, as kube-scheduler would receive it.
     pub score: Option<u8>,
+    /// The scoring profile used.
     pub profile: String,
     /// For an unplaced pod: node → reason.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -58,7 +65,9 @@ pub struct PodResult {
 /// The result of a `place` run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PlaceReport {
+    /// Nodes in the dry run.
     pub nodes: usize,
+    /// One result per pod, in the order given.
     pub pods: Vec<PodResult>,
     /// Nodes added by `--add-nodes` (what-if capacity).
     #[serde(rename = "addedNodes", skip_serializing_if = "Vec::is_empty")]
@@ -91,6 +100,7 @@ pub fn failed_scheduling_message(total_nodes: usize, reasons: &BTreeMap<String, 
 /// A dry run in progress: the core's inventory plus what kube-scheduler itself tracks (the Node
 /// objects and the resources their pods request).
 pub struct DryRun {
+    /// The core's view of the nodes and what is placed on them.
     pub inventory: Inventory,
     nodes: Vec<Node>,
     usage: HashMap<String, NodeUsage>,

@@ -27,8 +27,15 @@ pub const CLASSES: &[(&str, &str, u64)] = &[
 /// Why a SPEC was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
+    /// A SPEC could not be read.
     #[error("--add-nodes {spec:?}: {reason}")]
-    Invalid { spec: String, reason: String },
+    Invalid {
+        /// The SPEC as given.
+        spec: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A Node template file could not be loaded.
     #[error(transparent)]
     Load(#[from] LoadError),
 }

@@ -18,15 +18,20 @@ use crate::core::Placement;
 /// Identifies the pod of a bind call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BindTarget {
+    /// Pod namespace.
     pub namespace: String,
+    /// Pod name.
     pub name: String,
+    /// Pod UID.
     pub uid: String,
+    /// The node to bind to.
     pub node: String,
 }
 
 /// Why a binder could not make a placement real.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BindFailure {
+    /// What went wrong, in words.
     pub message: String,
     /// The API server answered that the binding was not made (a 4xx). When false (a timeout,
     /// a dropped connection, a 5xx) the binding may have happened: the reservation is kept
@@ -37,6 +42,7 @@ pub struct BindFailure {
 /// Makes a committed placement real (creates the Binding), or says why not. `deletion_cost`
 /// is the pod's `controller.kubernetes.io/pod-deletion-cost` (see `core::deletion`), if any.
 pub trait Binder: Send + Sync {
+    /// Creates the Binding of `target` to its node, annotated with `placement` and `deletion_cost`.
     fn bind<'a>(
         &'a self,
         target: &'a BindTarget,

@@ -40,6 +40,7 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     /// PEM certificate and key for HTTPS (`enableHTTPS`); both or neither.
     pub tls_cert_file: Option<PathBuf>,
+    /// See `tls_cert_file`.
     pub tls_key_file: Option<PathBuf>,
     /// How long SIGTERM waits for in-flight requests.
     pub shutdown_grace_seconds: u64,
@@ -81,7 +82,9 @@ impl Default for ServerConfig {
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct App {
+    /// The cluster state the handlers read and change.
     pub cluster: Arc<ExtenderState>,
+    /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
 }
 
@@ -480,13 +483,18 @@ async fn version() -> Response {
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// Only one of `tlsCertFile` and `tlsKeyFile` is set.
     #[error("TLS needs both tlsCertFile and tlsKeyFile")]
     TlsHalfConfigured,
+    /// The certificate or key could not be loaded.
     #[error("TLS: {0}")]
     Tls(std::io::Error),
+    /// The listen address could not be bound.
     #[error("listening on {addr}: {source}")]
     Listen {
+        /// The address.
         addr: SocketAddr,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
 }
@@ -514,7 +522,7 @@ pub async fn serve_with_ops(
 /// Serves on bound listeners (the extender's, and optionally the operations-only one) until
 /// `shutdown` completes, then drains: the listeners close, every response carries
 /// `Connection: close`, requests already sent are answered, and open connections get up to
-/// `shutdownGraceSeconds` to finish. See [`listener`](super::listener).
+/// `shutdownGraceSeconds` to finish. See [`super::listener`].
 pub async fn serve_on(
     app: App,
     server: &ServerConfig,

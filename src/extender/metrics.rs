@@ -20,44 +20,63 @@ use std::sync::Arc;
 use crate::core::Inventory;
 use crate::extender::state::{ExtenderState, WatchedResource};
 
+/// Labels of per-verb metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerbLabels {
+    /// Extender verb (`filter`, `prioritize`, `bind`).
     pub verb: String,
 }
 
+/// Labels of the request counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
+    /// Extender verb.
     pub verb: String,
+    /// How the call ended (`ok`, `rejected-all`, `bad-request`, `error`).
     pub outcome: String,
 }
 
+/// Labels of per-reason counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
+    /// A filter rejection code, or a bind conflict (`no-longer-fits`, `bound-elsewhere`).
     pub reason: String,
 }
 
+/// Labels of per-device gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeviceLabels {
+    /// Node name.
     pub node: String,
+    /// Device index on the node.
     pub device: String,
+    /// Device class (`A100`, `910B3`).
     pub class: String,
 }
 
+/// Labels of per-class gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClassLabels {
+    /// Device class (`A100`, `910B3`).
     pub class: String,
 }
 
 /// The server's counters, shared by every request; gauges are built per scrape.
 pub struct Metrics {
+    /// `vramfit_request_duration_seconds`: time to answer a call, by verb.
     pub latency: Family<VerbLabels, Histogram>,
+    /// `vramfit_requests`: calls by verb and outcome.
     pub requests: Family<OutcomeLabels, Counter>,
+    /// `vramfit_filter_rejections`: nodes rejected by filter, by reason code.
     pub rejections: Family<ReasonLabels, Counter>,
+    /// `vramfit_bind_conflicts`: binds refused as conflicts, by reason.
     pub bind_conflicts: Family<ReasonLabels, Counter>,
 }
 
+/// Labels of per-watched-resource gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResourceLabels {
+    /// Watched resource (`nodes`, `pods`).
     pub resource: String,
 }
 

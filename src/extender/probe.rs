@@ -15,19 +15,33 @@ const MAX_REPLY: u64 = 64 * 1024;
 /// Why a probe failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
+    /// The path does not start with `/` (or holds whitespace or control characters).
     #[error("path must start with '/', got {0:?}")]
     BadPath(String),
+    /// Connecting, writing or reading failed.
     #[error("{addr}: {error}")]
     Io {
+        /// The address probed.
         addr: SocketAddr,
+        /// The I/O error.
         error: std::io::Error,
     },
+    /// The reply did not start with an HTTP status line.
     #[error("{addr}: not an HTTP reply: {line:?}")]
-    NotHttp { addr: SocketAddr, line: String },
+    NotHttp {
+        /// The address probed.
+        addr: SocketAddr,
+        /// The reply's first line, clipped to 80 characters.
+        line: String,
+    },
+    /// The reply's status was not 200.
     #[error("GET http://{addr}{path}: status {status}")]
     Status {
+        /// The address probed.
         addr: SocketAddr,
+        /// The path requested.
         path: String,
+        /// The HTTP status code.
         status: u16,
     },
 }

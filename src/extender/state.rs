@@ -31,12 +31,26 @@ pub const DEMAND_CACHE_CHECK_EVERY: u64 = 256;
 /// Why a bind failed; the text goes into the bind reply's `Error`.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum BindError {
+    /// The pod was not seen in a filter call, so its demand is unknown.
     #[error("vramfit: pod {0} was not seen in a filter call; cannot tell what it needs")]
     UnknownPod(String),
+    /// The pod is already placed on another node.
     #[error("vramfit: pod {pod} is already bound to {node}")]
-    BoundElsewhere { pod: String, node: String },
+    BoundElsewhere {
+        /// The pod, `namespace/name`.
+        pod: String,
+        /// The node it is placed on.
+        node: String,
+    },
+    /// The pod no longer fits the node.
     #[error("vramfit: no longer fits {node}: {reason}")]
-    NoLongerFits { node: String, reason: String },
+    NoLongerFits {
+        /// The node asked for.
+        node: String,
+        /// Why it no longer fits.
+        reason: String,
+    },
+    /// The binder failed; holds its message.
     #[error("vramfit: binding failed: {0}")]
     Api(String),
 }
@@ -115,7 +129,9 @@ impl DemandCache {
 /// A resource the live mode watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WatchedResource {
+    /// Node objects.
     Nodes,
+    /// Pod objects.
     Pods,
 }
 
@@ -184,7 +200,9 @@ impl WatchHealth {
 /// Everything the server reads and writes: the core's inventory (nodes and ledger) behind one
 /// lock, the demand cache, and the binder. The placement logic, bind's included, is the core's.
 pub struct ExtenderState {
+    /// Placement and scoring settings.
     pub config: Config,
+    /// Model VRAM catalog.
     pub catalog: Catalog,
     inventory: RwLock<Inventory>,
     demands: DemandCache,

@@ -163,12 +163,12 @@ async fn watch<T: Watched>(client: Client, state: Arc<ExtenderState>) {
     }
 }
 
-/// Watches Nodes (see [`watch`]).
+/// Watches Nodes: applies every event to the state, relists after a broken watch, retries with backoff.
 pub async fn watch_nodes(client: Client, state: Arc<ExtenderState>) {
     watch::<Node>(client, state).await
 }
 
-/// Watches Pods (see [`watch`]).
+/// Watches Pods, as [`watch_nodes`] watches Nodes.
 pub async fn watch_pods(client: Client, state: Arc<ExtenderState>) {
     watch::<Pod>(client, state).await
 }

@@ -53,10 +53,13 @@ fn borrowed_names<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Name<'de
 /// `ExtenderArgs`: the filter and prioritize request.
 #[derive(Debug, Deserialize)]
 pub struct ExtenderArgs<'a> {
+    /// The pod to schedule (`Pod`).
     #[serde(rename = "Pod", alias = "pod", default)]
     pub pod: Option<Pod>,
+    /// Candidate nodes as full objects (`Nodes`), when the extender is not `nodeCacheCapable`.
     #[serde(rename = "Nodes", alias = "nodes", default)]
     pub nodes: Option<RawNodeList>,
+    /// Candidate node names (`NodeNames`), when the extender is `nodeCacheCapable`.
     #[serde(
         rename = "NodeNames",
         alias = "nodeNames",
@@ -71,6 +74,7 @@ pub struct ExtenderArgs<'a> {
 /// A NodeList whose items are kept byte for byte, to be returned unchanged.
 #[derive(Debug, Deserialize)]
 pub struct RawNodeList {
+    /// The Node objects, raw JSON.
     #[serde(default, deserialize_with = "nullable")]
     pub items: Vec<Box<RawValue>>,
 }
@@ -78,21 +82,28 @@ pub struct RawNodeList {
 /// A NodeList in a reply.
 #[derive(Debug, Serialize)]
 pub struct NodeListOut {
+    /// List metadata (vramfit writes it empty).
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The passing Node objects, raw JSON.
     pub items: Vec<Box<RawValue>>,
 }
 
 /// `ExtenderFilterResult`.
 #[derive(Debug, Serialize)]
 pub struct ExtenderFilterResult<'a> {
+    /// Passing nodes as objects (`Nodes`), when the request carried objects.
     #[serde(rename = "Nodes")]
     pub nodes: Option<NodeListOut>,
+    /// Passing node names (`NodeNames`), when the request carried names.
     #[serde(rename = "NodeNames")]
     pub node_names: Option<Vec<&'a str>>,
+    /// Rejected node → reason, for nodes preemption may help (`FailedNodes`).
     #[serde(rename = "FailedNodes")]
     pub failed_nodes: PairMap<'a>,
+    /// Rejected node → reason, for nodes no eviction can fix (`FailedAndUnresolvableNodes`).
     #[serde(rename = "FailedAndUnresolvableNodes")]
     pub failed_and_unresolvable_nodes: PairMap<'a>,
+    /// Error for the whole call; empty on success (`Error`).
     #[serde(rename = "Error")]
     pub error: String,
 }
@@ -111,7 +122,7 @@ impl Serialize for PairMap<'_> {
 
 impl ExtenderFilterResult<'_> {
     /// The reply as JSON, byte for byte what `serde_json::to_vec` writes. Node names read
-    /// unescaped from the request `body` are copied as they are (see [`write_name`]), so a
+    /// unescaped from the request `body` are copied as they are (see `write_name`), so a
     /// reply of thousands of names costs a copy, not an escape scan per byte.
     pub fn to_json(&self, body: &[u8]) -> serde_json::Result<Vec<u8>> {
         let names: usize = self.node_names.iter().flatten().map(|n| n.len() + 3).sum();
@@ -193,7 +204,7 @@ fn write_name(out: &mut Vec<u8>, name: &str, body: &[u8]) -> serde_json::Result<
 }
 
 /// The prioritize reply (a bare array of [`HostPriority`]) as JSON, byte for byte what
-/// `serde_json::to_vec` writes for it, names written as [`write_name`] does.
+/// `serde_json::to_vec` writes for it, names written as `write_name` does.
 pub fn host_priorities_json(scores: &[(&str, u8)], body: &[u8]) -> serde_json::Result<Vec<u8>> {
     const HOST: &[u8] = b"{\"Host\":";
     const SCORE: &[u8] = b",\"Score\":";
@@ -218,8 +229,10 @@ pub fn host_priorities_json(scores: &[(&str, u8)], body: &[u8]) -> serde_json::R
 /// `HostPriority`; the prioritize reply is a bare array of these.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct HostPriority<'a> {
+    /// Node name (`Host`).
     #[serde(rename = "Host", alias = "host", borrow)]
     pub host: Name<'a>,
+    /// Score, 0–10 (`Score`).
     #[serde(rename = "Score", alias = "score")]
     pub score: i64,
 }
@@ -227,6 +240,7 @@ pub struct HostPriority<'a> {
 /// `ExtenderBindingArgs`.
 #[derive(Debug, Deserialize)]
 pub struct ExtenderBindingArgs {
+    /// Pod name (`PodName`).
     #[serde(
         rename = "PodName",
         alias = "podName",
@@ -235,6 +249,7 @@ pub struct ExtenderBindingArgs {
         deserialize_with = "nullable"
     )]
     pub pod_name: String,
+    /// Pod namespace (`PodNamespace`).
     #[serde(
         rename = "PodNamespace",
         alias = "podNamespace",
@@ -243,6 +258,7 @@ pub struct ExtenderBindingArgs {
         deserialize_with = "nullable"
     )]
     pub pod_namespace: String,
+    /// Pod UID (`PodUID`).
     #[serde(
         rename = "PodUID",
         alias = "podUID",
@@ -251,6 +267,7 @@ pub struct ExtenderBindingArgs {
         deserialize_with = "nullable"
     )]
     pub pod_uid: String,
+    /// The node to bind to (`Node`).
     #[serde(
         rename = "Node",
         alias = "node",
@@ -263,6 +280,7 @@ pub struct ExtenderBindingArgs {
 /// `ExtenderBindingResult`.
 #[derive(Debug, Serialize)]
 pub struct ExtenderBindingResult {
+    /// Why the bind failed; empty on success (`Error`).
     #[serde(rename = "Error")]
     pub error: String,
 }

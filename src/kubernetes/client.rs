@@ -16,18 +16,29 @@ use crate::kubernetes::snapshot::Objects;
 /// Why the cluster could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
+    /// The kubeconfig could not be read or used.
     #[error("kubeconfig: {0}")]
     Kubeconfig(String),
+    /// No client could be built from the config.
     #[error("connecting to the API server: {0}")]
     Client(#[source] kube::Error),
+    /// A list call failed.
     #[error("listing {what}: {source}")]
     List {
+        /// What was being listed (`nodes`, `pods`).
         what: &'static str,
+        /// The API error.
         #[source]
         source: kube::Error,
     },
+    /// A listed object could not be decoded.
     #[error("reading a {what} from the API server: {message}")]
-    Decode { what: &'static str, message: String },
+    Decode {
+        /// What was being listed (`nodes`, `pods`).
+        what: &'static str,
+        /// The decoding error.
+        message: String,
+    },
 }
 
 /// Page size of list calls.

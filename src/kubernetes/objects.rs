@@ -56,18 +56,25 @@ impl<'de> Deserialize<'de> for ScalarMap {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Meta {
+    /// `metadata.name`.
     #[serde(default, deserialize_with = "nullable")]
     pub name: String,
+    /// `metadata.namespace`; empty for cluster-scoped objects.
     #[serde(default, deserialize_with = "nullable")]
     pub namespace: String,
+    /// `metadata.uid`.
     #[serde(default, deserialize_with = "nullable")]
     pub uid: String,
+    /// `metadata.labels`.
     #[serde(default)]
     pub labels: ScalarMap,
+    /// `metadata.annotations`.
     #[serde(default)]
     pub annotations: ScalarMap,
+    /// `metadata.ownerReferences`.
     #[serde(default, deserialize_with = "nullable")]
     pub owner_references: Vec<OwnerReference>,
+    /// `metadata.deletionTimestamp`; set while the object is being deleted.
     #[serde(default, deserialize_with = "nullable")]
     pub deletion_timestamp: Option<String>,
     /// Kept for the live watch, which resumes from the last version it saw.
@@ -79,10 +86,13 @@ pub struct Meta {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OwnerReference {
+    /// The owner's kind (`ReplicaSet`, `StatefulSet`).
     #[serde(default, deserialize_with = "nullable")]
     pub kind: String,
+    /// The owner's name.
     #[serde(default, deserialize_with = "nullable")]
     pub name: String,
+    /// Whether the owner is the managing controller.
     #[serde(default, deserialize_with = "nullable")]
     pub controller: bool,
 }
@@ -90,10 +100,13 @@ pub struct OwnerReference {
 /// A taint on a node.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct Taint {
+    /// Taint key.
     #[serde(default, deserialize_with = "nullable")]
     pub key: String,
+    /// Taint value; empty when none.
     #[serde(default, deserialize_with = "nullable")]
     pub value: String,
+    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`.
     #[serde(default, deserialize_with = "nullable")]
     pub effect: String,
 }
@@ -101,10 +114,13 @@ pub struct Taint {
 /// A Node.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Node {
+    /// `metadata`.
     #[serde(default, deserialize_with = "nullable")]
     pub metadata: Meta,
+    /// `spec`.
     #[serde(default, deserialize_with = "nullable")]
     pub spec: NodeSpec,
+    /// `status`.
     #[serde(default, deserialize_with = "nullable")]
     pub status: NodeStatus,
 }
@@ -112,8 +128,10 @@ pub struct Node {
 /// `Node.spec`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct NodeSpec {
+    /// `spec.unschedulable` (cordoned).
     #[serde(default, deserialize_with = "nullable")]
     pub unschedulable: bool,
+    /// `spec.taints`.
     #[serde(default, deserialize_with = "nullable")]
     pub taints: Vec<Taint>,
 }
@@ -121,8 +139,10 @@ pub struct NodeSpec {
 /// `Node.status`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct NodeStatus {
+    /// `status.allocatable`, as quantity strings.
     #[serde(default)]
     pub allocatable: ScalarMap,
+    /// `status.capacity`, as quantity strings.
     #[serde(default)]
     pub capacity: ScalarMap,
 }
@@ -130,8 +150,10 @@ pub struct NodeStatus {
 /// `resources` of a container.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Resources {
+    /// `requests`, as quantity strings.
     #[serde(default)]
     pub requests: ScalarMap,
+    /// `limits`, as quantity strings.
     #[serde(default)]
     pub limits: ScalarMap,
 }
@@ -140,10 +162,13 @@ pub struct Resources {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Container {
+    /// Container name.
     #[serde(default, deserialize_with = "nullable")]
     pub name: String,
+    /// `restartPolicy`; `Always` on an init container makes it a sidecar.
     #[serde(default, deserialize_with = "nullable")]
     pub restart_policy: String,
+    /// `resources`.
     #[serde(default, deserialize_with = "nullable")]
     pub resources: Resources,
 }
@@ -151,10 +176,13 @@ pub struct Container {
 /// A Pod (or a workload's pod template, which has the same shape).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Pod {
+    /// `metadata`.
     #[serde(default, deserialize_with = "nullable")]
     pub metadata: Meta,
+    /// `spec`.
     #[serde(default, deserialize_with = "nullable")]
     pub spec: PodSpec,
+    /// `status`.
     #[serde(default, deserialize_with = "nullable")]
     pub status: PodStatus,
 }
@@ -163,18 +191,25 @@ pub struct Pod {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
+    /// `spec.nodeName`; empty while unbound.
     #[serde(default, deserialize_with = "nullable")]
     pub node_name: String,
+    /// `spec.schedulerName`; empty when unset.
     #[serde(default, deserialize_with = "nullable")]
     pub scheduler_name: String,
+    /// `spec.containers`.
     #[serde(default, deserialize_with = "nullable")]
     pub containers: Vec<Container>,
+    /// `spec.initContainers`.
     #[serde(default, deserialize_with = "nullable")]
     pub init_containers: Vec<Container>,
+    /// `spec.nodeSelector`.
     #[serde(default)]
     pub node_selector: ScalarMap,
+    /// `spec.tolerations`.
     #[serde(default, deserialize_with = "nullable")]
     pub tolerations: Vec<Toleration>,
+    /// `spec.affinity`.
     #[serde(default, deserialize_with = "nullable")]
     pub affinity: Affinity,
 }
@@ -182,12 +217,16 @@ pub struct PodSpec {
 /// A toleration.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct Toleration {
+    /// Taint key matched; empty with `Exists` matches every key.
     #[serde(default, deserialize_with = "nullable")]
     pub key: String,
+    /// `Equal` (the default when empty) or `Exists`.
     #[serde(default, deserialize_with = "nullable")]
     pub operator: String,
+    /// Taint value matched, for `Equal`.
     #[serde(default, deserialize_with = "nullable")]
     pub value: String,
+    /// Taint effect matched; empty matches every effect.
     #[serde(default, deserialize_with = "nullable")]
     pub effect: String,
 }
@@ -196,6 +235,7 @@ pub struct Toleration {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Affinity {
+    /// `nodeAffinity`.
     #[serde(default, deserialize_with = "nullable")]
     pub node_affinity: NodeAffinity,
 }
@@ -204,6 +244,7 @@ pub struct Affinity {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeAffinity {
+    /// `requiredDuringSchedulingIgnoredDuringExecution`; `None` when absent.
     #[serde(default, deserialize_with = "nullable")]
     pub required_during_scheduling_ignored_during_execution: Option<NodeSelector>,
 }
@@ -212,6 +253,7 @@ pub struct NodeAffinity {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeSelector {
+    /// `nodeSelectorTerms`.
     #[serde(default, deserialize_with = "nullable")]
     pub node_selector_terms: Vec<NodeSelectorTerm>,
 }
@@ -220,8 +262,10 @@ pub struct NodeSelector {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeSelectorTerm {
+    /// `matchExpressions`, on node labels.
     #[serde(default, deserialize_with = "nullable")]
     pub match_expressions: Vec<SelectorRequirement>,
+    /// `matchFields`, on node fields (`metadata.name`).
     #[serde(default, deserialize_with = "nullable")]
     pub match_fields: Vec<SelectorRequirement>,
 }
@@ -229,10 +273,13 @@ pub struct NodeSelectorTerm {
 /// `key operator values`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct SelectorRequirement {
+    /// Label (or field) key.
     #[serde(default, deserialize_with = "nullable")]
     pub key: String,
+    /// `In`, `NotIn`, `Exists`, `DoesNotExist`, `Gt` or `Lt`.
     #[serde(default, deserialize_with = "nullable")]
     pub operator: String,
+    /// Values the operator compares with.
     #[serde(default, deserialize_with = "nullable")]
     pub values: Vec<String>,
 }
@@ -240,6 +287,7 @@ pub struct SelectorRequirement {
 /// `Pod.status`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct PodStatus {
+    /// `status.phase` (`Pending`, `Running`, `Succeeded`, `Failed`).
     #[serde(default, deserialize_with = "nullable")]
     pub phase: String,
 }

@@ -153,8 +153,11 @@ impl FleetSpec {
 /// A node class of the fleet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Class {
+    /// T4×4 nodes.
     T4,
+    /// A100×8 nodes.
     A100,
+    /// Ascend 910B×8 nodes.
     Ascend,
 }
 
@@ -210,9 +213,11 @@ pub struct ModelSpec {
     pub name: &'static str,
     /// VRAM per device, GiB (`vramfit.io/vram`).
     pub vram_gib: u64,
+    /// Which devices its pods ask for.
     pub asks: Asks,
     /// cpu cores and memory GiB requested.
     pub cpu: u32,
+    /// Memory requested, GiB.
     pub memory_gib: u64,
     /// Replicas at the top of the wave on the default fleet at demand 1 (scaled with the
     /// fleet's devices of the class the model runs on).
@@ -293,7 +298,9 @@ pub const MODELS: [ModelSpec; 7] = [
 /// What one churn run is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChurnSpec {
+    /// Node counts per class and zones.
     pub fleet: FleetSpec,
+    /// Rounds of scaling.
     pub rounds: u32,
     /// Multiplies every Deployment's replica targets.
     pub demand: f64,
@@ -456,7 +463,9 @@ pub struct ModelStats {
     /// Zone skew (most − fewest bound replicas in a zone) summed over rounds, the rounds
     /// counted, and the largest seen.
     pub skew_sum: u64,
+    /// Rounds counted in `skew_sum`.
     pub skew_rounds: u64,
+    /// Largest zone skew seen.
     pub skew_max: u32,
     /// Rounds ending with the skew above the scheduler's limit while every zone had a node with
     /// room for one more replica.
@@ -466,6 +475,7 @@ pub struct ModelStats {
     pub over_limit_placed: u64,
     /// Zone skew summed over the rounds that did not scale the model down, and those rounds.
     pub grow_skew_sum: u64,
+    /// Rounds counted in `grow_skew_sum`.
     pub grow_rounds: u64,
 }
 

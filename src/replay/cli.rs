@@ -18,14 +18,23 @@ use crate::replay::workload::Workload;
 
 /// Arguments of `vramfit replay`.
 pub struct ReplayArgs {
+    /// Node list CSV (`--nodes`).
     pub nodes: PathBuf,
+    /// Pod list CSVs, one run set per file.
     pub pods: Vec<PathBuf>,
+    /// Seeds: a range `42-51` or a list `42,43` (`--seeds`).
     pub seeds: String,
+    /// Policies, comma separated, or `all` (`--policies`).
     pub policies: String,
+    /// Load as a multiple of cluster GPU capacity, in (0, 10] (`--tune-ratio`).
     pub tune_ratio: f64,
+    /// Worker threads; `None` uses every available core.
     pub threads: Option<usize>,
+    /// Per-bucket results CSV to write, if any (`--csv`).
     pub csv: Option<PathBuf>,
+    /// Reference results CSV to print beside ours, if any (`--reference`).
     pub reference: Option<PathBuf>,
+    /// Placement settings for the vramfit policy.
     pub config: Config,
 }
 
@@ -148,13 +157,21 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 
 /// Arguments of `vramfit replay --churn`.
 pub struct ChurnArgs {
+    /// Seeds: a range `42-51` or a list `42,43` (`--seeds`).
     pub seeds: String,
+    /// Rounds of scaling (`--rounds`).
     pub rounds: u32,
+    /// Multiplier of every Deployment's replica targets (`--demand`).
     pub demand: f64,
+    /// Comma-separated profiles of the config and `stock`, or `all` (`--profiles`).
     pub profiles: String,
+    /// Node counts `T4,A100,910B` (`--fleet`).
     pub fleet: String,
+    /// Zones the nodes are dealt over (`--zones`).
     pub zones: u32,
+    /// Worker threads; `None` uses every available core.
     pub threads: Option<usize>,
+    /// Placement settings for the vramfit profiles.
     pub config: Config,
 }
 

@@ -5,6 +5,9 @@
 //! (HTTP, state, watchers, binder, metrics, settings); [`dryrun`] is `vramfit place`;
 //! [`replay`] is `vramfit replay`; [`agent`] is `vramfit agent`. See docs/architecture.md.
 
+// Every public item carries a doc comment; clippy -D warnings (CI) keeps it so.
+#![warn(missing_docs)]
+
 pub mod agent;
 pub mod core;
 pub mod dryrun;

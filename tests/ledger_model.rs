@@ -5,7 +5,8 @@
 //! reservation expiry with time passed in, and restarts (`rebuild` from the API server's list),
 //! checked against a reference API server. Invariants: no device is ever over-committed (in the
 //! ledger, and in what the API server ends up binding), nothing a bind committed is lost, and the
-//! ledger after a restart equals the ledger before it.
+//! ledger after a restart equals the ledger before it; once every event has arrived (and after a
+//! restart) each node's free cpu/memory is its allocatable minus the bound pods' requests.
 //!
 //! CI runs 1024 cases; set `LEDGER_MODEL_CASES` for a long run (10,000 pass:
 //! `LEDGER_MODEL_CASES=10000 cargo test --release --test ledger_model`).
@@ -42,7 +43,8 @@ fn nodes() -> Vec<Node> {
             if *sharing {
                 labels["vramfit.io/sharing"] = json!("vram");
             }
-            serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "status": {"allocatable": {"nvidia.com/gpu": count.to_string()}}})).unwrap()
+            let allocatable = json!({"nvidia.com/gpu": count.to_string(), "cpu": "64", "memory": "256Gi"});
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "status": {"allocatable": allocatable}})).unwrap()
         })
         .collect()
 }
@@ -235,7 +237,7 @@ fn pod(uid: &str, gpus: u8, vram_gib: u8) -> Value {
     }
     json!({
         "metadata": {"name": uid, "namespace": "ml", "uid": uid, "annotations": annotations},
-        "spec": {"containers": [{"name": "c", "resources": {"limits": limits}}], "nodeName": null},
+        "spec": {"containers": [{"name": "c", "resources": {"limits": limits, "requests": {"cpu": "1", "memory": "1Gi"}}}], "nodeName": null},
         "status": {"phase": "Pending"}
     })
 }
@@ -298,6 +300,24 @@ fn api_bound(api: &ApiServer) -> BTreeSet<(String, String, Vec<u32>)> {
         })
         .filter(|(_, _, devices): &(String, String, Vec<u32>)| !devices.is_empty())
         .collect()
+}
+
+/// Every node's free cpu/memory is its allocatable (64 cpu, 256 GiB) minus one cpu and 1 GiB per
+/// bound, unfinished pod the API server has there, accelerator-free pods included.
+fn check_host(inventory: &Inventory, api: &ApiServer) -> Result<(), TestCaseError> {
+    for (node, ..) in NODES {
+        let pods = api
+            .pods
+            .values()
+            .filter(|p| p["spec"]["nodeName"] == node && p["status"]["phase"] != "Succeeded")
+            .count() as u64;
+        let expected = Host {
+            cpu_milli: 64_000 - 1_000 * pods,
+            memory_mib: 256 * 1024 - 1024 * pods,
+        };
+        prop_assert_eq!(inventory.free_host(node), Some(expected), "{}", node);
+    }
+    Ok(())
 }
 
 fn check_no_overcommit(inventory: &Inventory, api: &ApiServer) -> Result<(), TestCaseError> {
@@ -474,6 +494,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     api_bound(&api),
                     "after events and expiry the ledger is the API's truth"
                 );
+                check_host(&extender.inventory, &api)?;
             }
             Op::Restart => {
                 // What a bind committed (the API server has it) must survive; reservations of binds
@@ -493,6 +514,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 for entry in &before {
                     prop_assert!(after.contains(entry), "restart lost {entry:?}");
                 }
+                check_host(&extender.inventory, &api)?;
                 delivered = api.pods.keys().cloned().collect();
             }
         }

@@ -810,3 +810,51 @@ async fn the_captured_http_requests_are_served_over_a_socket() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_catalog_seeds_the_workload_model_before_any_pod_is_seen() {
+    let catalog = Catalog::from_value(json!({"models": {
+        "llama-70b": {"vram": "38Gi", "devices": 2},
+        "whisper": {"vram": "10Gi", "products": ["Tesla-T4"]}
+    }}))
+    .unwrap();
+    let live = ExtenderState::new(
+        Config::default(),
+        catalog.clone(),
+        Box::new(vramfit::extender::binder::RecordOnly),
+    );
+    let snapshot = ExtenderState::from_snapshot(
+        &Default::default(),
+        Config::default(),
+        catalog,
+        SystemTime::now(),
+    );
+    for state in [live, snapshot] {
+        let app = extender_with(Arc::new(state), &ServerConfig::default());
+        let (status, body) = get(&app, "/debug/workload").await;
+        assert_eq!(status, StatusCode::OK);
+        let workload: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(workload["observed"], json!(2), "{workload:#}");
+        let mut published: Vec<(Value, Value, Value)> = workload["published"]["shapes"]
+            .as_array()
+            .expect("published shapes")
+            .iter()
+            .map(|s| {
+                (
+                    s["vramMib"].clone(),
+                    s["devices"].clone(),
+                    s["products"].clone(),
+                )
+            })
+            .collect();
+        published.sort_by_key(|(vram, ..)| vram.as_u64());
+        assert_eq!(
+            published,
+            vec![
+                (json!(10240), json!(1), json!(["Tesla-T4"])),
+                (json!(38912), json!(2), json!([])),
+            ],
+            "{workload:#}"
+        );
+    }
+}

@@ -11,6 +11,7 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use serde::Serialize;
 
+use super::catalog::Catalog;
 use super::frag::{NodeFrag, Packing};
 use super::host::{Host, HostLedger};
 use super::memo::Memo;
@@ -354,6 +355,24 @@ impl Inventory {
             model.add_batch(shape, count);
         }
         if model.publish() {
+            self.packing.refresh_all(&self.nodes);
+        }
+    }
+
+    /// Seeds the workload model with one pod of every catalog model (a prior that the pods
+    /// vramfit then sees outweigh), after applying `params`.
+    pub fn seed_workload(
+        &mut self,
+        params: &WorkloadParams,
+        catalog: &Catalog,
+        headroom_percent: u8,
+    ) {
+        self.configure_workload(params);
+        if self
+            .packing
+            .model_mut()
+            .seed_from_catalog(catalog, headroom_percent)
+        {
             self.packing.refresh_all(&self.nodes);
         }
     }

@@ -322,8 +322,9 @@ impl Inventory {
         Ok(&self.ledger[id].placement)
     }
 
-    /// The ledger after a restart: every node, then every pod of a full list observed in order
-    /// (bound, unfinished pods hold their devices). Returns one [`Observed`] per pod.
+    /// The ledger after a restart: the workload model seeded from the catalog, every node, then
+    /// every pod of a full list observed in order (bound, unfinished pods hold their devices).
+    /// Returns one [`Observed`] per pod.
     pub fn rebuild<'a>(
         nodes: impl IntoIterator<Item = NodeInfo>,
         pods: impl IntoIterator<Item = &'a PodFacts>,
@@ -331,6 +332,7 @@ impl Inventory {
         catalog: &Catalog,
     ) -> (Inventory, Vec<Observed>) {
         let mut inventory = Inventory::new();
+        inventory.seed_workload(&config.workload, catalog, config.headroom_percent);
         for node in nodes {
             inventory.upsert_node(node);
         }

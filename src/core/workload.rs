@@ -317,8 +317,9 @@ impl WorkloadModel {
         self.observed
     }
 
-    /// Seeds the model from the catalog: one observation per model (whole devices when the
-    /// entry names a device count, else a share of one device).
+    /// Seeds the model from the catalog: one observation per model, of the entry's VRAM on
+    /// whole devices (the entry's device count, else one) of any accelerator resource, at
+    /// `headroom_percent`. Publishes; returns whether the published profile changed.
     pub fn seed_from_catalog(&mut self, catalog: &Catalog, headroom_percent: u8) -> bool {
         for entry in catalog.models.values() {
             let shape = Shape::new(
@@ -332,7 +333,7 @@ impl WorkloadModel {
             );
             self.add(shape, 1.0);
         }
-        self.maybe_publish()
+        self.publish()
     }
 
     /// Whether the pod `id` was counted already (empty ids never are).
@@ -581,21 +582,31 @@ mod tests {
     #[test]
     fn params_are_validated() {
         assert_eq!(WorkloadParams::default().validate(), Ok(()));
-        for bad in [
-            WorkloadParams {
-                max_shapes: 0,
-                ..WorkloadParams::default()
-            },
-            WorkloadParams {
-                half_life_pods: f64::NAN,
-                ..WorkloadParams::default()
-            },
-            WorkloadParams {
-                coverage: 0.0,
-                ..WorkloadParams::default()
-            },
+        // The full text: `HalfLife(NaN)` is not equal to itself.
+        for (bad, reason) in [
+            (
+                WorkloadParams {
+                    max_shapes: 0,
+                    ..WorkloadParams::default()
+                },
+                format!("workload.maxShapes must be 1..={MAX_SHAPES_LIMIT}, got 0"),
+            ),
+            (
+                WorkloadParams {
+                    half_life_pods: f64::NAN,
+                    ..WorkloadParams::default()
+                },
+                "workload.halfLifePods must be a finite number ≥ 1, got NaN".to_string(),
+            ),
+            (
+                WorkloadParams {
+                    coverage: 0.0,
+                    ..WorkloadParams::default()
+                },
+                "workload.coverage must be in (0, 1], got 0".to_string(),
+            ),
         ] {
-            assert!(bad.validate().is_err());
+            assert_eq!(bad.validate().map_err(|e| e.to_string()), Err(reason));
         }
     }
 }

@@ -216,10 +216,13 @@ pub struct ExtenderState {
 impl ExtenderState {
     /// An empty state with the given binder, not yet ready.
     pub fn new(config: Config, catalog: Catalog, binder: Box<dyn Binder>) -> Self {
+        // The catalog's models are the workload vramfit expects before it sees any pod.
+        let mut inventory = Inventory::new();
+        inventory.seed_workload(&config.workload, &catalog, config.headroom_percent);
         ExtenderState {
             config,
             catalog,
-            inventory: RwLock::new(Inventory::new()),
+            inventory: RwLock::new(inventory),
             demands: DemandCache::default(),
             ready: AtomicBool::new(false),
             binder,

@@ -341,7 +341,8 @@ fn a_products_allow_list_is_bounded_and_deduplicated_once_per_pod() {
     assert_eq!(demand.products, vec!["t4".to_string(), "A100".to_string()]);
     // Matching ignores case.
     let node = build_node(&t4_node("t4", "1"), &config, SystemTime::now());
-    assert!(fit_node(&node, &demand).is_ok());
+    let fit = fit_node(&node, &demand).unwrap();
+    assert_eq!((fit.devices.as_slice(), fit.exclusive), (&[0][..], true));
     let err = pod_demand(
         &gpu_pod("1", &[("vramfit.io/products", &"X".repeat(129))]),
         &config,
@@ -443,7 +444,8 @@ mod serving {
         for _ in 0..48 {
             let mut stream = TcpStream::connect(server.addr).await.unwrap();
             stream.write_all(HEALTHZ).await.unwrap();
-            assert!(read_response(&mut stream).await.is_some());
+            let head = read_response(&mut stream).await.unwrap();
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
             connections.push(stream);
         }
         // Every connection is idle and kept alive. Send a second request on each, and stop the
@@ -501,7 +503,8 @@ mod serving {
         for _ in 0..2 {
             let mut stream = TcpStream::connect(server.addr).await.unwrap();
             stream.write_all(HEALTHZ).await.unwrap();
-            assert!(read_response(&mut stream).await.is_some());
+            let head = read_response(&mut stream).await.unwrap();
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
             held.push(stream);
         }
         let mut over = TcpStream::connect(server.addr).await.unwrap();
@@ -675,7 +678,14 @@ mod dry_run {
         // The second replica does not exist yet: placed on one of the two free devices left.
         let web1 = &report.pods[2];
         assert!(!web1.existing);
-        assert!(web1.node.is_some());
+        let chosen = (
+            web1.node.as_deref(),
+            web1.devices.iter().map(|d| d.index).collect::<Vec<_>>(),
+        );
+        assert!(
+            chosen == (Some("t4-0"), vec![1]) || chosen == (Some("t4-1"), vec![0]),
+            "{web1:?}"
+        );
         // Four devices, three pods: nothing was placed twice.
         assert_eq!(dry.inventory.placements().count(), 3);
         assert!(render_table(&report).contains("t4-1 (existing)"));
@@ -721,7 +731,14 @@ mod dry_run {
             "{err}"
         );
         let dashes = format!("{}x\n", "- ".repeat(deep));
-        assert!(parse_objects(&dashes, Path::new("deep.yaml"), false).is_err());
+        let err = parse_objects(&dashes, Path::new("deep.yaml"), false).unwrap_err();
+        // One line of `- ` markers, each a level.
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "deep.yaml:1: nested at least {deep} levels deep; at most {MAX_NESTING} are read"
+            )
+        );
         // JSON is held to the same depth by its parser.
         let err = parse_objects(&flow, Path::new("deep.json"), false).unwrap_err();
         assert!(err.to_string().contains("recursion limit"), "{err}");

@@ -982,7 +982,10 @@ mod tests {
         };
         let e = slow.run("sleep", &["5"]).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
-        assert!(runner.run("/nonexistent/npu-smi", &["info"]).is_err());
+        assert_eq!(e.to_string(), "no answer within 100 ms");
+        let e = runner.run("/nonexistent/npu-smi", &["info"]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+        assert_eq!(e.raw_os_error(), Some(2), "{e}"); // ENOENT
     }
 
     proptest! {

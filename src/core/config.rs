@@ -288,13 +288,19 @@ mod tests {
             headroom_percent: 95,
             ..Config::default()
         };
-        assert!(config.validate().is_err());
+        assert_eq!(config.validate(), Err(ConfigError::Headroom(95)));
         config.headroom_percent = 10;
         config.default_profile = "missing".into();
-        assert!(config.validate().is_err());
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::DefaultProfile("missing".into()))
+        );
         config.default_profile = PROFILE_BINPACK.into();
         config.profiles.get_mut(PROFILE_BINPACK).unwrap().fit = f64::NAN;
-        assert!(config.validate().is_err());
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::Weights(PROFILE_BINPACK.into()))
+        );
         config.profiles.get_mut(PROFILE_BINPACK).unwrap().fit = 1.0;
         config
             .profiles

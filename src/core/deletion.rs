@@ -149,8 +149,13 @@ mod tests {
         for name in ["sdxl-0", "sdxl-1", "sdxl-2"] {
             let demand = pod(name, "12Gi", None);
             let decision = place(&mut inventory, &Ok(demand.clone()), &config);
-            assert!(decision.node.is_some());
             let placement = inventory.placement(name).unwrap().clone();
+            assert_eq!(
+                decision.node.as_deref(),
+                Some(placement.node.as_str()),
+                "{:?}",
+                decision.reasons
+            );
             costs.push((
                 placement.node.clone(),
                 deletion_cost(&inventory, &demand, &placement).unwrap(),

@@ -167,10 +167,23 @@ mod tests {
         assert_eq!(AllocatedDevices::parse(&raw).unwrap(), r);
         let e =
             AllocatedDevices::parse(&raw.replace("\"version\":1", "\"version\":2")).unwrap_err();
-        assert!(e.to_string().contains("schema version 2"));
-        assert!(AllocatedDevices::parse("{").is_err());
-        assert!(
-            AllocatedDevices::parse(r#"{"version":1,"observedAt":"x","pods":{"a":[-1]}}"#).is_err()
+        assert!(matches!(e, AllocatedDevicesError::Version(2)), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "vramfit.io/allocated-devices: schema version 2 (this vramfit reads 1)"
+        );
+        let e = AllocatedDevices::parse("{").unwrap_err();
+        assert!(matches!(e, AllocatedDevicesError::Json(_)), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "vramfit.io/allocated-devices: EOF while parsing an object at line 1 column 1"
+        );
+        let e = AllocatedDevices::parse(r#"{"version":1,"observedAt":"x","pods":{"a":[-1]}}"#)
+            .unwrap_err();
+        assert!(matches!(e, AllocatedDevicesError::Json(_)), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "vramfit.io/allocated-devices: invalid value: integer `-1`, expected u32 at line 1 column 45"
         );
     }
 }

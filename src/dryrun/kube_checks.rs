@@ -265,7 +265,10 @@ mod tests {
         let wrong_value = pod(
             json!({"spec": {"containers": [{"name": "c"}], "tolerations": [{"key": "nvidia.com/gpu", "value": "absent"}]}}),
         );
-        assert!(check(&n, &NodeUsage::default(), &wrong_value).is_some());
+        assert_eq!(
+            check(&n, &NodeUsage::default(), &wrong_value).as_deref(),
+            Some("node(s) had untolerated taint {nvidia.com/gpu: present}")
+        );
     }
 
     #[test]
@@ -291,12 +294,18 @@ mod tests {
             ),
             None
         );
-        assert!(check(&n, &NodeUsage::default(), &affinity("NotIn", json!(["5"]))).is_some());
+        assert_eq!(
+            check(&n, &NodeUsage::default(), &affinity("NotIn", json!(["5"]))).as_deref(),
+            Some("node(s) didn't match Pod's node affinity/selector")
+        );
         assert_eq!(
             check(&n, &NodeUsage::default(), &affinity("Gt", json!(["4"]))),
             None
         );
-        assert!(check(&n, &NodeUsage::default(), &affinity("Lt", json!(["4"]))).is_some());
+        assert_eq!(
+            check(&n, &NodeUsage::default(), &affinity("Lt", json!(["4"]))).as_deref(),
+            Some("node(s) didn't match Pod's node affinity/selector")
+        );
         assert_eq!(
             check(&n, &NodeUsage::default(), &affinity("Exists", json!([]))),
             None
@@ -304,7 +313,10 @@ mod tests {
         let by_name = pod(
             json!({"spec": {"containers": [{"name": "c"}], "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n2"]}]}]}}}}}),
         );
-        assert!(check(&n, &NodeUsage::default(), &by_name).is_some());
+        assert_eq!(
+            check(&n, &NodeUsage::default(), &by_name).as_deref(),
+            Some("node(s) didn't match Pod's node affinity/selector")
+        );
     }
 
     #[test]

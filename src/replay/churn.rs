@@ -1677,7 +1677,12 @@ mod tests {
                 ..ChurnSpec::default()
             };
             assert!(matches!(spec.validate(), Err(ChurnError::Demand(_))));
-            assert!(run(&spec, &Scheduler::Stock, &config, 1).is_err());
+            // Compared by bits: `Demand(NaN)` is not equal to itself.
+            let err = run(&spec, &Scheduler::Stock, &config, 1).err();
+            assert!(
+                matches!(err, Some(ChurnError::Demand(d)) if d.to_bits() == demand.to_bits()),
+                "{err:?}"
+            );
         }
         for rounds in [0, MAX_ROUNDS + 1] {
             let spec = ChurnSpec {
@@ -1688,7 +1693,13 @@ mod tests {
         }
         let err = parse_schedulers("vramfit-spread,nope", &config).unwrap_err();
         assert!(err.to_string().contains("\"nope\""), "{err}");
-        assert!(parse_schedulers(" , ", &config).is_err());
+        assert_eq!(
+            parse_schedulers(" , ", &config),
+            Err(ChurnError::Scheduler {
+                name: " , ".into(),
+                known: "vramfit-binpack, vramfit-spread".into(),
+            })
+        );
         assert_eq!(
             parse_schedulers("all", &config).unwrap(),
             [
@@ -1699,7 +1710,13 @@ mod tests {
                 Scheduler::Stock
             ]
         );
-        assert!(parse_schedulers("nope+kube", &config).is_err());
+        assert_eq!(
+            parse_schedulers("nope+kube", &config),
+            Err(ChurnError::Scheduler {
+                name: "nope+kube".into(),
+                known: "vramfit-binpack, vramfit-spread".into(),
+            })
+        );
         assert_eq!(
             Scheduler::from_name("vramfit-binpack+kube", &config).map(|s| s.name()),
             Some("vramfit-binpack+kube".to_string())

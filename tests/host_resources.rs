@@ -106,6 +106,16 @@ async fn serve_counts_every_bound_pods_cpu_and_fills_the_gpus_left_without_cpu()
     let with_hog = prioritize(&app).await;
     assert_eq!(with_hog[0].0, "rich");
     assert!(with_hog[1].1 > with_hog[0].1, "starved wins: {with_hog:?}");
+    // Operators see the same free cpu and memory in the metrics.
+    let (_, metrics) = get(&app, "/metrics").await;
+    for line in [
+        "vramfit_node_free_cpu_millicores{node=\"starved\"} 1000",
+        "vramfit_node_free_memory_mib{node=\"starved\"} 1040384",
+        "vramfit_node_free_cpu_millicores{node=\"seed\"} 108000",
+        "vramfit_node_free_cpu_millicores{node=\"rich\"} 128000",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 
     // The hog finishes: its cpu is free again and the nodes are alike once more.
     let mut finished = hog().build();

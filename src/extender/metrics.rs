@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::core::host::Host;
 use crate::core::Inventory;
 use crate::extender::state::{ExtenderState, WatchedResource};
 
@@ -52,6 +53,13 @@ pub struct DeviceLabels {
     pub device: String,
     /// Device class (`A100`, `910B3`).
     pub class: String,
+}
+
+/// Labels of per-node gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    /// Node name.
+    pub node: String,
 }
 
 /// Labels of per-class gauges.
@@ -115,6 +123,8 @@ struct NodeRow {
     sharing: bool,
     /// Whole devices the device plugin can still hand out (allocatable − held).
     free_slots: u32,
+    /// Free cpu/memory (allocatable − the requests of the pods counted there), when known.
+    free_host: Option<Host>,
 }
 
 /// What a scrape reads from the state, copied under the read lock.
@@ -151,6 +161,7 @@ impl ScrapeInput {
                 resource: node.resource,
                 sharing: node.sharing,
                 free_slots: node.allocatable_devices.saturating_sub(node.held_devices()),
+                free_host: inventory.free_host(&node.name),
             });
             input.devices.extend(node.devices.iter().map(|d| DeviceRow {
                 node: node_row,
@@ -343,6 +354,35 @@ impl Metrics {
             "device_class_stranded_devices",
             "Devices per class held whole by pods whose need would fit a smaller class",
         );
+        let node_gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<NodeLabels, Gauge>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let free_cpu = node_gauge(
+            &mut registry,
+            "node_free_cpu_millicores",
+            "Accelerator nodes: allocatable cpu minus the requests of the pods bound or reserved there, as the frag and hostBalance terms read it (millicores); absent when the node's allocatable is not known",
+        );
+        let free_memory = node_gauge(
+            &mut registry,
+            "node_free_memory_mib",
+            "Accelerator nodes: allocatable memory minus the requests of the pods bound or reserved there (MiB); absent when the node's allocatable is not known",
+        );
+        for node in &input.nodes {
+            let (Some(free), Some(_)) = (node.free_host, node.resource) else {
+                continue;
+            };
+            let labels = NodeLabels {
+                node: node.name.clone(),
+            };
+            free_cpu
+                .get_or_create(&labels)
+                .set(free.cpu_milli.min(i64::MAX as u64) as i64);
+            free_memory
+                .get_or_create(&labels)
+                .set(free.memory_mib.min(i64::MAX as u64) as i64);
+        }
         let stranded = stranded_rows(&input, headroom_percent);
         // Idle devices a non-sharing node can still hand out, counted down per node.
         let mut slots: Vec<u32> = input.nodes.iter().map(|n| n.free_slots).collect();

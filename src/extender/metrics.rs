@@ -270,6 +270,23 @@ fn stranded_rows(input: &ScrapeInput, headroom: u8) -> Vec<bool> {
     stranded
 }
 
+/// A gauge family registered in `registry`.
+fn gauge_family<L>(registry: &mut Registry, name: &str, help: &str) -> Family<L, Gauge>
+where
+    L: prometheus_client::encoding::EncodeLabelSet
+        + Clone
+        + std::hash::Hash
+        + Eq
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let family = Family::<L, Gauge>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
 impl Metrics {
     /// Counts one call's outcome and latency.
     pub fn observe(&self, verb: &str, outcome: &str, seconds: f64) {
@@ -314,57 +331,42 @@ impl Metrics {
             "Binds refused because the pod no longer fits or is bound elsewhere, by reason",
             self.bind_conflicts.clone(),
         );
-        let device_gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let family = Family::<DeviceLabels, Gauge>::default();
-            registry.register(name, help, family.clone());
-            family
-        };
-        let device_total = device_gauge(
+        let device_total = gauge_family::<DeviceLabels>(
             &mut registry,
             "device_vram_total_mib",
             "VRAM of each device (MiB)",
         );
-        let device_used = device_gauge(
+        let device_used = gauge_family::<DeviceLabels>(
             &mut registry,
             "device_vram_used_mib",
             "VRAM in use on each device as the node agent measured it (MiB; 0 without a fresh report)",
         );
-        let device_reserved = device_gauge(
+        let device_reserved = gauge_family::<DeviceLabels>(
             &mut registry,
             "device_vram_reserved_mib",
             "VRAM reserved on each device by placed pods (ledger, MiB)",
         );
-        let class_gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let family = Family::<ClassLabels, Gauge>::default();
-            registry.register(name, help, family.clone());
-            family
-        };
-        let class_free_vram = class_gauge(
+        let class_free_vram = gauge_family::<ClassLabels>(
             &mut registry,
             "device_class_free_vram_mib",
             "VRAM a pod could be given now per device class under the default headroom (MiB): shared devices' free VRAM, idle devices' VRAM where the node has a device left to hand out; nothing on devices held whole",
         );
-        let class_free_devices = class_gauge(
+        let class_free_devices = gauge_family::<ClassLabels>(
             &mut registry,
             "device_class_free_devices",
             "Healthy devices per class that no pod holds or shares",
         );
-        let class_stranded = class_gauge(
+        let class_stranded = gauge_family::<ClassLabels>(
             &mut registry,
             "device_class_stranded_devices",
             "Devices per class held whole by pods whose need would fit a smaller class",
         );
-        let node_gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let family = Family::<NodeLabels, Gauge>::default();
-            registry.register(name, help, family.clone());
-            family
-        };
-        let free_cpu = node_gauge(
+        let free_cpu = gauge_family::<NodeLabels>(
             &mut registry,
             "node_free_cpu_millicores",
             "Accelerator nodes: allocatable cpu minus the requests of the pods bound or reserved there, as the frag and hostBalance terms read it (millicores); absent when the node's allocatable is not known",
         );
-        let free_memory = node_gauge(
+        let free_memory = gauge_family::<NodeLabels>(
             &mut registry,
             "node_free_memory_mib",
             "Accelerator nodes: allocatable memory minus the requests of the pods bound or reserved there (MiB); absent when the node's allocatable is not known",

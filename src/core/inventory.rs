@@ -414,7 +414,7 @@ impl Inventory {
     }
 
     /// Pod ids whose cpu/memory is counted on a node.
-    pub fn host_holders(&self) -> impl Iterator<Item = &String> {
+    pub(super) fn host_holders(&self) -> impl Iterator<Item = &String> {
         self.hosts.pods()
     }
 

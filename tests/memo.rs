@@ -180,7 +180,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Observe(shape, count) => {
                 if let Ok(d) = demand(shape, id) {
-                    if let Some(s) = vramfit::core::workload::Shape::of(&d, 0, 0) {
+                    if let Some(s) = vramfit::core::workload::Shape::of(&d) {
                         inventory.observe_batch([(s, f64::from(count))]);
                     }
                 }

@@ -442,7 +442,7 @@ pub fn place_where(
 
 /// Counts a pod in the inventory's workload model (pods asked about, placed or seen bound).
 pub fn observe(inventory: &mut Inventory, demand: &PodDemand) {
-    if let Some(shape) = Shape::of(demand, demand.host.cpu_milli, demand.host.memory_mib) {
+    if let Some(shape) = Shape::of(demand) {
         inventory.observe(&demand.id, shape);
     }
 }

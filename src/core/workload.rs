@@ -61,9 +61,9 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// The shape of a pod's demand; `None` for pods that ask nothing of accelerators.
-    /// `cpu_milli` and `memory_mib` are the pod's host requests, 0 when not known.
-    pub fn of(demand: &PodDemand, cpu_milli: u64, memory_mib: u64) -> Option<Shape> {
+    /// The shape of a pod's demand, its cpu and memory requests included; `None` for pods
+    /// that ask nothing of accelerators.
+    pub fn of(demand: &PodDemand) -> Option<Shape> {
         if demand.is_accelerator_free() {
             return None;
         }
@@ -74,8 +74,8 @@ impl Shape {
             if sharing { None } else { demand.resource },
             &demand.products,
             demand.headroom_percent,
-            cpu_milli,
-            memory_mib,
+            demand.host.cpu_milli,
+            demand.host.memory_mib,
         ))
     }
 

@@ -119,8 +119,7 @@ impl VramfitPolicy {
             .iter()
             .filter_map(|(pod, count)| {
                 let demand = demand(cluster, pod);
-                Shape::of(&demand, u64::from(pod.cpu_milli), pod.memory_mib)
-                    .map(|s| (s, f64::from(*count)))
+                Shape::of(&demand).map(|s| (s, f64::from(*count)))
             })
             .collect();
         inventory.observe_batch(shapes);

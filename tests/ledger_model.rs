@@ -886,6 +886,21 @@ fn host_resources_follow_reservations_binds_and_pod_events() {
         Some(true)
     );
 
+    // A bound pod's unreadable quantity counts as 0; the readable one still counts.
+    let mut odd = with_requests("odd", 0, 0);
+    odd["spec"]["containers"][0]["resources"]["requests"]["cpu"] = json!("lots");
+    odd["spec"]["nodeName"] = json!("one-gpu");
+    odd["status"]["phase"] = json!("Running");
+    inventory.observe_pod(&as_facts(&odd), &config, &catalog);
+    assert_eq!(
+        inventory.free_host("one-gpu"),
+        Some(Host {
+            cpu_milli: 64_000,
+            memory_mib: 256 * 1024 - 4_096,
+        })
+    );
+    inventory.remove("odd");
+
     // Moved to another node (a new node name in a later event): counted there only.
     plain["spec"]["nodeName"] = json!("one-gpu");
     inventory.observe_pod(&as_facts(&plain), &config, &catalog);

@@ -169,6 +169,21 @@ pub fn host_request(pod: &PodFacts) -> Result<Host, DemandError> {
     })
 }
 
+/// [`host_request`] of a pod already bound (reality is recorded, never refused): an unreadable
+/// quantity counts as 0 and the other one still counts.
+pub fn bound_host_request(pod: &PodFacts) -> Host {
+    let read = |resource: &str, parse: fn(&str) -> Result<u64, super::quantity::QuantityError>| {
+        effective_quantity(pod, resource, parse)
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    };
+    Host {
+        cpu_milli: read("cpu", parse_millis),
+        memory_mib: read("memory", parse_mib),
+    }
+}
+
 /// Reads a pod's demand. Invalid values are errors naming the key and value, never defaults.
 pub fn pod_demand(
     pod: &PodFacts,

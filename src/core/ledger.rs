@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use super::catalog::Catalog;
 use super::config::Config;
 use super::demand::{
-    host_request, pod_demand, DemandError, PodDemand, ANNOTATION_HEADROOM, ANNOTATION_PRODUCTS,
-    ANNOTATION_VRAM, LABEL_MODEL,
+    bound_host_request, pod_demand, DemandError, PodDemand, ANNOTATION_HEADROOM,
+    ANNOTATION_PRODUCTS, ANNOTATION_VRAM, LABEL_MODEL,
 };
 use super::facts::PodFacts;
 use super::filter::Reason;
@@ -259,10 +259,9 @@ impl Inventory {
         let Some(node) = facts.node_name.as_deref() else {
             return Observed::Pending(pod_demand(facts, config, catalog));
         };
-        // Every bound pod's cpu and memory count on its node, whatever it asks of accelerators;
-        // an unreadable quantity (the API server validates them) counts as zero.
+        // Every bound pod's cpu and memory count on its node, whatever it asks of accelerators.
         let id = facts.ledger_id();
-        let request = host_request(facts).unwrap_or_default();
+        let request = bound_host_request(facts);
         let observed = match bound_pod_demand(facts, config, catalog) {
             Ok((demand, ignored)) => {
                 let assigned = facts

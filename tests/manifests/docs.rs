@@ -47,13 +47,14 @@ fn exported_metrics() -> BTreeSet<String> {
             reason: "no-longer-fits".into(),
         })
         .inc();
-    // The scrape-time gauges, from a cluster with one GPU node and a watch event seen.
+    // The scrape-time gauges, from a cluster with one GPU node (cpu and memory known) and a
+    // watch event seen.
     let cluster = ExtenderState::new(
         vramfit::core::Config::default(),
         vramfit::core::Catalog::default(),
         Box::new(RecordOnly),
     );
-    let node = node_json("gpu-1", 2).typed();
+    let node = node_json("gpu-1", 2).host("64", "256Gi").typed();
     cluster.apply_node(&node, SystemTime::now());
     cluster.health.touch(WatchedResource::Nodes);
     cluster.health.touch(WatchedResource::Pods);

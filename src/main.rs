@@ -281,6 +281,9 @@ struct ReplayArgs {
     /// Churn: zones the nodes are dealt over [default: 3].
     #[arg(long)]
     zones: Option<u32>,
+    /// Churn: allocatable cpu cores of one T4, A100 and 910B node [default: 64,128,192].
+    #[arg(long)]
+    node_cpu: Option<String>,
     /// Seeds: a range `42-51` or a list `42,43`.
     #[arg(long, default_value = "42-51")]
     seeds: String,
@@ -636,6 +639,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             profiles: args.profiles.unwrap_or_else(|| "all".into()),
             fleet: args.fleet.unwrap_or_else(|| "150,105,45".into()),
             zones: args.zones.unwrap_or(3),
+            node_cpu: args.node_cpu,
             threads: args.threads,
             config: settings.placement,
         });
@@ -645,8 +649,11 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         || args.profiles.is_some()
         || args.fleet.is_some()
         || args.zones.is_some()
+        || args.node_cpu.is_some()
     {
-        anyhow::bail!("--rounds, --demand, --profiles, --fleet and --zones need --churn");
+        anyhow::bail!(
+            "--rounds, --demand, --profiles, --fleet, --zones and --node-cpu need --churn"
+        );
     }
     let Some(nodes) = args.nodes else {
         anyhow::bail!("--nodes is required without --churn");

@@ -351,6 +351,8 @@ fn replay_churn_runs_the_built_in_workload_and_refuses_bad_flags() {
         (vec!["--rounds", "0"], "--rounds must be"),
         (vec!["--zones", "0"], "--zones must be"),
         (vec!["--fleet", "1,2"], "--fleet \"1,2\""),
+        (vec!["--node-cpu", "16,0,64"], "--node-cpu \"16,0,64\""),
+        (vec!["--node-cpu", "many"], "--node-cpu \"many\""),
         (vec!["--profiles", "nope"], "unknown profile \"nope\""),
         (vec!["--seeds", "9-1"], "empty"),
     ] {
@@ -365,9 +367,13 @@ fn replay_churn_runs_the_built_in_workload_and_refuses_bad_flags() {
     // Trace flags and churn flags do not mix; without --churn the trace flags are required.
     let out = vramfit(&["replay", "--churn", "--nodes", "n.csv"]);
     assert_eq!(out.status.code(), Some(2));
-    let out = vramfit(&["replay", "--rounds", "3", "--nodes", "n.csv", "p.csv"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("need --churn"));
+    for flag in [["--rounds", "3"], ["--node-cpu", "16,48,64"]] {
+        let mut args = vec!["replay", "--nodes", "n.csv", "p.csv"];
+        args.extend(flag);
+        let out = vramfit(&args);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("need --churn"));
+    }
     let out = vramfit(&["replay"]);
     assert_eq!(out.status.code(), Some(2));
 }

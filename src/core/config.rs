@@ -160,7 +160,7 @@ const FALLBACK_WEIGHTS: Weights = Weights {
     zone_spread: 0.1,
     node_spread: 0.05,
     frag: 10.0,
-    host_balance: 16.0,
+    host_balance: 8.0,
     max_zone_skew: Some(BINPACK_MAX_ZONE_SKEW),
 };
 

@@ -66,6 +66,9 @@ pub enum ChurnError {
     /// `--zones` out of range.
     #[error("--zones must be 1..={MAX_ZONES}, got {0}")]
     Zones(u32),
+    /// `--node-cpu` unreadable or out of range.
+    #[error("--node-cpu {0:?}: expected T4,A100,910B cores per node such as 64,128,192 (each 1..={MAX_NODE_CPU})")]
+    NodeCpu(String),
     /// `--fleet` unreadable or out of range.
     #[error("--fleet {0:?}: expected T4,A100,910B node counts such as 150,105,45 (each at most {MAX_NODES_PER_CLASS}, not all 0)")]
     Fleet(String),
@@ -101,7 +104,15 @@ pub struct FleetSpec {
     pub ascend: u32,
     /// Zones `zone-1` … `zone-N`.
     pub zones: u32,
+    /// Allocatable cpu cores of one T4, A100 and 910B node.
+    pub cpu: [u32; 3],
 }
+
+/// Cores of one T4, A100 and 910B node unless `--node-cpu` says otherwise.
+pub const DEFAULT_NODE_CPU: [u32; 3] = [64, 128, 192];
+
+/// Most cores `--node-cpu` accepts for one node.
+pub const MAX_NODE_CPU: u32 = 4096;
 
 impl Default for FleetSpec {
     /// The fleet: 150 T4×4, 105 A100×8, 45 910B×8 in three zones.
@@ -111,6 +122,7 @@ impl Default for FleetSpec {
             a100: 105,
             ascend: 45,
             zones: 3,
+            cpu: DEFAULT_NODE_CPU,
         }
     }
 }
@@ -138,7 +150,26 @@ impl FleetSpec {
             a100,
             ascend,
             zones,
+            cpu: DEFAULT_NODE_CPU,
         })
+    }
+
+    /// Sets the cores of one T4, A100 and 910B node from `T4,A100,910B` (`16,48,64`).
+    pub fn with_node_cpu(mut self, text: &str) -> Result<Self, ChurnError> {
+        let bad = || ChurnError::NodeCpu(crate::core::node::clip(text));
+        let cores: Vec<u32> = text
+            .split(',')
+            .map(|s| s.trim().parse::<u32>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| bad())?;
+        let [t4, a100, ascend] = cores[..] else {
+            return Err(bad());
+        };
+        if cores.iter().any(|&c| c == 0 || c > MAX_NODE_CPU) {
+            return Err(bad());
+        }
+        self.cpu = [t4, a100, ascend];
+        Ok(self)
     }
 
     fn devices(&self, class: Class) -> u32 {
@@ -184,12 +215,13 @@ impl Class {
         }
     }
 
-    /// (devices, cpu cores, memory GiB) of one node.
-    fn shape(self) -> (u32, u32, u64) {
+    /// (devices, cpu cores, memory GiB) of one node of `fleet`.
+    fn shape(self, fleet: &FleetSpec) -> (u32, u32, u64) {
+        let cpu = fleet.cpu[self as usize];
         match self {
-            Class::T4 => (4, 64, 256),
-            Class::A100 => (8, 128, 1024),
-            Class::Ascend => (8, 192, 1536),
+            Class::T4 => (4, cpu, 256),
+            Class::A100 => (8, cpu, 1024),
+            Class::Ascend => (8, cpu, 1536),
         }
     }
 }
@@ -586,6 +618,7 @@ struct Pod {
 /// The cluster of one run: the core's inventory plus what kube-scheduler's own filters see.
 struct World<'a> {
     config: &'a Config,
+    fleet: FleetSpec,
     inventory: Inventory,
     rooms: HashMap<String, Room>,
     zones: Vec<String>,
@@ -652,7 +685,7 @@ pub fn fleet_nodes(fleet: &FleetSpec, config: &Config) -> Vec<NodeInfo> {
             Class::A100 => fleet.a100,
             Class::Ascend => fleet.ascend,
         };
-        let (devices, cpu, memory) = class.shape();
+        let (devices, cpu, memory) = class.shape(fleet);
         for i in 0..count {
             let zone = zone_name(i % zones);
             let name = format!("{}-{zone}-{i:04}", class.name().to_ascii_lowercase());
@@ -794,7 +827,7 @@ pub fn run(
     let mut devices = [0u64; 3];
     for node in nodes {
         let class = Class::of(&node);
-        let (_, cpu, memory) = class.shape();
+        let (_, cpu, memory) = class.shape(&spec.fleet);
         devices[class as usize] += node.devices.len() as u64;
         rooms.insert(
             node.name.clone(),
@@ -826,6 +859,7 @@ pub fn run(
     };
     let mut world = World {
         config,
+        fleet: spec.fleet,
         inventory,
         rooms,
         zones: (0..spec.fleet.zones).map(zone_name).collect(),
@@ -1208,7 +1242,7 @@ fn kube_scores(world: &World, pod: &Pod, feasible: &[&NodeInfo]) -> Vec<f64> {
         .iter()
         .zip(&raw)
         .map(|(n, &r)| {
-            let (_, cpu, memory) = Class::of(n).shape();
+            let (_, cpu, memory) = Class::of(n).shape(&world.fleet);
             let room = world.rooms.get(&n.name);
             let cpu_total = f64::from(cpu) * 1000.0;
             let memory_total = memory as f64 * 1024.0;
@@ -1320,6 +1354,7 @@ fn measure(
     }
     let mut relieved = World {
         config: world.config,
+        fleet: world.fleet,
         inventory: world.inventory.clone(),
         rooms: world.rooms.clone(),
         zones: Vec::new(),
@@ -1750,5 +1785,21 @@ mod tests {
         let zones: std::collections::BTreeSet<_> =
             nodes.iter().filter_map(NodeInfo::zone_name).collect();
         assert_eq!(zones.len(), 2);
+        // Allocatable cpu and memory, from the class or `--node-cpu`.
+        let host = |n: &NodeInfo| n.host.map(|h| (h.cpu_milli, h.memory_mib));
+        assert_eq!(host(&nodes[0]), Some((64_000, 256 * 1024)));
+        let tight = FleetSpec::parse("1,1,1", 1)
+            .unwrap()
+            .with_node_cpu("16, 48,64")
+            .unwrap();
+        let cores: Vec<_> = fleet_nodes(&tight, &config).iter().map(host).collect();
+        assert_eq!(
+            cores,
+            vec![
+                Some((16_000, 256 * 1024)),
+                Some((48_000, 1024 * 1024)),
+                Some((64_000, 1536 * 1024))
+            ]
+        );
     }
 }

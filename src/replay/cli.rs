@@ -169,6 +169,8 @@ pub struct ChurnArgs {
     pub fleet: String,
     /// Zones the nodes are dealt over (`--zones`).
     pub zones: u32,
+    /// Cores per node `T4,A100,910B` (`--node-cpu`); `None` keeps 64,128,192.
+    pub node_cpu: Option<String>,
     /// Worker threads; `None` uses every available core.
     pub threads: Option<usize>,
     /// Placement settings for the vramfit profiles.
@@ -180,7 +182,10 @@ pub fn run_churn(args: ChurnArgs) -> anyhow::Result<ExitCode> {
     use crate::replay::churn::{self, ChurnSpec, FleetSpec};
     let seeds = parse_seeds(&args.seeds)?;
     let spec = ChurnSpec {
-        fleet: FleetSpec::parse(&args.fleet, args.zones)?,
+        fleet: match &args.node_cpu {
+            Some(cores) => FleetSpec::parse(&args.fleet, args.zones)?.with_node_cpu(cores)?,
+            None => FleetSpec::parse(&args.fleet, args.zones)?,
+        },
         rounds: args.rounds,
         demand: args.demand,
     };

@@ -21,12 +21,11 @@
 
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
 use super::demand::PodDemand;
 use super::filter::Fit;
-use super::host::Host;
+use super::host::{Host, HostLedger};
 use super::node::{product_matches, Device, NodeInfo, NodeProblem, Vendor};
 use super::workload::{Shape, WorkloadModel, WorkloadParams, WorkloadProfile};
 
@@ -565,7 +564,8 @@ fn shares_fit(node: &NodeInfo, d: &Device, demand: &PodDemand) -> bool {
 #[derive(Debug, Clone, Default)]
 pub struct Packing {
     model: WorkloadModel,
-    hosts: FxHashMap<String, Host>,
+    /// Nodes' allocatable cpu/memory and the requests of the pods held on them.
+    hosts: HostLedger,
     slots: Vec<NodeFrag>,
     /// Per slot, the node's generation: renewed whenever its cached state is recomputed, never
     /// reused (see [`super::memo`]).
@@ -637,9 +637,21 @@ impl Packing {
         next != self.limit && self.model.profile().shapes.len() > next.min(self.limit)
     }
 
-    /// A node's free host resources, when they were given.
+    /// A node's free host resources (allocatable minus the pods held there), when its
+    /// allocatable is known.
     pub fn host(&self, node: &str) -> Option<Host> {
-        self.hosts.get(node).copied()
+        self.hosts.free(node)
+    }
+
+    /// The host-resource ledger the fragmentation terms read.
+    pub fn hosts(&self) -> &HostLedger {
+        &self.hosts
+    }
+
+    /// The host-resource ledger, for changes; the caller recomputes the nodes whose free host
+    /// resources moved.
+    pub fn hosts_mut(&mut self) -> &mut HostLedger {
+        &mut self.hosts
     }
 
     /// The cached state of the node in `slot`, if current.
@@ -682,7 +694,7 @@ impl Packing {
         if slot < self.generations.len() {
             self.generations.swap_remove(slot);
         }
-        self.hosts.remove(name);
+        self.hosts.set_allocatable(name, None);
     }
 
     /// Recomputes every node (after the profile changed).
@@ -694,14 +706,6 @@ impl Packing {
             .map(|n| NodeFrag::compute(n, &profile, self.host(&n.name), self.measure))
             .collect();
         self.generations = (0..nodes.len()).map(|_| self.renew()).collect();
-    }
-
-    /// Records a node's free host resources (`None` forgets them).
-    pub fn set_host(&mut self, node: &str, host: Option<Host>) {
-        match host {
-            Some(h) => self.hosts.insert(node.to_string(), h),
-            None => self.hosts.remove(node),
-        };
     }
 
     /// The model, for changes; the caller refreshes nodes when a change reports `true`.
@@ -932,8 +936,12 @@ mod tests {
             cpu_milli,
             memory_mib: 1 << 20,
         };
-        packing.set_host("poor", Some(host(20_000)));
-        packing.set_host("rich", Some(host(100_000)));
+        packing
+            .hosts_mut()
+            .set_allocatable("poor", Some(host(20_000)));
+        packing
+            .hosts_mut()
+            .set_allocatable("rich", Some(host(100_000)));
         let demand = |devices: u32| {
             let vram_mib = if devices > 0 { 1000 } else { 0 };
             demand_of(
@@ -957,7 +965,7 @@ mod tests {
         // A cpu-light pod taking a device keeps the poor node in proportion.
         assert_eq!(stranded(&packing, &poor, 1, 2_000), 0.0);
         // Host resources unknown: nothing is stranded.
-        packing.set_host("poor", None);
+        packing.hosts_mut().set_allocatable("poor", None);
         assert_eq!(stranded(&packing, &poor, 0, 10_000), 0.0);
     }
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::catalog::Catalog;
 use super::frag::{NodeFrag, Packing};
-use super::host::{Host, HostLedger};
+use super::host::Host;
 use super::memo::Memo;
 use super::name_lists::NameLists;
 use super::node::NodeInfo;
@@ -173,8 +173,6 @@ pub struct Inventory {
     layout: u64,
     /// The node-name lists of recent requests, with their slots.
     name_lists: NameLists,
-    /// Nodes' allocatable cpu/memory and the requests of the pods bound or reserved on them.
-    hosts: HostLedger,
 }
 
 /// Distinct zone names shared between nodes; names beyond it stay unshared (still correct, only
@@ -191,9 +189,9 @@ impl Inventory {
     pub fn upsert_node(&mut self, mut node: NodeInfo) {
         self.intern_zone(&mut node);
         self.apply_ledger(&mut node);
-        self.hosts.set_allocatable(&node.name, node.host);
         self.packing
-            .set_host(&node.name, self.hosts.free(&node.name));
+            .hosts_mut()
+            .set_allocatable(&node.name, node.host);
         let slot = match self.index.get(node.name.as_bytes()) {
             Some(&slot) => {
                 self.zone_by_slot[slot as usize] = node.zone.clone();
@@ -245,7 +243,6 @@ impl Inventory {
             }
         }
         self.packing.node_removed(slot, name);
-        self.hosts.set_allocatable(name, None);
         self.memo.truncate(self.nodes.len());
         self.keep_cache_budget();
         if let Some(moved) = self.nodes.get(slot) {
@@ -388,21 +385,23 @@ impl Inventory {
     /// what it counted before; [`Inventory::remove`] gives it back. The node's free host
     /// resources, and so its fragmentation, follow.
     pub fn hold_host(&mut self, id: &str, node: &str, request: Host) {
-        if self.hosts.held(id) == Some((node, request)) {
-            return;
-        }
-        let before = self.hosts.hold(id, node, request);
-        self.host_changed(node);
-        if let Some(before) = before.filter(|b| b != node) {
-            self.host_changed(&before);
+        let hosts = self.packing.hosts();
+        let previous = match hosts.held(id) {
+            Some(held) if held == (node, request) => return,
+            Some((before, _)) if before != node => Some((before.to_string(), hosts.free(before))),
+            _ => None,
+        };
+        let free = hosts.free(node);
+        self.packing.hosts_mut().hold(id, node, request);
+        self.host_moved(node, free);
+        if let Some((before, free)) = previous {
+            self.host_moved(&before, free);
         }
     }
 
-    /// Recomputes a node's fragmentation when its free host resources moved.
-    fn host_changed(&mut self, node: &str) {
-        let free = self.hosts.free(node);
-        if free != self.packing.host(node) {
-            self.packing.set_host(node, free);
+    /// Recomputes a node's fragmentation when its free host resources are no longer `before`.
+    fn host_moved(&mut self, node: &str, before: Option<Host>) {
+        if self.packing.host(node) != before {
             self.node_touched(node);
         }
     }
@@ -410,12 +409,12 @@ impl Inventory {
     /// A node's free cpu/memory (allocatable minus the requests of the pods counted there);
     /// `None` when the node's allocatable is not known.
     pub fn free_host(&self, node: &str) -> Option<Host> {
-        self.hosts.free(node)
+        self.packing.host(node)
     }
 
     /// Pod ids whose cpu/memory is counted on a node.
     pub(super) fn host_holders(&self) -> impl Iterator<Item = &String> {
-        self.hosts.pods()
+        self.packing.hosts().pods()
     }
 
     /// All nodes, in no particular order.
@@ -478,8 +477,10 @@ impl Inventory {
     /// Removes whatever pod `id` holds, at any stage (the pod finished or is gone): its
     /// devices, returned, and its host resources.
     pub fn remove(&mut self, id: &str) -> Option<Placement> {
-        if let Some(node) = self.hosts.release(id) {
-            self.host_changed(&node);
+        if let Some((node, _)) = self.packing.hosts().held(id) {
+            let (node, free) = (node.to_string(), self.packing.host(node));
+            self.packing.hosts_mut().release(id);
+            self.host_moved(&node, free);
         }
         self.take_placement(id)
     }

@@ -133,18 +133,10 @@ impl FleetSpec {
         if !(1..=MAX_ZONES).contains(&zones) {
             return Err(ChurnError::Zones(zones));
         }
-        let bad = || ChurnError::Fleet(crate::core::node::clip(text));
-        let counts: Vec<u32> = text
-            .split(',')
-            .map(|s| s.trim().parse::<u32>())
-            .collect::<Result<_, _>>()
-            .map_err(|_| bad())?;
-        let [t4, a100, ascend] = counts[..] else {
-            return Err(bad());
-        };
-        if counts.iter().any(|&c| c > MAX_NODES_PER_CLASS) || counts.iter().all(|&c| c == 0) {
-            return Err(bad());
-        }
+        let counts = per_class(text)
+            .filter(|c| c.iter().all(|&c| c <= MAX_NODES_PER_CLASS) && c.iter().any(|&c| c > 0))
+            .ok_or_else(|| ChurnError::Fleet(crate::core::node::clip(text)))?;
+        let [t4, a100, ascend] = counts;
         Ok(FleetSpec {
             t4,
             a100,
@@ -156,19 +148,9 @@ impl FleetSpec {
 
     /// Sets the cores of one T4, A100 and 910B node from `T4,A100,910B` (`16,48,64`).
     pub fn with_node_cpu(mut self, text: &str) -> Result<Self, ChurnError> {
-        let bad = || ChurnError::NodeCpu(crate::core::node::clip(text));
-        let cores: Vec<u32> = text
-            .split(',')
-            .map(|s| s.trim().parse::<u32>())
-            .collect::<Result<_, _>>()
-            .map_err(|_| bad())?;
-        let [t4, a100, ascend] = cores[..] else {
-            return Err(bad());
-        };
-        if cores.iter().any(|&c| c == 0 || c > MAX_NODE_CPU) {
-            return Err(bad());
-        }
-        self.cpu = [t4, a100, ascend];
+        self.cpu = per_class(text)
+            .filter(|c| c.iter().all(|&c| (1..=MAX_NODE_CPU).contains(&c)))
+            .ok_or_else(|| ChurnError::NodeCpu(crate::core::node::clip(text)))?;
         Ok(self)
     }
 
@@ -179,6 +161,16 @@ impl FleetSpec {
             Class::Ascend => self.ascend * 8,
         }
     }
+}
+
+/// Three comma-separated numbers, one per class (`T4,A100,910B`); `None` otherwise.
+fn per_class(text: &str) -> Option<[u32; 3]> {
+    let numbers: Vec<u32> = text
+        .split(',')
+        .map(|s| s.trim().parse::<u32>())
+        .collect::<Result<_, _>>()
+        .ok()?;
+    numbers.try_into().ok()
 }
 
 /// A node class of the fleet.

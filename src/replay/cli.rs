@@ -182,9 +182,9 @@ pub fn run_churn(args: ChurnArgs) -> anyhow::Result<ExitCode> {
     use crate::replay::churn::{self, ChurnSpec, FleetSpec};
     let seeds = parse_seeds(&args.seeds)?;
     let spec = ChurnSpec {
-        fleet: match &args.node_cpu {
-            Some(cores) => FleetSpec::parse(&args.fleet, args.zones)?.with_node_cpu(cores)?,
-            None => FleetSpec::parse(&args.fleet, args.zones)?,
+        fleet: match (FleetSpec::parse(&args.fleet, args.zones)?, &args.node_cpu) {
+            (fleet, Some(cores)) => fleet.with_node_cpu(cores)?,
+            (fleet, None) => fleet,
         },
         rounds: args.rounds,
         demand: args.demand,

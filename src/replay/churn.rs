@@ -30,7 +30,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::core::config::Config;
-use crate::core::deletion::deletion_cost;
+use crate::core::deletion::{deletion_cost, refreshed_costs};
 use crate::core::facts::{ContainerResources, NodeFacts, PodFacts};
 use crate::core::node::{build_node, NodeInfo, RESOURCE_NVIDIA_GPU};
 use crate::core::schedule::{filter, observe, place_where, prioritize, Demand};
@@ -601,7 +601,8 @@ struct Pod {
     /// Node and round bound.
     bound: Option<(String, u32)>,
     demand: PodDemand,
-    /// `controller.kubernetes.io/pod-deletion-cost`, as vramfit writes it at bind (0: none).
+    /// `controller.kubernetes.io/pod-deletion-cost`, as vramfit writes it at bind and its
+    /// refresher rewrites it (0: none).
     cost: i64,
     cpu: u64,
     memory: u64,
@@ -951,6 +952,11 @@ pub fn run(
                 }
             }
         }
+        if matches!(scheduler, Scheduler::Profile(_) | Scheduler::Extender(_))
+            && config.deletion_cost
+        {
+            refresh_costs(&world, &mut pods, limit);
+        }
         measure(
             &world,
             &pods,
@@ -963,6 +969,35 @@ pub fn run(
     }
     result.rounds = u64::from(spec.rounds);
     Ok(result)
+}
+
+/// What `serve`'s deletion-cost refresher does between rounds: every bound replica's cost
+/// ranked afresh by the core ([`refreshed_costs`]) under the profile's zone skew limit.
+fn refresh_costs(world: &World, pods: &mut BTreeMap<u64, Pod>, limit: Option<u32>) {
+    let by_id: HashMap<String, u64> = pods
+        .values()
+        .map(|p| (p.demand.id.clone(), p.serial))
+        .collect();
+    for (model, spec) in MODELS.iter().enumerate() {
+        let Some(demand) = pods
+            .values()
+            .find(|p| p.model == model)
+            .map(|p| p.demand.clone())
+        else {
+            continue;
+        };
+        let costs = refreshed_costs(
+            &world.inventory,
+            spec.name,
+            &demand,
+            limit.unwrap_or(u32::MAX),
+        );
+        for (id, cost) in costs {
+            if let Some(pod) = by_id.get(&id).and_then(|serial| pods.get_mut(serial)) {
+                pod.cost = cost;
+            }
+        }
+    }
 }
 
 fn class_size(class: Class) -> u64 {

@@ -585,6 +585,45 @@ fn spread_keeps_zones_within_one_and_takes_a_small_device_wherever_that_allows()
 }
 
 #[test]
+fn a_replica_seen_before_its_node_counts_in_the_zone_the_node_brings() {
+    // Live mode lists pods and nodes at once: a bound pod may arrive before its node.
+    let config = Config::default();
+    let mut inventory = vramfit::core::Inventory::new();
+    let sdxl = |name: &str| {
+        pod_demand(
+            &mk_pod(name)
+                .gpus(1)
+                .vram("12Gi")
+                .model("sdxl")
+                .bound("a100")
+                .build(),
+            &config,
+            &Catalog::default(),
+        )
+        .unwrap()
+    };
+    record_bound(&mut inventory, &sdxl("early"), "a100", Some(&[0]));
+    assert_eq!(inventory.placement("uid-early").unwrap().zone, None);
+    let node = |zone: &str| build_node(&mk_a100("a100", zone, 2), &config, SystemTime::now());
+    inventory.upsert_node(node("a"));
+    assert_eq!(
+        inventory.placement("uid-early").unwrap().zone.as_deref(),
+        Some("a")
+    );
+    record_bound(&mut inventory, &sdxl("late"), "a100", Some(&[1]));
+    let replicas = inventory.replicas("sdxl").unwrap();
+    assert_eq!((replicas.in_zone("a"), replicas.on_node("a100")), (2, 2));
+    // The node's zone label changes: its replicas move with it.
+    inventory.upsert_node(node("b"));
+    let replicas = inventory.replicas("sdxl").unwrap();
+    assert_eq!((replicas.in_zone("a"), replicas.in_zone("b")), (0, 2));
+    assert_eq!(replicas.on_node("a100"), 2);
+    inventory.remove("uid-early");
+    inventory.remove("uid-late");
+    assert!(inventory.replicas("sdxl").is_none());
+}
+
+#[test]
 fn nodes_of_one_zone_share_the_zone_name_in_the_inventory() {
     let config = Config::default();
     let inventory = mk_inventory(

@@ -188,6 +188,7 @@ impl Inventory {
     /// Adds or replaces a node's capacity; placements recorded on it are applied again.
     pub fn upsert_node(&mut self, mut node: NodeInfo) {
         self.intern_zone(&mut node);
+        self.rezone_placements(&node.name, node.zone.as_deref());
         self.apply_ledger(&mut node);
         self.packing
             .hosts_mut()
@@ -210,6 +211,33 @@ impl Inventory {
         };
         self.packing.node_changed(slot, &self.nodes[slot]);
         self.keep_cache_budget();
+    }
+
+    /// Gives the placements on node `name` its zone `zone`, and moves their replicas between
+    /// the models' zone counts: a pod seen bound before its node (the pod list came first) or
+    /// on a node whose zone label changed would otherwise keep counting in no zone or the old one.
+    fn rezone_placements(&mut self, name: &str, zone: Option<&str>) {
+        let Some(ids) = self.pods_by_node.get(name) else {
+            return;
+        };
+        for id in ids {
+            let Some(entry) = self.ledger.get_mut(id) else {
+                continue;
+            };
+            let placement = &mut entry.placement;
+            if placement.zone.as_deref() == zone {
+                continue;
+            }
+            if let Some(replicas) = placement
+                .model
+                .as_deref()
+                .and_then(|m| self.models.get_mut(m))
+            {
+                replicas.subtract(name, placement.zone.as_deref());
+                replicas.add(name, zone);
+            }
+            placement.zone = zone.map(String::from);
+        }
     }
 
     /// Points the node's zone at the inventory's shared copy of that name.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use vramfit::core::{pod_demand, Catalog, Config, Placement};
-use vramfit::extender::binder::{BindFailure, BindTarget, Binder, RecordOnly};
+use vramfit::extender::binder::{BindFailure, BindTarget, Binder, CostWriteError, RecordOnly};
 use vramfit::extender::state::{ExtenderState, DEMAND_CACHE_CHECK_EVERY, DEMAND_CACHE_SIZE};
 use vramfit::kubernetes::objects::{Node, Pod};
 
@@ -133,6 +133,16 @@ impl Binder for Recording {
     ) -> BoxFuture<'a, Result<(), BindFailure>> {
         self.0.lock().unwrap().push(placement.clone());
         Box::pin(async { Ok(()) })
+    }
+
+    fn set_deletion_cost<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: i64,
+    ) -> BoxFuture<'a, Result<(), CostWriteError>> {
+        // No refresher runs in these tests (no watch, no `spawn_live`).
+        Box::pin(async { Err(CostWriteError::Failed("not recorded".into())) })
     }
 }
 

@@ -243,3 +243,98 @@ async fn the_binding_is_the_captured_one_plus_the_assignment() {
         Some(json!({"vramfit.io/assigned-devices": "2"}))
     );
 }
+
+/// A replica of model `sdxl` (12 GiB, `vramfit-spread`), bound to `node` on `device`, its
+/// deletion cost annotation still the one a Binding wrote long ago.
+fn replica(name: &str, node: &str, device: &str) -> Value {
+    let mut pod = pod_json(name)
+        .gpus(1)
+        .vram("12Gi")
+        .scheduler("vramfit-spread")
+        .annotation("controller.kubernetes.io/pod-deletion-cost", "0")
+        .bound(node)
+        .assigned(device)
+        .build();
+    pod["metadata"]["labels"] = json!({"vramfit.io/model": "sdxl"});
+    pod
+}
+
+fn deletion_cost(api: &FakeApi, name: &str) -> Option<String> {
+    api.pod(name)?["metadata"]["annotations"]["controller.kubernetes.io/pod-deletion-cost"]
+        .as_str()
+        .map(String::from)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refresher_rewrites_stale_deletion_costs_so_scale_downs_keep_zones_even() {
+    let zoned = |name: &str, zone: &str, gpus: u32| {
+        node_json(name, gpus).label("topology.kubernetes.io/zone", zone)
+    };
+    // Zone a: a T4 (the smallest device SDXL fits) and an A100; zones b and c: an A100 each.
+    let api = FakeApi::builder()
+        .nodes([
+            zoned("t4-a", "a", 1).product("Tesla-T4", 15360).build(),
+            zoned("a100-a", "a", 2).build(),
+            zoned("a100-b", "b", 2).build(),
+            zoned("a100-c", "c", 2).build(),
+        ])
+        .pods([
+            replica("sdxl-t4", "t4-a", "0"),
+            replica("sdxl-a", "a100-a", "0"),
+            replica("sdxl-b1", "a100-b", "0"),
+            replica("sdxl-b2", "a100-b", "1"),
+            replica("sdxl-c", "a100-c", "0"),
+        ])
+        .start();
+    let client = api.client();
+    let binder = vramfit::extender::binder::KubeBinder::new(client.clone(), Duration::from_secs(5));
+    let state = Arc::new(ExtenderState::new(
+        Config::default(),
+        Catalog::default(),
+        Box::new(binder),
+    ));
+    vramfit::extender::watch::spawn_live(client, state.clone(), Duration::from_secs(120));
+    eventually("ready", || state.is_ready()).await;
+    eventually("the five replicas seen", || {
+        state
+            .read()
+            .replicas("sdxl")
+            .is_some_and(|r| ["a", "b", "c"].iter().map(|z| r.in_zone(z)).sum::<u32>() == 5)
+    })
+    .await;
+    // Zones hold 2 / 2 / 1 replicas; four sit on A100s while a T4 fits SDXL. Lowest cost goes
+    // first: each oversized replica as soon as its zone can spare it within skew 1 (a's, then
+    // b's two — the second once zone a is down to one — then c's), the T4 replica last.
+    vramfit::extender::deletion::refresh_once(&state, false).await;
+    let costs = || -> Vec<Option<String>> {
+        ["sdxl-a", "sdxl-b2", "sdxl-b1", "sdxl-c", "sdxl-t4"]
+            .iter()
+            .map(|name| deletion_cost(&api, name))
+            .collect()
+    };
+    let expected = |values: &[&str]| -> Vec<Option<String>> {
+        values.iter().map(|v| Some(v.to_string())).collect()
+    };
+    assert_eq!(costs(), expected(&["-5", "-4", "-3", "-2", "-1"]));
+    assert_eq!(state.deletion_costs().written(), 5);
+    // The watch echoes the writes; once it has, nothing is due.
+    eventually("the written costs seen by the watch", || {
+        state.deletion_costs().due(&state, true).is_empty()
+    })
+    .await;
+
+    // The T4 replica goes (a scale-down took it): zone a keeps only its oversized replica, which
+    // may no longer go first (zone a would be empty while b holds two). The refresher's own
+    // pass, a few seconds later, ranks the rest afresh: b's second, then a's, b's first, c's.
+    api.delete_pod("sdxl-t4");
+    eventually("costs ranked again without the T4 replica", || {
+        costs()[..4] == expected(&["-3", "-4", "-2", "-1"])[..]
+    })
+    .await;
+    assert_eq!(state.deletion_costs().failures(), 0);
+    let metrics = get(&extender(state.clone()), "/metrics").await.1;
+    assert!(
+        metrics.contains("vramfit_deletion_cost_updates_total 8"),
+        "{metrics}"
+    );
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod as ApiPod;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::{json, Value};
 
@@ -39,6 +39,17 @@ pub struct BindFailure {
     pub definite: bool,
 }
 
+/// Why a deletion cost could not be written onto a pod.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CostWriteError {
+    /// The pod no longer exists (404).
+    #[error("the pod no longer exists")]
+    Gone,
+    /// Any other failure, in words; the refresher retries.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Makes a committed placement real (creates the Binding), or says why not. `deletion_cost`
 /// is the pod's `controller.kubernetes.io/pod-deletion-cost` (see `core::deletion`), if any.
 pub trait Binder: Send + Sync {
@@ -49,6 +60,21 @@ pub trait Binder: Send + Sync {
         placement: &'a Placement,
         deletion_cost: Option<i64>,
     ) -> BoxFuture<'a, Result<(), BindFailure>>;
+
+    /// Rewrites a bound pod's `controller.kubernetes.io/pod-deletion-cost` (the refresher in
+    /// `extender::deletion`); the value is clamped to int32 as at bind.
+    fn set_deletion_cost<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        cost: i64,
+    ) -> BoxFuture<'a, Result<(), CostWriteError>>;
+}
+
+/// The annotation value of a deletion cost: the API server only accepts an int32.
+pub fn deletion_cost_value(cost: i64) -> String {
+    cost.clamp(i64::from(i32::MIN), i64::from(i32::MAX))
+        .to_string()
 }
 
 /// The annotations a Binding carries so the API server writes the assignment onto the pod with
@@ -65,8 +91,10 @@ pub fn binding_annotations(
         return annotations;
     }
     if let Some(cost) = deletion_cost {
-        let cost = cost.clamp(i64::from(i32::MIN), i64::from(i32::MAX));
-        annotations.insert(ANNOTATION_DELETION_COST.to_string(), cost.to_string());
+        annotations.insert(
+            ANNOTATION_DELETION_COST.to_string(),
+            deletion_cost_value(cost),
+        );
     }
     let devices: Vec<String> = placement
         .shares
@@ -97,9 +125,19 @@ impl Binder for RecordOnly {
     ) -> BoxFuture<'a, Result<(), BindFailure>> {
         Box::pin(async { Ok(()) })
     }
+
+    fn set_deletion_cost<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: i64,
+    ) -> BoxFuture<'a, Result<(), CostWriteError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
-/// Creates Bindings through the API server (RBAC: `create` on `pods/binding`).
+/// Creates Bindings through the API server (RBAC: `create` on `pods/binding`) and rewrites
+/// bound pods' deletion costs (`patch` on `pods`).
 pub struct KubeBinder {
     client: Client,
     timeout: Duration,
@@ -168,6 +206,38 @@ impl Binder for KubeBinder {
                     message: other.to_string(),
                     definite: false,
                 }),
+            }
+        })
+    }
+
+    fn set_deletion_cost<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        cost: i64,
+    ) -> BoxFuture<'a, Result<(), CostWriteError>> {
+        Box::pin(async move {
+            let api: Api<ApiPod> = Api::namespaced(self.client.clone(), namespace);
+            let patch = json!({"metadata": {"annotations": {
+                ANNOTATION_DELETION_COST: deletion_cost_value(cost),
+            }}});
+            let params = PatchParams::default();
+            let patch = Patch::Merge(&patch);
+            let call = api.patch(name, &params, &patch);
+            match tokio::time::timeout(self.timeout, call).await {
+                Err(_) => Err(CostWriteError::Failed(format!(
+                    "the API server did not answer within {:?}",
+                    self.timeout
+                ))),
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(kube::Error::Api(status))) if status.code == 404 => {
+                    Err(CostWriteError::Gone)
+                }
+                Ok(Err(kube::Error::Api(status))) => Err(CostWriteError::Failed(format!(
+                    "{} ({})",
+                    status.message, status.code
+                ))),
+                Ok(Err(other)) => Err(CostWriteError::Failed(other.to_string())),
             }
         })
     }

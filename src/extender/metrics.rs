@@ -137,6 +137,8 @@ pub struct ScrapeInput {
     reservations: usize,
     watch: Vec<(&'static str, Option<f64>, u64)>,
     ledger_corrections: u64,
+    /// Deletion costs written and failed writes (`extender::deletion`).
+    deletion_costs: (u64, u64),
 }
 
 impl ScrapeInput {
@@ -200,6 +202,8 @@ impl ScrapeInput {
         let mut input = ScrapeInput::capture(&cluster.read());
         input.reservations = cluster.reserved_pods();
         input.ledger_corrections = cluster.ledger_corrections();
+        let costs = cluster.deletion_costs();
+        input.deletion_costs = (costs.written(), costs.failures());
         input.watch = [
             (WatchedResource::Nodes, "nodes"),
             (WatchedResource::Pods, "pods"),
@@ -454,6 +458,20 @@ impl Metrics {
             corrections.clone(),
         );
         corrections.inc_by(input.ledger_corrections);
+        let costs_written = Counter::<u64>::default();
+        registry.register(
+            "deletion_cost_updates",
+            "Live mode: controller.kubernetes.io/pod-deletion-cost values rewritten on bound replicas so scale-downs keep zones even and free big devices first",
+            costs_written.clone(),
+        );
+        costs_written.inc_by(input.deletion_costs.0);
+        let costs_failed = Counter::<u64>::default();
+        registry.register(
+            "deletion_cost_update_errors",
+            "Live mode: deletion-cost writes the API server refused or did not answer (each retried on the next pass)",
+            costs_failed.clone(),
+        );
+        costs_failed.inc_by(input.deletion_costs.1);
         for (resource, age, errors) in &input.watch {
             let labels = ResourceLabels {
                 resource: (*resource).into(),

@@ -4,6 +4,7 @@
 //! operations.
 
 pub mod binder;
+pub mod deletion;
 pub mod http;
 pub mod listener;
 pub mod metrics;

@@ -13,12 +13,14 @@ use std::time::{Duration, Instant, SystemTime};
 use dashmap::DashMap;
 use rustc_hash::FxBuildHasher;
 
-use crate::core::deletion::deletion_cost;
+use crate::core::deletion::{deletion_cost, ANNOTATION_DELETION_COST};
 use crate::core::reconcile::{corrections, AllocatedDevices, ANNOTATION_ALLOCATED_DEVICES};
 use crate::core::{
-    build_node, Catalog, Config, Demand, Inventory, Observed, Placement, PodFacts, ReserveError,
+    build_node, pod_demand, Catalog, Config, Demand, Inventory, Observed, Placement, PodFacts,
+    ReserveError,
 };
 use crate::extender::binder::{BindTarget, Binder, RecordOnly};
+use crate::extender::deletion::CostBook;
 use crate::kubernetes::objects::{Node, Pod};
 use crate::kubernetes::snapshot::Objects;
 
@@ -211,6 +213,7 @@ pub struct ExtenderState {
     /// Watch progress in live mode (unused with a snapshot).
     pub health: WatchHealth,
     ledger_corrections: AtomicU64,
+    deletion_costs: CostBook,
 }
 
 impl ExtenderState {
@@ -228,6 +231,7 @@ impl ExtenderState {
             binder,
             health: WatchHealth::default(),
             ledger_corrections: Default::default(),
+            deletion_costs: CostBook::default(),
         }
     }
 
@@ -262,6 +266,16 @@ impl ExtenderState {
         self.inventory
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The binder placements are made real with (also the writer of deletion costs).
+    pub fn binder(&self) -> &dyn Binder {
+        self.binder.as_ref()
+    }
+
+    /// The deletion-cost refresher's record (`extender::deletion`).
+    pub fn deletion_costs(&self) -> &CostBook {
+        &self.deletion_costs
     }
 
     /// Whether the state is complete enough to answer.
@@ -425,8 +439,41 @@ impl ExtenderState {
             observed => {
                 log_observed(&facts, &observed);
                 self.demands.forget(&id);
+                if matches!(observed, Observed::Bound { .. }) {
+                    self.note_replica(&facts, &id);
+                } else {
+                    self.deletion_costs.gone(&id);
+                }
             }
         }
+    }
+
+    /// Tells the deletion-cost refresher that bound pod `id` is a replica of the model its
+    /// placement names (if any), with the cost its annotation holds.
+    fn note_replica(&self, facts: &PodFacts, id: &str) {
+        if !self.config.deletion_cost {
+            return;
+        }
+        let placement_model = self
+            .read()
+            .placement(id)
+            .filter(|p| !p.shares.is_empty())
+            .and_then(|p| p.model.clone());
+        let Some(model) = placement_model else {
+            return;
+        };
+        let demand = (!self.deletion_costs.tracks(id, &model))
+            .then(|| pod_demand(facts, &self.config, &self.catalog).ok())
+            .flatten();
+        self.deletion_costs.saw_bound(
+            id,
+            &model,
+            facts
+                .annotations
+                .get(ANNOTATION_DELETION_COST)
+                .map(String::as_str),
+            demand,
+        );
     }
 
     /// A Pod is gone: whatever it held is released.
@@ -434,6 +481,7 @@ impl ExtenderState {
         let id = pod.facts().ledger_id();
         self.write().remove(&id);
         self.demands.forget(&id);
+        self.deletion_costs.gone(&id);
     }
 
     /// After a full relist of Pods: releases placements of pods the list no longer has, except
@@ -441,6 +489,7 @@ impl ExtenderState {
     /// taken is not in it); the cache's bound covers those of pods gone meanwhile.
     pub fn retain_pods(&self, seen: &HashSet<String>) {
         self.write().retain_pods(|id| seen.contains(id));
+        self.deletion_costs.retain(|id| seen.contains(id));
     }
 
     /// Releases reservations older than `ttl` at `now` that no pod event confirmed (a bind

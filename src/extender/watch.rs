@@ -195,10 +195,17 @@ pub async fn sweep_reservations(state: Arc<ExtenderState>, ttl: Duration, every:
     }
 }
 
-/// Starts the watchers and the sweeper; the state turns ready once both initial lists are in.
+/// Starts the watchers, the reservation sweeper and (with `deletionCost`) the deletion-cost
+/// refresher; the state turns ready once both initial lists are in.
 pub fn spawn_live(client: Client, state: Arc<ExtenderState>, reservation_ttl: Duration) {
     tokio::spawn(watch_nodes(client.clone(), state.clone()));
     tokio::spawn(watch_pods(client, state.clone()));
+    if state.config.deletion_cost {
+        tokio::spawn(crate::extender::deletion::refresh_deletion_costs(
+            state.clone(),
+            crate::extender::deletion::REFRESH_EVERY,
+        ));
+    }
     tokio::spawn(sweep_reservations(
         state,
         reservation_ttl,

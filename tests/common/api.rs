@@ -3,7 +3,7 @@
 //!
 //! It serves core/v1 the way the real one does for the calls vramfit makes: node and pod lists
 //! (paged on request), watches that replay every event after the requested resourceVersion and
-//! then stay open, `GET`/`PATCH` (JSON merge patch) of a node, and `pods/binding` (201, 404 for
+//! then stay open, `GET`/`PATCH` (JSON merge patch) of a node, `PATCH` of a pod, and `pods/binding` (201, 404 for
 //! an unknown pod, 409 for one already bound). Every request is recorded. It runs on its own
 //! thread and runtime, so a test may use a paused clock or no runtime at all.
 
@@ -438,6 +438,22 @@ impl Shared {
                     merge_patch(node, &patch);
                 }
                 axum::Json(node.clone()).into_response()
+            }
+            ("PATCH", ["api", "v1", "namespaces", _, "pods", name]) => {
+                let mut pods = self.pods.lock().unwrap();
+                let Some(pod) = pods.get_mut(*name) else {
+                    return status(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        format!("pods \"{name}\" not found"),
+                    );
+                };
+                let patch: Value = serde_json::from_str(&request.body).unwrap();
+                merge_patch(pod, &patch);
+                let pod = pod.clone();
+                drop(pods);
+                self.pod_events.send("MODIFIED", pod.clone());
+                axum::Json(pod).into_response()
             }
             ("POST", ["api", "v1", "namespaces", _, "pods", name, "binding"]) => {
                 self.bind(name, &request.body).await

@@ -21,8 +21,9 @@ use crate::common::objects::{node_json, pod_json};
 /// * agent (`src/agent/run.rs`): PATCH its Node (a JSON merge patch of one annotation); get to
 ///   read it back.
 /// * extender (`vramfit-extender`; live mode, `src/extender/watch.rs`): the watchers list and watch nodes
-///   and pods, `KubeBinder` creates pods/binding (`src/extender/binder.rs`; `src/kubernetes/client.rs`, for `place`, only lists). No
-///   get: nothing reads one object by name.
+///   and pods, `KubeBinder` creates pods/binding and patches pods' deletion cost
+///   (`src/extender/binder.rs`, `deletion.rs`; `src/kubernetes/client.rs`, for `place`, only
+///   lists). No get: nothing reads one object by name.
 /// * device plugin (`src/agent/node_pods.rs`, `allocated.rs`): get its Node (the sharing
 ///   label), list the pods bound to it, patch its Node (one annotation); checked in
 ///   `device_plugin.rs`.
@@ -38,6 +39,7 @@ const GRANTS: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("vramfit-scheduler", "cluster", "", "nodes", "watch", ""),
     ("vramfit-scheduler", "cluster", "", "pods", "list", ""),
     ("vramfit-scheduler", "cluster", "", "pods", "watch", ""),
+    ("vramfit-scheduler", "cluster", "", "pods", "patch", ""),
     (
         "vramfit-scheduler",
         "cluster",
@@ -347,8 +349,8 @@ fn the_api_calls_the_code_makes_are_granted() {
                 .unwrap();
         });
     });
-    // The extender in live mode: the watchers until both have listed and are watching, and one
-    // Binding.
+    // The extender in live mode: the watchers until both have listed and are watching, one
+    // Binding and one deletion-cost patch.
     let extender = calls(&|| {
         runtime.block_on(async {
             let catalog = vramfit::core::Catalog::default();
@@ -380,6 +382,11 @@ fn the_api_calls_the_code_makes_are_granted() {
                 .bind(&target, &placement, None)
                 .await
                 .unwrap();
+            // The deletion-cost refresher's one write.
+            vramfit::extender::binder::KubeBinder::new(client(), Duration::from_secs(3))
+                .set_deletion_cost("ml", "p", -2)
+                .await
+                .unwrap();
         });
     });
     let base = Base::load();
@@ -406,6 +413,7 @@ fn the_api_calls_the_code_makes_are_granted() {
         ("list", "pods"),
         ("watch", "pods"),
         ("create", "pods/binding"),
+        ("patch", "pods"),
     ]);
     assert_eq!(extender, live);
     // The extender's ClusterRole grants exactly what live mode calls.

@@ -1,0 +1,399 @@
+//! The deletion-cost refresher (live mode): keeps `controller.kubernetes.io/pod-deletion-cost`
+//! on every bound replica of a model equal to the order the core ranks now
+//! ([`crate::core::deletion::refreshed_costs`]), so that the ReplicaSet controller's next
+//! scale-down, whatever its size, keeps the model's zones within the profile's skew and takes
+//! replicas on oversized devices first. The cost a Binding carries is fixed at bind and goes
+//! stale as replicas come and go; this rewrites, a few seconds after a change, only the costs
+//! that differ from what the pods' annotations hold.
+//!
+//! The pod watch tells the [`CostBook`] which bound replicas exist and what their annotations
+//! say; a model whose replicas changed is marked for the next pass, and every
+//! [`RESYNC_PASSES`] passes all models are (nodes added or removed change which devices are
+//! oversized and which zones count). Writes are JSON merge patches of the one annotation
+//! through the [`Binder`](crate::extender::binder::Binder) (RBAC: `patch` on `pods`); a failed
+//! one is retried on the next pass.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::core::deletion::{refreshed_costs, ANNOTATION_DELETION_COST};
+use crate::core::{Config, PodDemand};
+use crate::extender::binder::CostWriteError;
+use crate::extender::state::ExtenderState;
+
+/// How often the refresher looks for models whose replicas changed.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(2);
+/// Every this many passes, all models are refreshed, changed or not.
+pub const RESYNC_PASSES: u64 = 30;
+
+/// A bound replica the watch has shown: its demand and what its annotation holds, as last
+/// seen by the watch or written here.
+struct Tracked {
+    demand: PodDemand,
+    cost: Option<i64>,
+}
+
+#[derive(Default)]
+struct Book {
+    /// Per model, its bound replicas by ledger id.
+    models: BTreeMap<String, BTreeMap<String, Tracked>>,
+    /// The model of each tracked replica.
+    model_of: HashMap<String, String>,
+    dirty: BTreeSet<String>,
+}
+
+impl Book {
+    fn forget(&mut self, id: &str) {
+        let Some(model) = self.model_of.remove(id) else {
+            return;
+        };
+        if let Some(replicas) = self.models.get_mut(&model) {
+            replicas.remove(id);
+            if replicas.is_empty() {
+                self.models.remove(&model);
+            }
+        }
+        self.dirty.insert(model);
+    }
+}
+
+/// One cost to write: the pod and its new value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CostUpdate {
+    /// The pod's ledger id (its UID).
+    pub id: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The model it is a replica of.
+    pub model: String,
+    /// The cost to write.
+    pub cost: i64,
+}
+
+/// The refresher's record: per model its bound replicas (demand and the cost each annotation
+/// holds), and the models changed since the last pass.
+///
+/// The demand standing for a model is its replica with the smallest ledger id, so that both
+/// replicas of an HA deployment, each running a refresher from the same watch, rank alike
+/// and agree on every value (a write is skipped where the annotation already holds it).
+#[derive(Default)]
+pub struct CostBook {
+    book: Mutex<Book>,
+    written: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl CostBook {
+    fn lock(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether bound replica `id` of `model` is tracked (the caller then need not compute its
+    /// demand again).
+    pub fn tracks(&self, id: &str, model: &str) -> bool {
+        self.lock()
+            .model_of
+            .get(id)
+            .is_some_and(|known| known == model)
+    }
+
+    /// A bound replica `id` of `model` was seen with `annotation` (the raw value of
+    /// `controller.kubernetes.io/pod-deletion-cost`, if any); `demand` is its demand when it
+    /// is not tracked yet (`None` keeps the tracked one). The model is marked for the next
+    /// pass when the pod is new or its annotation changed.
+    pub fn saw_bound(
+        &self,
+        id: &str,
+        model: &str,
+        annotation: Option<&str>,
+        demand: Option<PodDemand>,
+    ) {
+        let cost = annotation.and_then(|raw| raw.trim().parse::<i64>().ok());
+        let mut book = self.lock();
+        if book.model_of.get(id).is_some_and(|known| known != model) {
+            book.forget(id);
+        }
+        let replicas = book.models.entry(model.to_string()).or_default();
+        let changed = match (replicas.get_mut(id), demand) {
+            (Some(tracked), _) => {
+                let changed = tracked.cost != cost;
+                tracked.cost = cost;
+                changed
+            }
+            (None, Some(demand)) => {
+                replicas.insert(id.to_string(), Tracked { demand, cost });
+                true
+            }
+            (None, None) => false,
+        };
+        if replicas.is_empty() {
+            book.models.remove(model);
+            return;
+        }
+        book.model_of.insert(id.to_string(), model.to_string());
+        if changed {
+            book.dirty.insert(model.to_string());
+        }
+    }
+
+    /// Pod `id` is gone or finished: its model's order changes.
+    pub fn gone(&self, id: &str) {
+        self.lock().forget(id);
+    }
+
+    /// After a full relist of pods: forgets the pods `keep` rejects.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut book = self.lock();
+        let gone: Vec<String> = book
+            .model_of
+            .keys()
+            .filter(|id| !keep(id))
+            .cloned()
+            .collect();
+        for id in gone {
+            book.forget(&id);
+        }
+    }
+
+    /// The costs to write now: for each model marked since the last pass (every tracked model
+    /// when `all`), the core's ranking over `state`'s inventory under the skew limit of the
+    /// model's profile, less the pods whose annotation already holds their cost.
+    pub fn due(&self, state: &ExtenderState, all: bool) -> Vec<CostUpdate> {
+        let models: Vec<(String, PodDemand)> = {
+            let mut book = self.lock();
+            let dirty = std::mem::take(&mut book.dirty);
+            book.models
+                .iter()
+                .filter(|(model, _)| all || dirty.contains(*model))
+                .filter_map(|(model, replicas)| {
+                    let (_, first) = replicas.first_key_value()?;
+                    Some((model.clone(), first.demand.clone()))
+                })
+                .collect()
+        };
+        let mut updates = Vec::new();
+        for (model, demand) in models {
+            let max_skew = max_zone_skew(&state.config, &demand);
+            let ranked: Vec<(String, String, i64)> = {
+                let inventory = state.read();
+                refreshed_costs(&inventory, &model, &demand, max_skew)
+                    .into_iter()
+                    .filter_map(|(id, cost)| {
+                        let pod = inventory.placement(&id)?.pod.clone();
+                        Some((id, pod, cost))
+                    })
+                    .collect()
+            };
+            let book = self.lock();
+            let Some(replicas) = book.models.get(&model) else {
+                continue;
+            };
+            for (id, pod, cost) in ranked {
+                // Only pods the watch has shown bound are written.
+                let Some(tracked) = replicas.get(&id) else {
+                    continue;
+                };
+                if tracked.cost == Some(cost) {
+                    continue;
+                }
+                let Some((namespace, name)) = pod.split_once('/') else {
+                    continue;
+                };
+                updates.push(CostUpdate {
+                    id,
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    model: model.clone(),
+                    cost,
+                });
+            }
+        }
+        updates
+    }
+
+    /// `update` was written: the pod's annotation holds its cost now.
+    pub fn wrote(&self, update: &CostUpdate) {
+        self.written.fetch_add(1, Ordering::Relaxed);
+        let mut book = self.lock();
+        let tracked = book
+            .models
+            .get_mut(&update.model)
+            .and_then(|replicas| replicas.get_mut(&update.id));
+        if let Some(tracked) = tracked {
+            tracked.cost = Some(update.cost);
+        }
+    }
+
+    /// Writing `update` failed: its model is tried again on the next pass.
+    pub fn failed(&self, update: &CostUpdate) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        self.lock().dirty.insert(update.model.clone());
+    }
+
+    /// Costs written since start.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// Cost writes that failed since start (each retried).
+    pub fn failures(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
+/// The zone skew limit of the profile `demand`'s pod is scheduled with (`u32::MAX` for none).
+fn max_zone_skew(config: &Config, demand: &PodDemand) -> u32 {
+    config
+        .profile_for(demand.scheduler_name.as_deref())
+        .1
+        .max_zone_skew
+        .unwrap_or(u32::MAX)
+}
+
+/// One pass: writes every due cost through the state's binder. Returns how many were written.
+pub async fn refresh_once(state: &ExtenderState, all: bool) -> usize {
+    let book = state.deletion_costs();
+    let mut written = 0;
+    for update in book.due(state, all) {
+        match state
+            .binder()
+            .set_deletion_cost(&update.namespace, &update.name, update.cost)
+            .await
+        {
+            Ok(()) => {
+                book.wrote(&update);
+                written += 1;
+            }
+            Err(CostWriteError::Gone) => {
+                // Its deletion event settles the order.
+                book.gone(&update.id);
+            }
+            Err(CostWriteError::Failed(error)) => {
+                tracing::warn!(pod = %format!("{}/{}", update.namespace, update.name), annotation = ANNOTATION_DELETION_COST, %error, "could not update the deletion cost; retrying");
+                book.failed(&update);
+            }
+        }
+    }
+    if written > 0 {
+        tracing::debug!(written, "deletion costs refreshed");
+    }
+    written
+}
+
+/// Refreshes deletion costs every `every` while the state is ready, all models every
+/// [`RESYNC_PASSES`] passes.
+pub async fn refresh_deletion_costs(state: Arc<ExtenderState>, every: Duration) {
+    let mut pass: u64 = 0;
+    loop {
+        tokio::time::sleep(every).await;
+        if !state.is_ready() {
+            continue;
+        }
+        pass += 1;
+        refresh_once(&state, pass.is_multiple_of(RESYNC_PASSES)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::core::facts::{ContainerResources, NodeFacts, PodFacts};
+    use crate::core::{build_node, pod_demand, record_bound, Catalog};
+    use crate::extender::binder::RecordOnly;
+
+    fn node(name: &str, zone: &str, product: &str, mib: u32) -> NodeFacts {
+        NodeFacts {
+            name: name.into(),
+            labels: BTreeMap::from([
+                ("topology.kubernetes.io/zone".into(), zone.into()),
+                ("nvidia.com/gpu.product".into(), product.into()),
+                ("nvidia.com/gpu.memory".into(), mib.to_string()),
+            ]),
+            allocatable: BTreeMap::from([("nvidia.com/gpu".into(), "1".into())]),
+            ..NodeFacts::default()
+        }
+    }
+
+    fn replica(name: &str, node: &str) -> PodFacts {
+        PodFacts {
+            namespace: "ml".into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            labels: BTreeMap::from([("vramfit.io/model".into(), "sdxl".into())]),
+            annotations: BTreeMap::from([("vramfit.io/vram".into(), "12Gi".into())]),
+            scheduler_name: Some("vramfit-spread".into()),
+            node_name: Some(node.into()),
+            containers: vec![ContainerResources {
+                limits: BTreeMap::from([("nvidia.com/gpu".into(), "1".into())]),
+                ..ContainerResources::default()
+            }],
+            ..PodFacts::default()
+        }
+    }
+
+    #[test]
+    fn the_book_asks_for_what_differs_and_settles_on_the_echo() {
+        let state = ExtenderState::new(Config::default(), Catalog::default(), Box::new(RecordOnly));
+        let config = state.config.clone();
+        let book = CostBook::default();
+        let mut demands = Vec::new();
+        {
+            let mut inventory = state.write();
+            for facts in [
+                node("t4-a", "a", "Tesla-T4", 15360),
+                node("a100-b", "b", "NVIDIA-A100-SXM4-80GB", 81920),
+            ] {
+                inventory.upsert_node(build_node(&facts, &config, SystemTime::UNIX_EPOCH));
+            }
+            for (name, on) in [("small", "t4-a"), ("big", "a100-b")] {
+                let demand = pod_demand(&replica(name, on), &config, &Catalog::default()).unwrap();
+                record_bound(&mut inventory, &demand, on, Some(&[0]));
+                demands.push(demand);
+            }
+        }
+        for demand in &demands {
+            book.saw_bound(&demand.id, "sdxl", Some("0"), Some(demand.clone()));
+        }
+        // One replica per zone (skew 0): the one on the A100, where a T4 fits SDXL, goes first.
+        let due = book.due(&state, false);
+        let costs: Vec<(&str, i64)> = due.iter().map(|u| (u.name.as_str(), u.cost)).collect();
+        assert_eq!(costs.len(), 2);
+        assert!(costs.contains(&("big", -2)) && costs.contains(&("small", -1)), "{costs:?}");
+        for update in &due {
+            book.wrote(update);
+        }
+        assert_eq!(book.written(), 2);
+        // The watch echoes the writes: nothing changed, nothing due, even on a full pass.
+        book.saw_bound("uid-big", "sdxl", Some("-2"), None);
+        book.saw_bound("uid-small", "sdxl", Some("-1"), None);
+        assert!(book.due(&state, false).is_empty());
+        assert!(book.due(&state, true).is_empty());
+        // Someone else rewrites one: it is put back on the next pass.
+        book.saw_bound("uid-small", "sdxl", Some("7"), None);
+        let due = book.due(&state, false);
+        assert_eq!(
+            due.iter().map(|u| (u.name.as_str(), u.cost)).collect::<Vec<_>>(),
+            [("small", -1)]
+        );
+        book.failed(&due[0]);
+        assert_eq!(book.failures(), 1);
+        assert_eq!(book.due(&state, false).len(), 1, "a failed write is retried");
+        // A replica the watch has not shown bound is never written; a gone one is forgotten.
+        book.gone("uid-big");
+        book.gone("uid-big");
+        state.write().remove("uid-big");
+        book.wrote(&due[0]);
+        assert!(book.due(&state, true).is_empty());
+        assert!(!book.tracks("uid-big", "sdxl"));
+        assert!(book.tracks("uid-small", "sdxl"));
+        book.retain(|_| false);
+        assert!(!book.tracks("uid-small", "sdxl"));
+    }
+}

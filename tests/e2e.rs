@@ -241,6 +241,36 @@ async fn wait_bound(client: &Client, names: &[String], within: Duration) -> BTre
 }
 
 /// Every bound pod in the namespace: (node, device) → pods holding it.
+/// Waits until the pods `names` carry the deletion costs −n … −1, one each (n = their count).
+async fn wait_costs(client: &Client, names: &[String], within: Duration) {
+    let api: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let wanted: Vec<i64> = (-(names.len() as i64)..0).collect();
+    let deadline = Instant::now() + within;
+    loop {
+        let mut costs = Vec::new();
+        for name in names {
+            let pod = api.get(name).await.unwrap();
+            let cost = pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("controller.kubernetes.io/pod-deletion-cost"))
+                .and_then(|v| v.parse::<i64>().ok());
+            costs.push(cost);
+        }
+        let mut known: Vec<i64> = costs.iter().flatten().copied().collect();
+        known.sort_unstable();
+        if known == wanted {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deletion costs {costs:?}, wanted a permutation of {wanted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn device_holders(client: &Client) -> BTreeMap<(String, u32), Vec<String>> {
     let api: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
     let mut holders: BTreeMap<(String, u32), Vec<String>> = BTreeMap::new();
@@ -445,6 +475,17 @@ fn a_real_kube_scheduler_places_pods_through_vramfit() {
             let holders = device_holders(&client).await;
             // 4 + 6 + 11 pods, 2 + 1 + 1 + 6 + 11 devices, each held once.
             assert_eq!(holders.len(), 21);
+
+            // 5. The deletion-cost refresher ranks the model's replicas: −11 … −1, one each,
+            // through real merge patches; after a scale-down (three deleted), −8 … −1.
+            wait_costs(&client, &names, Duration::from_secs(60)).await;
+            let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+            for name in &names[..3] {
+                pods.delete(name, &DeleteParams::default().grace_period(0))
+                    .await
+                    .unwrap();
+            }
+            wait_costs(&client, &names[3..], Duration::from_secs(60)).await;
         });
     }));
     stop(&mut vramfit);

@@ -241,11 +241,12 @@ async fn wait_bound(client: &Client, names: &[String], within: Duration) -> BTre
 }
 
 /// Every bound pod in the namespace: (node, device) → pods holding it.
-/// Waits until the pods `names` carry the deletion costs −n … −1, one each (n = their count).
-async fn wait_costs(client: &Client, names: &[String], within: Duration) {
+/// Waits until every pod of `names` carries a deletion cost and two reads 5 s apart (two
+/// refresher passes) agree; returns the costs.
+async fn wait_costs(client: &Client, names: &[String], within: Duration) -> Vec<i64> {
     let api: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-    let wanted: Vec<i64> = (-(names.len() as i64)..0).collect();
     let deadline = Instant::now() + within;
+    let mut last: Option<Vec<i64>> = None;
     loop {
         let mut costs = Vec::new();
         for name in names {
@@ -258,16 +259,15 @@ async fn wait_costs(client: &Client, names: &[String], within: Duration) {
                 .and_then(|v| v.parse::<i64>().ok());
             costs.push(cost);
         }
-        let mut known: Vec<i64> = costs.iter().flatten().copied().collect();
-        known.sort_unstable();
-        if known == wanted {
-            return;
+        let complete: Option<Vec<i64>> = costs.iter().copied().collect();
+        if let Some(complete) = complete {
+            if last.as_ref() == Some(&complete) {
+                return complete;
+            }
+            last = Some(complete);
         }
-        assert!(
-            Instant::now() < deadline,
-            "deletion costs {costs:?}, wanted a permutation of {wanted:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(Instant::now() < deadline, "deletion costs {costs:?}");
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
 
@@ -476,16 +476,29 @@ fn a_real_kube_scheduler_places_pods_through_vramfit() {
             // 4 + 6 + 11 pods, 2 + 1 + 1 + 6 + 11 devices, each held once.
             assert_eq!(holders.len(), 21);
 
-            // 5. The deletion-cost refresher ranks the model's replicas: −11 … −1, one each,
-            // through real merge patches; after a scale-down (three deleted), −8 … −1.
-            wait_costs(&client, &names, Duration::from_secs(60)).await;
+            // 5. The deletion-cost refresher: every replica carries a cost, and one that
+            // someone else rewrites is put back through a real merge patch.
+            let settled = wait_costs(&client, &names, Duration::from_secs(60)).await;
             let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-            for name in &names[..3] {
-                pods.delete(name, &DeleteParams::default().grace_period(0))
-                    .await
-                    .unwrap();
+            let foreign = json!({"metadata": {"annotations": {
+                "controller.kubernetes.io/pod-deletion-cost": "7"}}});
+            pods.patch(&names[5], &PatchParams::default(), &Patch::Merge(&foreign))
+                .await
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let now = wait_costs(&client, &names, Duration::from_secs(60)).await;
+                if now[5] == settled[5] {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "cost of {} stays {}",
+                    names[5],
+                    now[5]
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            wait_costs(&client, &names[3..], Duration::from_secs(60)).await;
         });
     }));
     stop(&mut vramfit);

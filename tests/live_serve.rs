@@ -302,9 +302,10 @@ async fn the_refresher_rewrites_stale_deletion_costs_so_scale_downs_keep_zones_e
             .is_some_and(|r| ["a", "b", "c"].iter().map(|z| r.in_zone(z)).sum::<u32>() == 5)
     })
     .await;
-    // Zones hold 2 / 2 / 1 replicas; four sit on A100s while a T4 fits SDXL. Lowest cost goes
-    // first: each oversized replica as soon as its zone can spare it within skew 1 (a's, then
-    // b's two — the second once zone a is down to one — then c's), the T4 replica last.
+    // Zones hold 2 / 2 / 1 replicas; four sit on A100s while a T4 fits SDXL. Each zone stacks
+    // its oversized replicas above the others, and the lowest cost — the highest level, an
+    // oversized replica first among equals — goes first: the tops of zones a and b (−5), then
+    // the oversized replicas at height 1 (−3), the T4 replica last (−2).
     vramfit::extender::deletion::refresh_once(&state, false).await;
     let costs = || -> Vec<Option<String>> {
         ["sdxl-a", "sdxl-b2", "sdxl-b1", "sdxl-c", "sdxl-t4"]
@@ -315,7 +316,7 @@ async fn the_refresher_rewrites_stale_deletion_costs_so_scale_downs_keep_zones_e
     let expected = |values: &[&str]| -> Vec<Option<String>> {
         values.iter().map(|v| Some(v.to_string())).collect()
     };
-    assert_eq!(costs(), expected(&["-5", "-4", "-3", "-2", "-1"]));
+    assert_eq!(costs(), expected(&["-5", "-5", "-3", "-3", "-2"]));
     assert_eq!(state.deletion_costs().written(), 5);
     // The watch echoes the writes; once it has, nothing is due.
     eventually("the written costs seen by the watch", || {
@@ -323,18 +324,17 @@ async fn the_refresher_rewrites_stale_deletion_costs_so_scale_downs_keep_zones_e
     })
     .await;
 
-    // The T4 replica goes (a scale-down took it): zone a keeps only its oversized replica, which
-    // may no longer go first (zone a would be empty while b holds two). The refresher's own
-    // pass, a few seconds later, ranks the rest afresh: b's second, then a's, b's first, c's.
+    // The T4 replica goes: zone a keeps only its oversized replica, now at height 1. The
+    // refresher's own pass, a few seconds later, rewrites that one cost and no other.
     api.delete_pod("sdxl-t4");
-    eventually("costs ranked again without the T4 replica", || {
-        costs()[..4] == expected(&["-3", "-4", "-2", "-1"])[..]
+    eventually("zone a's replica moved down", || {
+        costs()[..4] == expected(&["-3", "-5", "-3", "-3"])[..]
     })
     .await;
     assert_eq!(state.deletion_costs().failures(), 0);
     let metrics = get(&extender(state.clone()), "/metrics").await.1;
     assert!(
-        metrics.contains("vramfit_deletion_cost_updates_total 8"),
+        metrics.contains("vramfit_deletion_cost_updates_total 6"),
         "{metrics}"
     );
 }

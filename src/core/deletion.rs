@@ -1,28 +1,30 @@
-//! Which replica a scale-down should delete first: the pod deletion cost vramfit writes at bind.
+//! Which replica a scale-down should delete first: the pod deletion cost vramfit writes.
 //!
 //! A scheduler decides where replicas go, but the ReplicaSet controller decides which ones a
 //! scale-down deletes: pending first, then the lowest `controller.kubernetes.io/pod-deletion-cost`,
 //! then pods sharing a node with more replicas, then the newest. Without a cost it knows nothing
 //! of zones or device sizes, so deletions skew a model's zones and leave the replicas that
-//! overflowed onto big devices in place while big models wait. vramfit therefore writes a cost
-//! at bind (in the Binding's annotations, which the API server copies onto the pod):
+//! overflowed onto big devices in place while big models wait.
 //!
-//! * `−n`, where n is the number of the model's replicas in the pod's zone once it is placed: the
-//!   n-th replica of a zone goes before the (n−1)-th of any zone, so scale-downs take the top
-//!   layer off the fullest zones and leave the zones as even as placement made them;
-//! * minus another [`OVERSIZED_COST`] when the pod sits on a device bigger than the smallest one
-//!   in the cluster that could host it (a small model on an A100 while T4s exist), so those
-//!   replicas go first and free the big devices for the models that need them.
+//! vramfit stacks each zone's replicas of a model: those on devices bigger than the model needs
+//! ([`oversized`]) on top, the others below, each at a *height* 1 … n in its zone. A replica's
+//! *level* is its height, plus `maxZoneSkew − 1` when it is oversized, and its cost is
+//! [`layer_cost`] = −(2 × level + 1 if oversized): the lowest cost is the highest level, an
+//! oversized replica first among equals. Deleting replicas in that order — any number of them —
 //!
-//! The cost written at bind goes stale as replicas come and go, and taking oversized replicas
-//! first whatever their zone can leave the zones uneven. [`deletion_order`] therefore ranks all
-//! of a model's bound replicas afresh — an oversized replica as early as its zone can spare it
-//! without the zone skew exceeding the profile's limit, otherwise the top replica of the fullest
-//! zone — and `serve` rewrites the costs that changed (the deletion-cost refresher in
-//! `extender::deletion`), so that every scale-down, whatever its size, keeps the zones within the
-//! limit (or no further from it than they were) while freeing big devices as early as that allows.
+//! * takes a non-oversized replica only from a fullest zone, so the zones stay as even as they
+//!   were (the skew never grows past max(`maxZoneSkew`, the skew before));
+//! * takes an oversized replica as soon as its zone would stay within `maxZoneSkew` of the
+//!   fullest, freeing big devices for the models that need them as early as the skew allows.
+//!
+//! A bind writes the new replica's cost (on the Binding) as the top of its zone
+//! ([`deletion_cost`]). Heights go stale as replicas come and go, so `serve` re-ranks a model
+//! whose replicas changed ([`refreshed_costs`], the refresher in `extender::deletion`). The
+//! ranking keeps every replica at the height its current cost says where that height is still
+//! valid and free, so a scale-down that took the tops, or a scale-up that added on top, costs
+//! no rewrite at all; only the replicas whose heights moved are written.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use super::demand::PodDemand;
 use super::inventory::{Inventory, Placement, Stage};
@@ -31,28 +33,57 @@ use super::node::{product_matches, NodeInfo, Vendor};
 /// The annotation the ReplicaSet controller reads (beta, on by default since Kubernetes 1.22).
 pub const ANNOTATION_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 
-/// Extra cost taken off a replica on a device bigger than the smallest that could host it.
+/// The cost of an oversized replica on a node without a zone: below every zoned replica's, so it
+/// goes first (a replica without a zone and not oversized costs 0 and goes last).
 pub const OVERSIZED_COST: i64 = 1_000_000;
 
+/// The largest zone skew limit the costs tell apart; a profile without `maxZoneSkew` counts as
+/// this (its oversized replicas then go before any other).
+pub const SKEW_LIMIT_CAP: u32 = 100_000;
+
+/// The cost of a zoned replica at `height` in its zone's stack under the profile's
+/// `max_skew` (see the module docs).
+pub fn layer_cost(height: u32, oversized: bool, max_skew: u32) -> i64 {
+    let lift = if oversized {
+        i64::from(max_skew.clamp(1, SKEW_LIMIT_CAP)) - 1
+    } else {
+        0
+    };
+    -(2 * (i64::from(height) + lift) + i64::from(oversized))
+}
+
+/// The height a zoned replica's `cost` stands for, if it is one [`layer_cost`] gives.
+fn height_of(cost: i64, oversized: bool, max_skew: u32) -> Option<u32> {
+    let lift = if oversized {
+        i64::from(max_skew.clamp(1, SKEW_LIMIT_CAP)) - 1
+    } else {
+        0
+    };
+    let doubled = -cost - i64::from(oversized);
+    if doubled <= 0 || doubled % 2 != 0 {
+        return None;
+    }
+    u32::try_from(doubled / 2 - lift).ok().filter(|h| *h >= 1)
+}
+
 /// The deletion cost of the pod `placement` describes, with the placement already in
-/// `inventory` (a reservation or a bound pod). `None` for a pod that holds no device.
+/// `inventory` (a reservation or a bound pod), under the profile's `max_skew`: the top of its
+/// zone's stack. `None` for a pod that holds no device.
 pub fn deletion_cost(
     inventory: &Inventory,
     demand: &PodDemand,
     placement: &Placement,
+    max_skew: u32,
 ) -> Option<i64> {
     if placement.shares.is_empty() {
         return None;
     }
-    let in_zone = match (&placement.model, &placement.zone) {
-        (Some(model), Some(zone)) => inventory
-            .replicas(model)
-            .map(|r| r.in_zone(zone))
-            .unwrap_or(0),
-        _ => 0,
-    };
     let oversized = oversized(inventory, demand, placement);
-    Some(-i64::from(in_zone) - if oversized { OVERSIZED_COST } else { 0 })
+    let in_zone = match (&placement.model, &placement.zone) {
+        (Some(model), Some(zone)) => inventory.replicas(model).map_or(0, |r| r.in_zone(zone)),
+        _ => return Some(if oversized { -OVERSIZED_COST } else { 0 }),
+    };
+    Some(layer_cost(in_zone.max(1), oversized, max_skew))
 }
 
 /// Whether the placement holds a device bigger than the smallest device of the cluster that
@@ -84,18 +115,18 @@ fn has_smaller_host(inventory: &Inventory, demand: &PodDemand, held: u64) -> boo
 }
 
 /// The deletion cost every bound replica of `model` should carry now, by ledger id, for the
-/// refresher to write where the pod's annotation differs: [`deletion_order`] over the
+/// refresher to write where the pod's annotation differs: [`deletion_costs`] over the
 /// placements of the model that are bound or whose binding succeeded (a reservation still
-/// binding gets its cost from the Binding), the zones that could host it
-/// ([`hosting_zones`]) and the profile's `max_skew`. `demand` stands for the model's pods (one
-/// model, one demand), judging zones and oversized devices.
+/// binding gets its cost from the Binding), with `current` giving the cost each pod's
+/// annotation holds. `demand` stands for the model's pods (one model, one demand), judging
+/// which devices are oversized.
 pub fn refreshed_costs(
     inventory: &Inventory,
     model: &str,
     demand: &PodDemand,
     max_skew: u32,
+    current: impl Fn(&str) -> Option<i64>,
 ) -> Vec<(String, i64)> {
-    let counts = inventory.replicas(model);
     let mut oversized_by_size: Vec<(u64, bool)> = Vec::new();
     let mut ids = Vec::new();
     let mut replicas = Vec::new();
@@ -115,28 +146,17 @@ pub fn refreshed_costs(
                 judged
             }
         };
-        ids.push(id.clone());
         replicas.push(Replica {
             pod: placement.pod.clone(),
             zone: placement.zone.clone(),
             oversized,
-            colocated: counts.map_or(0, |c| c.on_node(&placement.node)),
+            current: current(id),
         });
+        ids.push(id.clone());
     }
-    let costs = deletion_order(&replicas, &hosting_zones(inventory, demand), max_skew);
+    let costs = deletion_costs(&replicas, max_skew);
     ids.into_iter().zip(costs).collect()
 }
-
-/// The zones with a node that could host the pod when empty: those a model's zone skew is
-/// counted over (a zone without such a node can never take a replica).
-pub fn hosting_zones(inventory: &Inventory, demand: &PodDemand) -> BTreeSet<String> {
-    inventory
-        .nodes()
-        .filter(|node| could_host(node, demand, u64::MAX))
-        .filter_map(|node| node.zone_name())
-        .collect()
-}
-
 /// Whether `node`, empty, could host the pod on devices smaller than `below` MiB each.
 fn could_host(node: &NodeInfo, demand: &PodDemand, below: u64) -> bool {
     let sharing = demand.is_sharing();
@@ -166,7 +186,7 @@ fn could_host(node: &NodeInfo, demand: &PodDemand, below: u64) -> bool {
     hosts >= need && (sharing || node.allocatable_devices as usize >= need)
 }
 
-/// One bound replica of a model, as [`deletion_order`] sees it.
+/// One bound replica of a model, as [`deletion_costs`] sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replica {
     /// The pod's id (`namespace/name`), which breaks the last ties.
@@ -175,82 +195,84 @@ pub struct Replica {
     pub zone: Option<String>,
     /// Whether it holds a bigger device than the model needs ([`oversized`]).
     pub oversized: bool,
-    /// Replicas of the model on its node (the ReplicaSet controller's own tie-break: a node
-    /// with more of them gives one up first).
-    pub colocated: u32,
+    /// The cost its annotation holds now, if any: where still valid, its height is kept.
+    pub current: Option<i64>,
 }
 
-/// The deletion cost of each replica (same order as `replicas`), lowest first to go: a ranking
-/// such that deleting any number of the lowest-cost replicas keeps the model's zone skew (max −
-/// min replicas over `zones` and the replicas' own zones) within `max(max_skew, its skew now)`.
-/// Step by step it takes an oversized replica whenever one can go within that bound (from the
-/// fullest such zone), otherwise a replica of the fullest zone — oversized, then the most
-/// colocated, then the last by pod id first. Replicas without a zone do not count towards the
-/// skew: oversized ones go first, the others once no zoned replica is left. Costs are `−n ..
-/// −1` for n replicas, below the cost of a replica without one (0).
-pub fn deletion_order(replicas: &[Replica], zones: &BTreeSet<String>, max_skew: u32) -> Vec<i64> {
-    // Per zone (None last), replicas in the order they should go within it, front = first.
-    let mut zone_names: Vec<Option<&str>> = zones.iter().map(|z| Some(z.as_str())).collect();
-    for replica in replicas {
-        if !zone_names.contains(&replica.zone.as_deref()) {
-            zone_names.push(replica.zone.as_deref());
+/// The deletion cost each of a model's bound replicas should carry (same order as
+/// `replicas`) under the profile's `max_skew`: per zone, the non-oversized replicas take the
+/// heights 1 … k and the oversized ones k + 1 … n, each keeping the height its current cost
+/// says where that is in its range and not taken by a replica listed earlier; the others fill
+/// the free heights, those without a cost (the newest) highest, then the lowest current cost
+/// highest, then by pod id. Costs are [`layer_cost`]s; replicas without a zone cost
+/// −[`OVERSIZED_COST`] if oversized, else 0.
+pub fn deletion_costs(replicas: &[Replica], max_skew: u32) -> Vec<i64> {
+    let mut costs = vec![0i64; replicas.len()];
+    let mut zones: BTreeMap<&str, (Vec<usize>, Vec<usize>)> = BTreeMap::new();
+    for (i, replica) in replicas.iter().enumerate() {
+        match &replica.zone {
+            None => {
+                costs[i] = if replica.oversized {
+                    -OVERSIZED_COST
+                } else {
+                    0
+                }
+            }
+            Some(zone) => {
+                let (plain, big) = zones.entry(zone.as_str()).or_default();
+                if replica.oversized {
+                    big.push(i);
+                } else {
+                    plain.push(i);
+                }
+            }
         }
     }
-    zone_names.sort_unstable_by_key(|z| (z.is_none(), *z));
-    let mut queues: Vec<Vec<usize>> = vec![Vec::new(); zone_names.len()];
-    for (i, replica) in replicas.iter().enumerate() {
-        let z = zone_names
-            .iter()
-            .position(|name| *name == replica.zone.as_deref())
-            .unwrap_or(0);
-        queues[z].push(i);
-    }
-    for queue in &mut queues {
-        // Sorted so that the replica to go first is at the back (popped).
-        queue.sort_unstable_by(|&a, &b| {
-            let (ra, rb) = (&replicas[a], &replicas[b]);
-            (ra.oversized, ra.colocated, &ra.pod).cmp(&(rb.oversized, rb.colocated, &rb.pod))
-        });
-    }
-    let zoned = zone_names.iter().filter(|z| z.is_some()).count();
-    let counted = |queues: &[Vec<usize>]| -> Vec<u32> {
-        queues[..zoned].iter().map(|q| q.len() as u32).collect()
-    };
-    let skew_of = |counts: &[u32]| -> u32 {
-        let max = counts.iter().copied().max().unwrap_or(0);
-        let min = counts.iter().copied().min().unwrap_or(0);
-        max - min
-    };
-    let mut costs = vec![0i64; replicas.len()];
-    let total = replicas.len() as i64;
-    for step in 0..replicas.len() {
-        let counts = counted(&queues);
-        let bound = skew_of(&counts).max(max_skew);
-        let oversized_at = |z: usize| queues[z].last().is_some_and(|&i| replicas[i].oversized);
-        // An oversized replica without a zone, else one whose zone can spare it.
-        let zoneless_oversized = (zoned < queues.len() && oversized_at(zoned)).then_some(zoned);
-        let spare = (0..zoned)
-            .filter(|&z| oversized_at(z))
-            .filter(|&z| {
-                let mut after = counts.clone();
-                after[z] -= 1;
-                skew_of(&after) <= bound
-            })
-            .max_by_key(|&z| (counts[z], std::cmp::Reverse(z)));
-        let fullest = (0..zoned)
-            .filter(|&z| !queues[z].is_empty())
-            .max_by_key(|&z| (counts[z], std::cmp::Reverse(z)));
-        let Some(z) = zoneless_oversized
-            .or(spare)
-            .or(fullest)
-            .or((zoned < queues.len()).then_some(zoned))
-        else {
-            break;
-        };
-        let Some(i) = queues[z].pop() else { break };
-        costs[i] = step as i64 - total;
+    for (plain, big) in zones.values() {
+        let below = plain.len() as u32;
+        stack(replicas, plain, 1, max_skew, &mut costs);
+        stack(replicas, big, below + 1, max_skew, &mut costs);
     }
     costs
+}
+
+/// Gives the replicas `members` (all oversized or all not) the heights `lowest ..` in one
+/// zone's stack, keeping valid current heights (see [`deletion_costs`]).
+fn stack(replicas: &[Replica], members: &[usize], lowest: u32, max_skew: u32, costs: &mut [i64]) {
+    let highest = lowest + members.len() as u32;
+    let mut taken = vec![false; members.len()];
+    let mut unplaced = Vec::new();
+    let mut ordered = members.to_vec();
+    ordered.sort_by(|&a, &b| replicas[a].pod.cmp(&replicas[b].pod));
+    for i in ordered {
+        let replica = &replicas[i];
+        let kept = replica
+            .current
+            .and_then(|cost| height_of(cost, replica.oversized, max_skew))
+            .filter(|h| (lowest..highest).contains(h))
+            .filter(|h| !taken[(h - lowest) as usize]);
+        match kept {
+            Some(height) => {
+                taken[(height - lowest) as usize] = true;
+                costs[i] = layer_cost(height, replica.oversized, max_skew);
+            }
+            None => unplaced.push(i),
+        }
+    }
+    // Lowest first: replicas with a cost before those without, a higher cost (going later)
+    // lower, then by pod id.
+    unplaced.sort_by(|&a, &b| {
+        let (ra, rb) = (&replicas[a], &replicas[b]);
+        (ra.current.is_none(), std::cmp::Reverse(ra.current), &ra.pod).cmp(&(
+            rb.current.is_none(),
+            std::cmp::Reverse(rb.current),
+            &rb.pod,
+        ))
+    });
+    let free = (0..members.len()).filter(|&slot| !taken[slot]);
+    for (i, slot) in unplaced.into_iter().zip(free) {
+        costs[i] = layer_cost(lowest + slot as u32, replicas[i].oversized, max_skew);
+    }
 }
 
 #[cfg(test)]
@@ -320,14 +342,14 @@ mod tests {
             );
             costs.push((
                 placement.node.clone(),
-                deletion_cost(&inventory, &demand, &placement).unwrap(),
+                deletion_cost(&inventory, &demand, &placement, 1).unwrap(),
             ));
         }
-        // The first replica takes the T4 (zone a, the first there); the others the A100s of
-        // zone b, where a T4 exists: oversized, first and second of their zone.
-        assert_eq!(costs[0], ("t4-a".to_string(), -1));
-        assert_eq!(costs[1], ("a100-b".to_string(), -1 - OVERSIZED_COST));
-        assert_eq!(costs[2], ("a100-b".to_string(), -2 - OVERSIZED_COST));
+        // The first replica takes the T4 (zone a, height 1: −2); the others the A100s of zone b,
+        // where a T4 exists: oversized, heights 1 and 2 of their zone (−3, −5).
+        assert_eq!(costs[0], ("t4-a".to_string(), -2));
+        assert_eq!(costs[1], ("a100-b".to_string(), -3));
+        assert_eq!(costs[2], ("a100-b".to_string(), -5));
         // A model only the A100 can hold, or one its allow-list keeps off T4s, is not oversized.
         for demand in [pod("big", "40Gi", None), pod("picky", "12Gi", Some("A100"))] {
             let placement = Placement {
@@ -346,7 +368,7 @@ mod tests {
                 "{}",
                 demand.key
             );
-            assert_eq!(deletion_cost(&inventory, &demand, &placement), Some(0));
+            assert_eq!(deletion_cost(&inventory, &demand, &placement, 1), Some(0));
         }
         // A pod holding no device gets no cost.
         let none = Placement {
@@ -354,7 +376,7 @@ mod tests {
             ..inventory.placement("sdxl-0").unwrap().clone()
         };
         assert_eq!(
-            deletion_cost(&inventory, &pod("x", "1Gi", None), &none),
+            deletion_cost(&inventory, &pod("x", "1Gi", None), &none, 1),
             None
         );
     }
@@ -364,15 +386,12 @@ mod tests {
             pod: pod.into(),
             zone: zone.map(String::from),
             oversized,
-            colocated: 1,
+            current: None,
         }
     }
 
-    fn zone_set(names: &[&str]) -> BTreeSet<String> {
-        names.iter().map(|z| z.to_string()).collect()
-    }
-
-    /// The replicas' indices in the order a scale-down takes them (lowest cost first).
+    /// The replicas' indices in the order a scale-down takes them (lowest cost first, ties by
+    /// index).
     fn deletions(costs: &[i64]) -> Vec<usize> {
         let mut order: Vec<usize> = (0..costs.len()).collect();
         order.sort_by_key(|&i| costs[i]);
@@ -393,79 +412,114 @@ mod tests {
             replica("ml/c1", Some("c"), false),
             replica("ml/c2", Some("c"), false),
         ];
-        let costs = deletion_order(&replicas, &zone_set(&["a", "b", "c"]), 1);
+        let costs = deletion_costs(&replicas, 1);
+        assert_eq!(costs, [-5, -7, -2, -2, -4, -6, -2, -4, -6]);
         let names: Vec<&str> = deletions(&costs)
             .into_iter()
             .map(|i| replicas[i].pod.as_str())
             .collect();
-        // One oversized replica first (3,3,3 → 2,3,3); the second would make the skew 2, so the
-        // fullest zones give one each (b, then c: the last pod id first), then it goes.
+        // One oversized replica first (3,3,3 → 2,3,3); the second would make the skew 2, so
+        // the fullest zones give one each first, then it goes.
         assert_eq!(
             names,
             ["ml/a1", "ml/b2", "ml/c2", "ml/a0", "ml/b1", "ml/c1", "ml/a2", "ml/b0", "ml/c0"]
         );
-        let mut sorted = costs.clone();
-        sorted.sort_unstable();
-        assert_eq!(sorted, (-9..=-1).collect::<Vec<i64>>());
-        // Without a skew limit every oversized replica goes first.
-        let free = deletion_order(&replicas, &zone_set(&["a", "b", "c"]), u32::MAX);
-        let first: Vec<&str> = deletions(&free)[..2]
-            .iter()
-            .map(|&i| replicas[i].pod.as_str())
-            .collect();
-        assert_eq!(first, ["ml/a1", "ml/a0"]);
+        // With a limit of 5 both go first; without a limit too.
+        for limit in [5, u32::MAX] {
+            let costs = deletion_costs(&replicas, limit);
+            assert_eq!(deletions(&costs)[..2], [1, 0], "limit {limit}");
+        }
+        // Replicas without a zone: oversized first of all, the others last.
+        let loose = [replica("ml/x", None, true), replica("ml/y", None, false)];
+        assert_eq!(deletion_costs(&loose, 1), [-OVERSIZED_COST, 0]);
+        assert_eq!(deletion_costs(&[], 1), Vec::<i64>::new());
     }
 
     #[test]
-    fn an_empty_hosting_zone_counts_and_replicas_without_a_zone_go_last_unless_oversized() {
-        // Zone c can host the model but holds none of it: the skew is already 2 (2,2,0), and no
-        // deletion may raise it; b's oversized replica may go (2,1,0 keeps 2).
-        let replicas = vec![
-            replica("ml/a0", Some("a"), false),
-            replica("ml/a1", Some("a"), false),
-            replica("ml/b0", Some("b"), true),
-            replica("ml/b1", Some("b"), false),
-            replica("ml/x0", None, false),
-            replica("ml/x1", None, true),
+    fn heights_that_are_still_valid_are_kept_and_only_moved_replicas_rewritten() {
+        let with = |pod: &str, zone: &str, oversized: bool, current: Option<i64>| Replica {
+            current,
+            ..replica(pod, Some(zone), oversized)
+        };
+        // Zone a held four plain replicas at heights 1-4 and the one at height 2 was deleted:
+        // the top one moves down to 2; the others keep theirs.
+        let replicas = [
+            with("ml/p", "a", false, Some(layer_cost(1, false, 1))),
+            with("ml/q", "a", false, Some(layer_cost(3, false, 1))),
+            with("ml/r", "a", false, Some(layer_cost(4, false, 1))),
         ];
-        let costs = deletion_order(&replicas, &zone_set(&["a", "b", "c"]), 1);
-        let names: Vec<&str> = deletions(&costs)
-            .into_iter()
-            .map(|i| replicas[i].pod.as_str())
-            .collect();
-        assert_eq!(
-            names,
-            ["ml/x1", "ml/b0", "ml/a1", "ml/a0", "ml/b1", "ml/x0"]
-        );
-        assert_eq!(deletion_order(&[], &zone_set(&["a"]), 1), Vec::<i64>::new());
+        assert_eq!(deletion_costs(&replicas, 1), [-2, -6, -4]);
+        // A new replica without a cost goes on top; a cost out of range or of the wrong kind
+        // (written as oversized for a plain replica) is replaced.
+        let replicas = [
+            with("ml/p", "a", false, Some(-2)),
+            with("ml/new", "a", false, None),
+            with("ml/odd", "a", false, Some(-3)),
+            with("ml/far", "a", false, Some(-40)),
+        ];
+        assert_eq!(deletion_costs(&replicas, 1), [-2, -8, -4, -6]);
+        // Two claiming the same height: the first by pod id keeps it.
+        let replicas = [
+            with("ml/b", "a", false, Some(-2)),
+            with("ml/a", "a", false, Some(-2)),
+        ];
+        assert_eq!(deletion_costs(&replicas, 1), [-4, -2]);
+        // Height and level round-trip for both kinds and any limit.
+        for (height, oversized, limit) in [
+            (1, false, 1),
+            (7, true, 1),
+            (3, true, 5),
+            (2, true, u32::MAX),
+        ] {
+            let cost = layer_cost(height, oversized, limit);
+            assert_eq!(height_of(cost, oversized, limit), Some(height));
+        }
+        assert_eq!(height_of(0, false, 1), None);
+        assert_eq!(height_of(5, false, 1), None);
     }
 
     proptest::proptest! {
-        /// Model-based: a scale-down of any size, taking the lowest costs, never leaves the zone
-        /// skew above max(limit, the skew before); each step takes an oversized replica whenever
-        /// one could go within that bound; costs are −n..−1, one each.
+        /// Model-based: a scale-down of any size, taking the lowest costs with ties broken
+        /// either way, keeps the zone skew within max(limit, the skew before); a plain replica
+        /// goes only while no oversized one could go leaving its zone within the limit of the
+        /// fullest; costs are stable: recomputing from them, after taking the lowest one, or
+        /// after adding a replica changes no other replica's cost but the oversized ones above
+        /// a new plain replica in its zone.
         #[test]
-        fn every_scale_down_keeps_the_skew_bound_and_frees_big_devices_first(
-            raw in proptest::collection::vec((0u8..4, proptest::bool::ANY, 0u32..3), 0..40),
+        fn every_scale_down_keeps_the_skew_bound_frees_big_devices_first_and_costs_stay_put(
+            raw in proptest::collection::vec((0u8..4, proptest::bool::ANY), 0..40),
             limit in 1u32..4,
+            last_tie in proptest::bool::ANY,
+            added in (0u8..3, proptest::bool::ANY),
         ) {
-            let zones = zone_set(&["a", "b", "c"]);
+            let zones = ["a", "b", "c"];
             let replicas: Vec<Replica> = raw
                 .iter()
                 .enumerate()
-                .map(|(i, &(zone, oversized, colocated))| Replica {
-                    pod: format!("ml/p{i:02}"),
-                    zone: ["a", "b", "c"].get(zone as usize).map(|z| z.to_string()),
-                    oversized,
-                    colocated,
+                .map(|(i, &(zone, oversized))| {
+                    replica(&format!("ml/p{i:02}"), zones.get(zone as usize).copied(), oversized)
                 })
                 .collect();
-            let costs = deletion_order(&replicas, &zones, limit);
-            let mut sorted = costs.clone();
-            sorted.sort_unstable();
-            proptest::prop_assert_eq!(sorted, (-(replicas.len() as i64)..0).collect::<Vec<_>>());
+            let costs = deletion_costs(&replicas, limit);
+            // Stable under recomputation.
+            let settled: Vec<Replica> = replicas
+                .iter()
+                .zip(&costs)
+                .map(|(r, &c)| Replica { current: Some(c), ..r.clone() })
+                .collect();
+            proptest::prop_assert_eq!(&deletion_costs(&settled, limit), &costs);
+            // Adding a replica moves only the oversized replicas of its zone (when it is plain).
+            let (zone, oversized) = (zones[added.0 as usize], added.1);
+            let mut grown = settled.clone();
+            grown.push(replica("ml/new", Some(zone), oversized));
+            let regrown = deletion_costs(&grown, limit);
+            for (i, r) in settled.iter().enumerate() {
+                let may_move = !oversized && r.oversized && r.zone.as_deref() == Some(zone);
+                proptest::prop_assert!(may_move || regrown[i] == costs[i], "{} moved", r.pod);
+            }
+            // Scale-downs.
             let count = |left: &[bool]| -> Vec<u32> {
-                ["a", "b", "c"]
+                zones
                     .iter()
                     .map(|z| {
                         replicas
@@ -478,21 +532,36 @@ mod tests {
             };
             let skew = |c: &[u32]| c.iter().max().unwrap() - c.iter().min().unwrap();
             let mut left = vec![true; replicas.len()];
+            let mut current = settled.clone();
             let bound = skew(&count(&left)).max(limit);
-            for i in deletions(&costs) {
+            while left.iter().any(|&l| l) {
+                let now = deletion_costs(
+                    &current.iter().zip(&left).filter(|(_, &l)| l).map(|(r, _)| r.clone()).collect::<Vec<_>>(),
+                    limit,
+                );
+                let alive: Vec<usize> = (0..replicas.len()).filter(|&i| left[i]).collect();
+                // Taking the lowest cost changed no one's cost.
+                for (k, &i) in alive.iter().enumerate() {
+                    proptest::prop_assert_eq!(Some(now[k]), current[i].current);
+                }
+                let lowest = alive.iter().map(|&i| current[i].current.unwrap()).min().unwrap();
+                let tied = alive.iter().copied().filter(|&i| current[i].current == Some(lowest));
+                let i = if last_tie { tied.max() } else { tied.min() }.unwrap();
                 let counts = count(&left);
-                let step_bound = skew(&counts).max(limit);
-                let could_go = |j: usize| {
-                    let mut after = left.clone();
-                    after[j] = false;
-                    replicas[j].zone.is_none() || skew(&count(&after)) <= step_bound
-                };
-                if !replicas[i].oversized {
-                    let waiting = (0..replicas.len())
-                        .any(|j| left[j] && replicas[j].oversized && could_go(j));
-                    proptest::prop_assert!(!waiting, "{} went before an oversized replica", replicas[i].pod);
+                let fullest = *counts.iter().max().unwrap();
+                if !replicas[i].oversized && replicas[i].zone.is_some() {
+                    for &j in &alive {
+                        let Some(z) = zones.iter().position(|z| replicas[j].zone.as_deref() == Some(*z)) else {
+                            continue;
+                        };
+                        proptest::prop_assert!(
+                            !replicas[j].oversized || counts[z] + limit <= fullest,
+                            "{} went before the oversized {}", replicas[i].pod, replicas[j].pod
+                        );
+                    }
                 }
                 left[i] = false;
+                current[i].current = None;
                 proptest::prop_assert!(skew(&count(&left)) <= bound);
             }
         }

@@ -2,14 +2,16 @@
 //! on every bound replica of a model equal to the order the core ranks now
 //! ([`crate::core::deletion::refreshed_costs`]), so that the ReplicaSet controller's next
 //! scale-down, whatever its size, keeps the model's zones within the profile's skew and takes
-//! replicas on oversized devices first. The cost a Binding carries is fixed at bind and goes
-//! stale as replicas come and go; this rewrites, a few seconds after a change, only the costs
-//! that differ from what the pods' annotations hold.
+//! replicas on oversized devices first as far as that allows. The cost a Binding carries is the
+//! top of the pod's zone at bind and goes stale as replicas come and go; this rewrites, a few
+//! seconds after a change, only the costs that differ from what the pods' annotations hold.
 //!
 //! The pod watch tells the [`CostBook`] which bound replicas exist and what their annotations
 //! say; a model whose replicas changed is marked for the next pass, and every
 //! [`RESYNC_PASSES`] passes all models are (nodes added or removed change which devices are
-//! oversized and which zones count). Writes are JSON merge patches of the one annotation
+//! oversized). The core keeps every replica at the height its current cost says where that is
+//! still valid, so a scale-down that took the tops of the zones, or a scale-up that added on
+//! top, rewrites nothing; a deletion from the middle of a zone moves the replicas above it. Writes are JSON merge patches of the one annotation
 //! through the [`Binder`](crate::extender::binder::Binder) (RBAC: `patch` on `pods`); a failed
 //! one is retried on the next pass.
 
@@ -163,7 +165,8 @@ impl CostBook {
     /// when `all`), the core's ranking over `state`'s inventory under the skew limit of the
     /// model's profile, less the pods whose annotation already holds their cost.
     pub fn due(&self, state: &ExtenderState, all: bool) -> Vec<CostUpdate> {
-        let models: Vec<(String, PodDemand)> = {
+        type Annotations = HashMap<String, Option<i64>>;
+        let models: Vec<(String, PodDemand, Annotations)> = {
             let mut book = self.lock();
             let dirty = std::mem::take(&mut book.dirty);
             book.models
@@ -171,42 +174,38 @@ impl CostBook {
                 .filter(|(model, _)| all || dirty.contains(*model))
                 .filter_map(|(model, replicas)| {
                     let (_, first) = replicas.first_key_value()?;
-                    Some((model.clone(), first.demand.clone()))
+                    let costs = replicas
+                        .iter()
+                        .map(|(id, tracked)| (id.clone(), tracked.cost))
+                        .collect();
+                    Some((model.clone(), first.demand.clone(), costs))
                 })
                 .collect()
         };
         let mut updates = Vec::new();
-        for (model, demand) in models {
+        for (model, demand, annotated) in models {
             let max_skew = max_zone_skew(&state.config, &demand);
-            let ranked: Vec<(String, String, i64)> = {
-                let inventory = state.read();
-                refreshed_costs(&inventory, &model, &demand, max_skew)
-                    .into_iter()
-                    .filter_map(|(id, cost)| {
-                        let pod = inventory.placement(&id)?.pod.clone();
-                        Some((id, pod, cost))
-                    })
-                    .collect()
-            };
-            let book = self.lock();
-            let Some(replicas) = book.models.get(&model) else {
-                continue;
-            };
-            for (id, pod, cost) in ranked {
+            let inventory = state.read();
+            let ranked = refreshed_costs(&inventory, &model, &demand, max_skew, |id| {
+                annotated.get(id).copied().flatten()
+            });
+            for (id, cost) in ranked {
                 // Only pods the watch has shown bound are written.
-                let Some(tracked) = replicas.get(&id) else {
+                let Some(&seen) = annotated.get(&id) else {
                     continue;
                 };
-                if tracked.cost == Some(cost) {
+                if seen == Some(cost) {
                     continue;
                 }
-                let Some((namespace, name)) = pod.split_once('/') else {
+                let Some((namespace, name)) =
+                    inventory.placement(&id).and_then(|p| p.pod.split_once('/'))
+                else {
                     continue;
                 };
                 updates.push(CostUpdate {
-                    id,
                     namespace: namespace.to_string(),
                     name: name.to_string(),
+                    id,
                     model: model.clone(),
                     cost,
                 });
@@ -361,30 +360,40 @@ mod tests {
         for demand in &demands {
             book.saw_bound(&demand.id, "sdxl", Some("0"), Some(demand.clone()));
         }
-        // One replica per zone (skew 0): the one on the A100, where a T4 fits SDXL, goes first.
+        // One replica per zone, each at height 1: the one on the A100, where a T4 fits SDXL,
+        // is oversized and goes first (−3 against −2).
         let due = book.due(&state, false);
         let costs: Vec<(&str, i64)> = due.iter().map(|u| (u.name.as_str(), u.cost)).collect();
         assert_eq!(costs.len(), 2);
-        assert!(costs.contains(&("big", -2)) && costs.contains(&("small", -1)), "{costs:?}");
+        assert!(
+            costs.contains(&("big", -3)) && costs.contains(&("small", -2)),
+            "{costs:?}"
+        );
         for update in &due {
             book.wrote(update);
         }
         assert_eq!(book.written(), 2);
         // The watch echoes the writes: nothing changed, nothing due, even on a full pass.
-        book.saw_bound("uid-big", "sdxl", Some("-2"), None);
-        book.saw_bound("uid-small", "sdxl", Some("-1"), None);
+        book.saw_bound("uid-big", "sdxl", Some("-3"), None);
+        book.saw_bound("uid-small", "sdxl", Some("-2"), None);
         assert!(book.due(&state, false).is_empty());
         assert!(book.due(&state, true).is_empty());
         // Someone else rewrites one: it is put back on the next pass.
         book.saw_bound("uid-small", "sdxl", Some("7"), None);
         let due = book.due(&state, false);
         assert_eq!(
-            due.iter().map(|u| (u.name.as_str(), u.cost)).collect::<Vec<_>>(),
-            [("small", -1)]
+            due.iter()
+                .map(|u| (u.name.as_str(), u.cost))
+                .collect::<Vec<_>>(),
+            [("small", -2)]
         );
         book.failed(&due[0]);
         assert_eq!(book.failures(), 1);
-        assert_eq!(book.due(&state, false).len(), 1, "a failed write is retried");
+        assert_eq!(
+            book.due(&state, false).len(),
+            1,
+            "a failed write is retried"
+        );
         // A replica the watch has not shown bound is never written; a gone one is forgotten.
         book.gone("uid-big");
         book.gone("uid-big");

@@ -349,7 +349,13 @@ impl ExtenderState {
         // the pod, and filters need not wait for that.
         let deletion_cost = match &demand {
             Ok(pod) if self.config.deletion_cost => {
-                deletion_cost(&self.read(), pod, &reservation.placement)
+                let max_skew = self
+                    .config
+                    .profile_for(pod.scheduler_name.as_deref())
+                    .1
+                    .max_zone_skew
+                    .unwrap_or(u32::MAX);
+                deletion_cost(&self.read(), pod, &reservation.placement, max_skew)
             }
             _ => None,
         };

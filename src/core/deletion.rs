@@ -478,6 +478,47 @@ mod tests {
         assert_eq!(height_of(5, false, 1), None);
     }
 
+    #[test]
+    fn refreshed_costs_rank_bound_and_confirmed_replicas_and_keep_valid_heights() {
+        let config = Config::default();
+        let mut inventory = Inventory::new();
+        for facts in [
+            node("t4-a", "a", "Tesla-T4", 15360, 1),
+            node("a100-a", "a", "NVIDIA-A100-SXM4-80GB", 81920, 4),
+        ] {
+            inventory.upsert_node(build_node(&facts, &config, SystemTime::UNIX_EPOCH));
+        }
+        let now = std::time::Instant::now();
+        let mut demands = Vec::new();
+        for (name, on) in [
+            ("s0", "t4-a"),
+            ("s1", "a100-a"),
+            ("s2", "a100-a"),
+            ("s3", "a100-a"),
+        ] {
+            let demand = pod(name, "12Gi", None);
+            inventory.reserve(&Ok(demand.clone()), on, now).unwrap();
+            demands.push(demand);
+        }
+        // s0 and s1 are bound, s2's binding succeeded, s3's is still in flight (not ranked).
+        inventory.confirm("s0", now);
+        inventory.confirm("s1", now);
+        inventory.confirm("s2", now);
+        let current = |_: &str| None;
+        let ranked = refreshed_costs(&inventory, "sdxl", &demands[0], 1, current);
+        let mut ranked: Vec<(&str, i64)> = ranked.iter().map(|(id, c)| (id.as_str(), *c)).collect();
+        ranked.sort();
+        // Zone a: s0 on the T4 at height 1 (−2), s1 and s2 oversized above it (−5, −7).
+        assert_eq!(ranked, [("s0", -2), ("s1", -5), ("s2", -7)]);
+        // Their current costs kept where still valid: s1 claims height 3, s2 moves down.
+        let current = |id: &str| (id == "s1").then_some(-7);
+        let ranked = refreshed_costs(&inventory, "sdxl", &demands[0], 1, current);
+        let mut ranked: Vec<(&str, i64)> = ranked.iter().map(|(id, c)| (id.as_str(), *c)).collect();
+        ranked.sort();
+        assert_eq!(ranked, [("s0", -2), ("s1", -7), ("s2", -5)]);
+        assert!(refreshed_costs(&inventory, "other", &demands[0], 1, |_| None).is_empty());
+    }
+
     proptest::proptest! {
         /// Model-based: a scale-down of any size, taking the lowest costs with ties broken
         /// either way, keeps the zone skew within max(limit, the skew before); a plain replica

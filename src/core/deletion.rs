@@ -276,7 +276,7 @@ fn stack(replicas: &[Replica], members: &[usize], lowest: u32, max_skew: u32, co
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
     use std::time::SystemTime;
 
@@ -284,7 +284,8 @@ mod tests {
     use crate::core::facts::{ContainerResources, NodeFacts, PodFacts};
     use crate::core::{build_node, place, pod_demand, Catalog, Config};
 
-    fn node(name: &str, zone: &str, product: &str, mib: u32, count: u32) -> NodeFacts {
+    /// A GPU node with GFD labels in `zone` (also for `extender::deletion`'s tests).
+    pub(crate) fn node(name: &str, zone: &str, product: &str, mib: u32, count: u32) -> NodeFacts {
         NodeFacts {
             name: name.into(),
             labels: BTreeMap::from([
@@ -298,7 +299,8 @@ mod tests {
         }
     }
 
-    fn pod(name: &str, vram: &str, products: Option<&str>) -> PodDemand {
+    /// A one-device replica of `sdxl` under `vramfit-spread`, UID `name`.
+    pub(crate) fn pod(name: &str, vram: &str, products: Option<&str>) -> PodDemand {
         let mut annotations = BTreeMap::from([("vramfit.io/vram".into(), vram.into())]);
         if let Some(p) = products {
             annotations.insert("vramfit.io/products".into(), p.into());

@@ -299,43 +299,12 @@ pub async fn refresh_deletion_costs(state: Arc<ExtenderState>, every: Duration) 
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::time::SystemTime;
 
     use super::*;
-    use crate::core::facts::{ContainerResources, NodeFacts, PodFacts};
-    use crate::core::{build_node, pod_demand, record_bound, Catalog};
+    use crate::core::deletion::tests::{node, pod};
+    use crate::core::{build_node, record_bound, Catalog};
     use crate::extender::binder::RecordOnly;
-
-    fn node(name: &str, zone: &str, product: &str, mib: u32) -> NodeFacts {
-        NodeFacts {
-            name: name.into(),
-            labels: BTreeMap::from([
-                ("topology.kubernetes.io/zone".into(), zone.into()),
-                ("nvidia.com/gpu.product".into(), product.into()),
-                ("nvidia.com/gpu.memory".into(), mib.to_string()),
-            ]),
-            allocatable: BTreeMap::from([("nvidia.com/gpu".into(), "1".into())]),
-            ..NodeFacts::default()
-        }
-    }
-
-    fn replica(name: &str, node: &str) -> PodFacts {
-        PodFacts {
-            namespace: "ml".into(),
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            labels: BTreeMap::from([("vramfit.io/model".into(), "sdxl".into())]),
-            annotations: BTreeMap::from([("vramfit.io/vram".into(), "12Gi".into())]),
-            scheduler_name: Some("vramfit-spread".into()),
-            node_name: Some(node.into()),
-            containers: vec![ContainerResources {
-                limits: BTreeMap::from([("nvidia.com/gpu".into(), "1".into())]),
-                ..ContainerResources::default()
-            }],
-            ..PodFacts::default()
-        }
-    }
 
     #[test]
     fn the_book_asks_for_what_differs_and_settles_on_the_echo() {
@@ -346,13 +315,13 @@ mod tests {
         {
             let mut inventory = state.write();
             for facts in [
-                node("t4-a", "a", "Tesla-T4", 15360),
-                node("a100-b", "b", "NVIDIA-A100-SXM4-80GB", 81920),
+                node("t4-a", "a", "Tesla-T4", 15360, 1),
+                node("a100-b", "b", "NVIDIA-A100-SXM4-80GB", 81920, 1),
             ] {
                 inventory.upsert_node(build_node(&facts, &config, SystemTime::UNIX_EPOCH));
             }
             for (name, on) in [("small", "t4-a"), ("big", "a100-b")] {
-                let demand = pod_demand(&replica(name, on), &config, &Catalog::default()).unwrap();
+                let demand = pod(name, "12Gi", None);
                 record_bound(&mut inventory, &demand, on, Some(&[0]));
                 demands.push(demand);
             }
@@ -374,12 +343,12 @@ mod tests {
         }
         assert_eq!(book.written(), 2);
         // The watch echoes the writes: nothing changed, nothing due, even on a full pass.
-        book.saw_bound("uid-big", "sdxl", Some("-3"), None);
-        book.saw_bound("uid-small", "sdxl", Some("-2"), None);
+        book.saw_bound("big", "sdxl", Some("-3"), None);
+        book.saw_bound("small", "sdxl", Some("-2"), None);
         assert!(book.due(&state, false).is_empty());
         assert!(book.due(&state, true).is_empty());
         // Someone else rewrites one: it is put back on the next pass.
-        book.saw_bound("uid-small", "sdxl", Some("7"), None);
+        book.saw_bound("small", "sdxl", Some("7"), None);
         let due = book.due(&state, false);
         assert_eq!(
             due.iter()
@@ -395,14 +364,14 @@ mod tests {
             "a failed write is retried"
         );
         // A replica the watch has not shown bound is never written; a gone one is forgotten.
-        book.gone("uid-big");
-        book.gone("uid-big");
-        state.write().remove("uid-big");
+        book.gone("big");
+        book.gone("big");
+        state.write().remove("big");
         book.wrote(&due[0]);
         assert!(book.due(&state, true).is_empty());
-        assert!(!book.tracks("uid-big", "sdxl"));
-        assert!(book.tracks("uid-small", "sdxl"));
+        assert!(!book.tracks("big", "sdxl"));
+        assert!(book.tracks("small", "sdxl"));
         book.retain(|_| false);
-        assert!(!book.tracks("uid-small", "sdxl"));
+        assert!(!book.tracks("small", "sdxl"));
     }
 }

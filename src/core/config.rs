@@ -226,6 +226,12 @@ impl Config {
         }
     }
 
+    /// The `maxZoneSkew` of the profile a pod with `scheduler_name` is scored by (see
+    /// [`Config::profile_for`]); `None` when that profile sets none.
+    pub fn max_zone_skew(&self, scheduler_name: Option<&str>) -> Option<u32> {
+        self.profile_for(scheduler_name).1.max_zone_skew
+    }
+
     /// HBM of an Ascend chip (`910B3`, `310P`, …) in MiB: config first, then the built-in table.
     /// Config keys may be written `910B3`, `910b3` or `Ascend910B3`.
     pub fn ascend_hbm(&self, chip: &str) -> Option<u64> {

@@ -67,14 +67,15 @@ fn height_of(cost: i64, oversized: bool, max_skew: u32) -> Option<u32> {
 }
 
 /// The deletion cost of the pod `placement` describes, with the placement already in
-/// `inventory` (a reservation or a bound pod), under the profile's `max_skew`: the top of its
-/// zone's stack. `None` for a pod that holds no device.
+/// `inventory` (a reservation or a bound pod), under the profile's `max_skew` (`None`: no
+/// limit): the top of its zone's stack. `None` for a pod that holds no device.
 pub fn deletion_cost(
     inventory: &Inventory,
     demand: &PodDemand,
     placement: &Placement,
-    max_skew: u32,
+    max_skew: Option<u32>,
 ) -> Option<i64> {
+    let max_skew = max_skew.unwrap_or(SKEW_LIMIT_CAP);
     if placement.shares.is_empty() {
         return None;
     }
@@ -118,15 +119,16 @@ fn has_smaller_host(inventory: &Inventory, demand: &PodDemand, held: u64) -> boo
 /// refresher to write where the pod's annotation differs: [`deletion_costs`] over the
 /// placements of the model that are bound or whose binding succeeded (a reservation still
 /// binding gets its cost from the Binding), with `current` giving the cost each pod's
-/// annotation holds. `demand` stands for the model's pods (one model, one demand), judging
-/// which devices are oversized.
+/// annotation holds and `max_skew` the profile's limit (`None`: no limit). `demand` stands for
+/// the model's pods (one model, one demand), judging which devices are oversized.
 pub fn refreshed_costs(
     inventory: &Inventory,
     model: &str,
     demand: &PodDemand,
-    max_skew: u32,
+    max_skew: Option<u32>,
     current: impl Fn(&str) -> Option<i64>,
 ) -> Vec<(String, i64)> {
+    let max_skew = max_skew.unwrap_or(SKEW_LIMIT_CAP);
     let mut oversized_by_size: Vec<(u64, bool)> = Vec::new();
     let mut ids = Vec::new();
     let mut replicas = Vec::new();
@@ -344,7 +346,7 @@ pub(crate) mod tests {
             );
             costs.push((
                 placement.node.clone(),
-                deletion_cost(&inventory, &demand, &placement, 1).unwrap(),
+                deletion_cost(&inventory, &demand, &placement, Some(1)).unwrap(),
             ));
         }
         // The first replica takes the T4 (zone a, height 1: −2); the others the A100s of zone b,
@@ -370,7 +372,10 @@ pub(crate) mod tests {
                 "{}",
                 demand.key
             );
-            assert_eq!(deletion_cost(&inventory, &demand, &placement, 1), Some(0));
+            assert_eq!(
+                deletion_cost(&inventory, &demand, &placement, Some(1)),
+                Some(0)
+            );
         }
         // A pod holding no device gets no cost.
         let none = Placement {
@@ -378,7 +383,7 @@ pub(crate) mod tests {
             ..inventory.placement("sdxl-0").unwrap().clone()
         };
         assert_eq!(
-            deletion_cost(&inventory, &pod("x", "1Gi", None), &none, 1),
+            deletion_cost(&inventory, &pod("x", "1Gi", None), &none, Some(1)),
             None
         );
     }
@@ -507,18 +512,18 @@ pub(crate) mod tests {
         inventory.confirm("s1", now);
         inventory.confirm("s2", now);
         let current = |_: &str| None;
-        let ranked = refreshed_costs(&inventory, "sdxl", &demands[0], 1, current);
+        let ranked = refreshed_costs(&inventory, "sdxl", &demands[0], Some(1), current);
         let mut ranked: Vec<(&str, i64)> = ranked.iter().map(|(id, c)| (id.as_str(), *c)).collect();
         ranked.sort();
         // Zone a: s0 on the T4 at height 1 (−2), s1 and s2 oversized above it (−5, −7).
         assert_eq!(ranked, [("s0", -2), ("s1", -5), ("s2", -7)]);
         // Their current costs kept where still valid: s1 claims height 3, s2 moves down.
         let current = |id: &str| (id == "s1").then_some(-7);
-        let ranked = refreshed_costs(&inventory, "sdxl", &demands[0], 1, current);
+        let ranked = refreshed_costs(&inventory, "sdxl", &demands[0], Some(1), current);
         let mut ranked: Vec<(&str, i64)> = ranked.iter().map(|(id, c)| (id.as_str(), *c)).collect();
         ranked.sort();
         assert_eq!(ranked, [("s0", -2), ("s1", -7), ("s2", -5)]);
-        assert!(refreshed_costs(&inventory, "other", &demands[0], 1, |_| None).is_empty());
+        assert!(refreshed_costs(&inventory, "other", &demands[0], Some(1), |_| None).is_empty());
     }
 
     proptest::proptest! {

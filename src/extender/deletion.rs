@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::core::deletion::{refreshed_costs, ANNOTATION_DELETION_COST};
-use crate::core::{Config, PodDemand};
+use crate::core::PodDemand;
 use crate::extender::binder::CostWriteError;
 use crate::extender::state::ExtenderState;
 
@@ -184,7 +184,7 @@ impl CostBook {
         };
         let mut updates = Vec::new();
         for (model, demand, annotated) in models {
-            let max_skew = max_zone_skew(&state.config, &demand);
+            let max_skew = state.config.max_zone_skew(demand.scheduler_name.as_deref());
             let inventory = state.read();
             let ranked = refreshed_costs(&inventory, &model, &demand, max_skew, |id| {
                 annotated.get(id).copied().flatten()
@@ -244,15 +244,6 @@ impl CostBook {
     }
 }
 
-/// The zone skew limit of the profile `demand`'s pod is scheduled with (`u32::MAX` for none).
-fn max_zone_skew(config: &Config, demand: &PodDemand) -> u32 {
-    config
-        .profile_for(demand.scheduler_name.as_deref())
-        .1
-        .max_zone_skew
-        .unwrap_or(u32::MAX)
-}
-
 /// One pass: writes every due cost through the state's binder. Returns how many were written.
 pub async fn refresh_once(state: &ExtenderState, all: bool) -> usize {
     let book = state.deletion_costs();
@@ -303,7 +294,7 @@ mod tests {
 
     use super::*;
     use crate::core::deletion::tests::{node, pod};
-    use crate::core::{build_node, record_bound, Catalog};
+    use crate::core::{build_node, record_bound, Catalog, Config};
     use crate::extender::binder::RecordOnly;
 
     #[test]

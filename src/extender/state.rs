@@ -349,12 +349,7 @@ impl ExtenderState {
         // the pod, and filters need not wait for that.
         let deletion_cost = match &demand {
             Ok(pod) if self.config.deletion_cost => {
-                let max_skew = self
-                    .config
-                    .profile_for(pod.scheduler_name.as_deref())
-                    .1
-                    .max_zone_skew
-                    .unwrap_or(u32::MAX);
+                let max_skew = self.config.max_zone_skew(pod.scheduler_name.as_deref());
                 deletion_cost(&self.read(), pod, &reservation.placement, max_skew)
             }
             _ => None,

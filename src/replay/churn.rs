@@ -408,7 +408,7 @@ impl Scheduler {
     /// kube-scheduler's default of 5 for `stock`.
     pub fn skew_limit(&self, config: &Config) -> Option<u32> {
         match self.profile() {
-            Some(p) => config.profile_for(Some(p)).1.max_zone_skew,
+            Some(p) => config.max_zone_skew(Some(p)),
             None => Some(5),
         }
     }
@@ -939,16 +939,10 @@ pub fn run(
                 stats.placements += 1;
                 // What `serve` writes into the Binding (none under stock kube-scheduler).
                 let cost = match scheduler {
-                    Scheduler::Profile(_) | Scheduler::Extender(_) if config.deletion_cost => {
-                        world.inventory.placement(&pod.demand.id).and_then(|p| {
-                            deletion_cost(
-                                &world.inventory,
-                                &pod.demand,
-                                p,
-                                limit.unwrap_or(u32::MAX),
-                            )
-                        })
-                    }
+                    Scheduler::Profile(_) | Scheduler::Extender(_) if config.deletion_cost => world
+                        .inventory
+                        .placement(&pod.demand.id)
+                        .and_then(|p| deletion_cost(&world.inventory, &pod.demand, p, limit)),
                     _ => None,
                 };
                 let pod = pods.get_mut(id).map(|p| {
@@ -997,18 +991,12 @@ fn refresh_costs(world: &World, pods: &mut BTreeMap<u64, Pod>, limit: Option<u32
         else {
             continue;
         };
-        let costs = refreshed_costs(
-            &world.inventory,
-            spec.name,
-            &demand,
-            limit.unwrap_or(u32::MAX),
-            |id| {
-                by_id
-                    .get(id)
-                    .and_then(|serial| pods.get(serial))
-                    .map(|p| p.cost)
-            },
-        );
+        let costs = refreshed_costs(&world.inventory, spec.name, &demand, limit, |id| {
+            by_id
+                .get(id)
+                .and_then(|serial| pods.get(serial))
+                .map(|p| p.cost)
+        });
         for (id, cost) in costs {
             if let Some(pod) = by_id.get(&id).and_then(|serial| pods.get_mut(serial)) {
                 rewrites += u64::from(pod.cost != cost);

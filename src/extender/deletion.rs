@@ -119,24 +119,27 @@ impl CostBook {
         if book.model_of.get(id).is_some_and(|known| known != model) {
             book.forget(id);
         }
-        let replicas = book.models.entry(model.to_string()).or_default();
-        let changed = match (replicas.get_mut(id), demand) {
+        let tracked = book
+            .models
+            .get_mut(model)
+            .and_then(|replicas| replicas.get_mut(id));
+        let changed = match (tracked, demand) {
             (Some(tracked), _) => {
                 let changed = tracked.cost != cost;
                 tracked.cost = cost;
                 changed
             }
             (None, Some(demand)) => {
-                replicas.insert(id.to_string(), Tracked { demand, cost });
+                book.models
+                    .entry(model.to_string())
+                    .or_default()
+                    .insert(id.to_string(), Tracked { demand, cost });
+                book.model_of.insert(id.to_string(), model.to_string());
                 true
             }
+            // Not tracked and its demand unreadable: nothing to rank it by.
             (None, None) => false,
         };
-        if replicas.is_empty() {
-            book.models.remove(model);
-            return;
-        }
-        book.model_of.insert(id.to_string(), model.to_string());
         if changed {
             book.dirty.insert(model.to_string());
         }
@@ -361,6 +364,8 @@ mod tests {
         book.wrote(&due[0]);
         assert!(book.due(&state, true).is_empty());
         assert!(!book.tracks("big", "sdxl"));
+        book.saw_bound("unreadable", "sdxl", Some("-2"), None);
+        assert!(!book.tracks("unreadable", "sdxl"));
         assert!(book.tracks("small", "sdxl"));
         book.retain(|_| false);
         assert!(!book.tracks("small", "sdxl"));

@@ -236,6 +236,11 @@ impl CostBook {
         self.lock().dirty.insert(update.model.clone());
     }
 
+    /// `update` was not tried in this pass: its model is kept for the next.
+    pub fn postpone(&self, update: &CostUpdate) {
+        self.lock().dirty.insert(update.model.clone());
+    }
+
     /// Costs written since start.
     pub fn written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
@@ -247,11 +252,25 @@ impl CostBook {
     }
 }
 
-/// One pass: writes every due cost through the state's binder. Returns how many were written.
-pub async fn refresh_once(state: &ExtenderState, all: bool) -> usize {
+/// What one pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Costs written.
+    pub written: usize,
+    /// Whether a write failed (the pass stopped there; its models are tried again).
+    pub failed: bool,
+}
+
+/// One pass: writes the due costs through the state's binder, one at a time. At the first
+/// failed write the pass stops (one warning, not one per pod: a missing RBAC grant or an
+/// overloaded API server fails them all) and the models left are kept for the next pass.
+pub async fn refresh_once(state: &ExtenderState, all: bool) -> Pass {
     let book = state.deletion_costs();
-    let mut written = 0;
-    for update in book.due(state, all) {
+    let mut pass = Pass::default();
+    let updates = book.due(state, all);
+    let total = updates.len();
+    let mut left = updates.into_iter();
+    for update in left.by_ref() {
         match state
             .binder()
             .set_deletion_cost(&update.namespace, &update.name, update.cost)
@@ -259,35 +278,50 @@ pub async fn refresh_once(state: &ExtenderState, all: bool) -> usize {
         {
             Ok(()) => {
                 book.wrote(&update);
-                written += 1;
+                pass.written += 1;
             }
             Err(CostWriteError::Gone) => {
                 // Its deletion event settles the order.
                 book.gone(&update.id);
             }
             Err(CostWriteError::Failed(error)) => {
-                tracing::warn!(pod = %format!("{}/{}", update.namespace, update.name), annotation = ANNOTATION_DELETION_COST, %error, "could not update the deletion cost; retrying");
+                tracing::warn!(pod = %format!("{}/{}", update.namespace, update.name), annotation = ANNOTATION_DELETION_COST, %error, pending = total - pass.written, "could not update the deletion cost; retrying later");
                 book.failed(&update);
+                pass.failed = true;
+                break;
             }
         }
     }
-    if written > 0 {
-        tracing::debug!(written, "deletion costs refreshed");
+    for update in left {
+        book.postpone(&update);
     }
-    written
+    if pass.written > 0 {
+        tracing::debug!(written = pass.written, "deletion costs refreshed");
+    }
+    pass
 }
 
+/// Longest wait between passes after failed writes.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
 /// Refreshes deletion costs every `every` while the state is ready, all models every
-/// [`RESYNC_PASSES`] passes.
+/// [`RESYNC_PASSES`] passes; after a failed write the wait doubles, up to [`MAX_BACKOFF`],
+/// until a pass succeeds.
 pub async fn refresh_deletion_costs(state: Arc<ExtenderState>, every: Duration) {
     let mut pass: u64 = 0;
+    let mut wait = every;
     loop {
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(wait).await;
         if !state.is_ready() {
             continue;
         }
         pass += 1;
-        refresh_once(&state, pass.is_multiple_of(RESYNC_PASSES)).await;
+        let done = refresh_once(&state, pass.is_multiple_of(RESYNC_PASSES)).await;
+        wait = if done.failed {
+            (wait * 2).min(MAX_BACKOFF.max(every))
+        } else {
+            every
+        };
     }
 }
 
@@ -369,5 +403,68 @@ mod tests {
         assert!(book.tracks("small", "sdxl"));
         book.retain(|_| false);
         assert!(!book.tracks("small", "sdxl"));
+    }
+
+    /// A binder whose deletion-cost writes are all refused, counting them.
+    #[derive(Default)]
+    struct Refusing(Arc<AtomicU64>);
+
+    impl crate::extender::binder::Binder for Refusing {
+        fn bind<'a>(
+            &'a self,
+            _: &'a crate::extender::binder::BindTarget,
+            _: &'a crate::core::Placement,
+            _: Option<i64>,
+        ) -> futures::future::BoxFuture<'a, Result<(), crate::extender::binder::BindFailure>>
+        {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn set_deletion_cost<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: i64,
+        ) -> futures::future::BoxFuture<'a, Result<(), CostWriteError>> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Box::pin(async { Err(CostWriteError::Failed("pods is forbidden (403)".into())) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_write_stops_the_pass_and_keeps_every_model_for_the_next() {
+        let tries = Arc::new(AtomicU64::new(0));
+        let state = ExtenderState::new(
+            Config::default(),
+            Catalog::default(),
+            Box::new(Refusing(tries.clone())),
+        );
+        let config = state.config.clone();
+        {
+            let mut inventory = state.write();
+            inventory.upsert_node(build_node(
+                &node("a100", "a", "NVIDIA-A100-SXM4-80GB", 81920, 2),
+                &config,
+                SystemTime::UNIX_EPOCH,
+            ));
+            for (name, device) in [("r0", 0), ("r1", 1)] {
+                let demand = pod(name, "12Gi", None);
+                record_bound(&mut inventory, &demand, "a100", Some(&[device]));
+                state
+                    .deletion_costs()
+                    .saw_bound(name, "sdxl", None, Some(demand));
+            }
+        }
+        let pass = refresh_once(&state, false).await;
+        assert_eq!(
+            pass,
+            Pass {
+                written: 0,
+                failed: true
+            }
+        );
+        assert_eq!(tries.load(Ordering::Relaxed), 1, "one try, not one per pod");
+        assert_eq!(state.deletion_costs().failures(), 1);
+        assert_eq!(state.deletion_costs().due(&state, false).len(), 2);
     }
 }

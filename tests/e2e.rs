@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
@@ -271,6 +272,109 @@ async fn wait_costs(client: &Client, names: &[String], within: Duration) -> Vec<
     }
 }
 
+/// The replicas of ReplicaSet `e2e-spread` not being deleted: how many, and the bound ones by
+/// zone.
+async fn spread_replicas_by_zone(client: &Client) -> (BTreeMap<String, u32>, usize) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let nodes: Api<Node> = Api::all(client.clone());
+    let list = pods
+        .list(&ListParams::default().labels("app=e2e-spread"))
+        .await
+        .unwrap();
+    let mut zones = BTreeMap::new();
+    let mut alive = 0;
+    for pod in list
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
+        alive += 1;
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+            continue;
+        };
+        let labels = nodes.get(&node).await.unwrap().metadata.labels;
+        let zone = labels.unwrap_or_default()["topology.kubernetes.io/zone"].clone();
+        *zones.entry(zone).or_default() += 1;
+    }
+    (zones, alive)
+}
+
+/// Step 6: six replicas of a ReplicaSet under `vramfit-spread` across both zones; scaled down
+/// to three by the real ReplicaSet controller, which reads vramfit's costs, the zones stay
+/// within one of each other (pods being deleted stay Terminating: no kubelet finishes them).
+async fn scale_down_keeps_zones_even(client: &Client) {
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), NAMESPACE);
+    let set: ReplicaSet = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "e2e-spread"},
+        "spec": {
+            "replicas": 6,
+            "selector": {"matchLabels": {"app": "e2e-spread"}},
+            "template": {
+                "metadata": {
+                    "labels": {"app": "e2e-spread", "vramfit.io/model": "spread-model"},
+                    "annotations": {"vramfit.io/vram": "12Gi"}
+                },
+                "spec": {
+                    "schedulerName": "vramfit-spread",
+                    "containers": [{"name": "main", "image": "registry.invalid/model:1",
+                                    "resources": {"limits": {"nvidia.com/gpu": "1"}}}]
+                }
+            }
+        }
+    }))
+    .unwrap();
+    sets.create(&PostParams::default(), &set).await.unwrap();
+    let even = |zones: &BTreeMap<String, u32>| {
+        let counts: Vec<u32> = zones.values().copied().collect();
+        counts.len() == 2 && counts[0].abs_diff(counts[1]) <= 1
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (zones, alive) = spread_replicas_by_zone(client).await;
+        if alive == 6 && zones.values().sum::<u32>() == 6 {
+            assert!(even(&zones), "placed: {zones:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "six replicas never bound: {zones:?}, {alive} alive"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The refresher settles the costs; then the scale-down.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let names: Vec<String> = pods
+        .list(&ListParams::default().labels("app=e2e-spread"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    wait_costs(client, &names, Duration::from_secs(60)).await;
+    sets.patch(
+        "e2e-spread",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"replicas": 3}})),
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (zones, alive) = spread_replicas_by_zone(client).await;
+        if alive == 3 {
+            assert!(even(&zones), "after the scale-down: {zones:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never scaled down: {alive} alive"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn device_holders(client: &Client) -> BTreeMap<(String, u32), Vec<String>> {
     let api: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
     let mut holders: BTreeMap<(String, u32), Vec<String>> = BTreeMap::new();
@@ -373,6 +477,31 @@ fn a_real_kube_scheduler_places_pods_through_vramfit() {
                 &free_port().to_string(),
             ]),
     );
+
+    // kube-controller-manager's ReplicaSet controller, when its binary is there: the one
+    // reader of the deletion costs (step 6).
+    let controller_manager = bin.join("kube-controller-manager");
+    let mut controllers = controller_manager.is_file().then(|| {
+        plane.spawn(
+            "kube-controller-manager",
+            Command::new(&controller_manager)
+                .arg("--kubeconfig")
+                .arg(plane.kubeconfig())
+                .arg("--authentication-kubeconfig")
+                .arg(plane.kubeconfig())
+                .arg("--authorization-kubeconfig")
+                .arg(plane.kubeconfig())
+                .args([
+                    "--controllers",
+                    "replicaset",
+                    "--leader-elect=false",
+                    "--bind-address",
+                    "127.0.0.1",
+                    "--secure-port",
+                    &free_port().to_string(),
+                ]),
+        )
+    });
 
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         runtime.block_on(async {
@@ -499,10 +628,24 @@ fn a_real_kube_scheduler_places_pods_through_vramfit() {
                 );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+
+            // 6. A ReplicaSet of six replicas under vramfit-spread, scaled down to three by the
+            // real ReplicaSet controller, which reads the costs: the zones stay within one.
+            if controllers.is_some() {
+                scale_down_keeps_zones_even(&client).await;
+            } else {
+                println!(
+                    "skipped: step 6 (no kube-controller-manager in {})",
+                    bin.display()
+                );
+            }
         });
     }));
     stop(&mut vramfit);
     stop(&mut scheduler);
+    if let Some(controllers) = controllers.as_mut() {
+        stop(controllers);
+    }
     if let Err(panic) = result {
         eprintln!("--- vramfit log ---\n{}", plane.tail("vramfit.err"));
         eprintln!(

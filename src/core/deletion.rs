@@ -118,15 +118,17 @@ fn has_smaller_host(inventory: &Inventory, demand: &PodDemand, held: u64) -> boo
 /// The deletion cost every bound replica of `model` should carry now, by ledger id, for the
 /// refresher to write where the pod's annotation differs: [`deletion_costs`] over the
 /// placements of the model that are bound or whose binding succeeded (a reservation still
-/// binding gets its cost from the Binding), with `current` giving the cost each pod's
-/// annotation holds and `max_skew` the profile's limit (`None`: no limit). `demand` stands for
+/// binding gets its cost from the Binding) that `current` knows: `current(id)` is `None` to
+/// leave a pod out (`serve` ranks only pods its watch has shown bound, so that two replicas of
+/// the extender rank alike), else the cost its annotation holds, if any. `max_skew` is the
+/// profile's limit (`None`: no limit). `demand` stands for
 /// the model's pods (one model, one demand), judging which devices are oversized.
 pub fn refreshed_costs(
     inventory: &Inventory,
     model: &str,
     demand: &PodDemand,
     max_skew: Option<u32>,
-    current: impl Fn(&str) -> Option<i64>,
+    current: impl Fn(&str) -> Option<Option<i64>>,
 ) -> Vec<(String, i64)> {
     let max_skew = max_skew.unwrap_or(SKEW_LIMIT_CAP);
     let mut oversized_by_size: Vec<(u64, bool)> = Vec::new();
@@ -139,6 +141,9 @@ pub fn refreshed_costs(
         {
             continue;
         }
+        let Some(current) = current(id) else {
+            continue;
+        };
         let held = held_mib(inventory, placement);
         let oversized = match oversized_by_size.iter().find(|(size, _)| *size == held) {
             Some(&(_, known)) => known,
@@ -152,7 +157,7 @@ pub fn refreshed_costs(
             pod: placement.pod.clone(),
             zone: placement.zone.clone(),
             oversized,
-            current: current(id),
+            current,
         });
         ids.push(id.clone());
     }
@@ -511,19 +516,27 @@ pub(crate) mod tests {
         inventory.confirm("s0", now);
         inventory.confirm("s1", now);
         inventory.confirm("s2", now);
-        let current = |_: &str| None;
+        let current = |_: &str| Some(None);
         let ranked = refreshed_costs(&inventory, "sdxl", &demands[0], Some(1), current);
         let mut ranked: Vec<(&str, i64)> = ranked.iter().map(|(id, c)| (id.as_str(), *c)).collect();
         ranked.sort();
         // Zone a: s0 on the T4 at height 1 (−2), s1 and s2 oversized above it (−5, −7).
         assert_eq!(ranked, [("s0", -2), ("s1", -5), ("s2", -7)]);
         // Their current costs kept where still valid: s1 claims height 3, s2 moves down.
-        let current = |id: &str| (id == "s1").then_some(-7);
+        let current = |id: &str| Some((id == "s1").then_some(-7));
         let ranked = refreshed_costs(&inventory, "sdxl", &demands[0], Some(1), current);
         let mut ranked: Vec<(&str, i64)> = ranked.iter().map(|(id, c)| (id.as_str(), *c)).collect();
         ranked.sort();
         assert_eq!(ranked, [("s0", -2), ("s1", -7), ("s2", -5)]);
-        assert!(refreshed_costs(&inventory, "other", &demands[0], Some(1), |_| None).is_empty());
+        assert!(
+            refreshed_costs(&inventory, "other", &demands[0], Some(1), |_| Some(None)).is_empty()
+        );
+        // A pod the caller leaves out is not ranked: s0 alone is at height 1 under s1, s2.
+        let only = |id: &str| (id != "s0").then_some(None);
+        let ranked = refreshed_costs(&inventory, "sdxl", &demands[0], Some(1), only);
+        let mut ranked: Vec<(&str, i64)> = ranked.iter().map(|(id, c)| (id.as_str(), *c)).collect();
+        ranked.sort();
+        assert_eq!(ranked, [("s1", -3), ("s2", -5)]);
     }
 
     proptest::proptest! {

@@ -79,9 +79,11 @@ pub struct CostUpdate {
 /// The refresher's record: per model its bound replicas (demand and the cost each annotation
 /// holds), and the models changed since the last pass.
 ///
-/// The demand standing for a model is its replica with the smallest ledger id, so that both
-/// replicas of an HA deployment, each running a refresher from the same watch, rank alike
-/// and agree on every value (a write is skipped where the annotation already holds it).
+/// Only replicas the watch has shown bound are ranked (not this extender's own binds the watch
+/// has not echoed yet), and the demand standing for a model is its replica with the smallest
+/// ledger id, so that both replicas of an HA deployment, each running a refresher from the
+/// same watch, rank alike and agree on every value (a write is skipped where the annotation
+/// already holds it).
 #[derive(Default)]
 pub struct CostBook {
     book: Mutex<Book>,
@@ -189,8 +191,9 @@ impl CostBook {
         for (model, demand, annotated) in models {
             let max_skew = state.config.max_zone_skew(demand.scheduler_name.as_deref());
             let inventory = state.read();
+            // Only pods the watch has shown bound are ranked and written.
             let ranked = refreshed_costs(&inventory, &model, &demand, max_skew, |id| {
-                annotated.get(id).copied().flatten()
+                annotated.get(id).copied()
             });
             for (id, cost) in ranked {
                 // Only pods the watch has shown bound are written.

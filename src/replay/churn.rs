@@ -995,7 +995,7 @@ fn refresh_costs(world: &World, pods: &mut BTreeMap<u64, Pod>, limit: Option<u32
             by_id
                 .get(id)
                 .and_then(|serial| pods.get(serial))
-                .map(|p| p.cost)
+                .map(|p| Some(p.cost))
         });
         for (id, cost) in costs {
             if let Some(pod) = by_id.get(&id).and_then(|serial| pods.get_mut(serial)) {

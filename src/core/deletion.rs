@@ -59,7 +59,8 @@ fn height_of(cost: i64, oversized: bool, max_skew: u32) -> Option<u32> {
     } else {
         0
     };
-    let doubled = -cost - i64::from(oversized);
+    // Any i64 may come from an annotation: no arithmetic here may overflow.
+    let doubled = cost.checked_neg()?.checked_sub(i64::from(oversized))?;
     if doubled <= 0 || doubled % 2 != 0 {
         return None;
     }
@@ -488,6 +489,20 @@ pub(crate) mod tests {
         }
         assert_eq!(height_of(0, false, 1), None);
         assert_eq!(height_of(5, false, 1), None);
+        for extreme in [
+            i64::MIN,
+            i64::MIN + 1,
+            i64::MAX,
+            -(i64::from(u32::MAX) * 2 + 10),
+        ] {
+            assert_eq!(height_of(extreme, true, 1), None, "{extreme}");
+            assert_eq!(height_of(extreme, false, u32::MAX), None, "{extreme}");
+        }
+        let hostile = [
+            with("ml/p", "a", false, Some(i64::MIN)),
+            with("ml/q", "a", true, Some(i64::MAX)),
+        ];
+        assert_eq!(deletion_costs(&hostile, 1), [-2, -5]);
     }
 
     #[test]
@@ -548,7 +563,11 @@ pub(crate) mod tests {
         /// a new plain replica in its zone.
         #[test]
         fn every_scale_down_keeps_the_skew_bound_frees_big_devices_first_and_costs_stay_put(
-            raw in proptest::collection::vec((0u8..4, proptest::bool::ANY), 0..40),
+            raw in proptest::collection::vec(
+                (0u8..4, proptest::bool::ANY, proptest::option::of(-12i64..1)),
+                0..40,
+            ),
+            hostile in proptest::option::of(proptest::num::i64::ANY),
             limit in 1u32..4,
             last_tie in proptest::bool::ANY,
             added in (0u8..3, proptest::bool::ANY),
@@ -557,8 +576,11 @@ pub(crate) mod tests {
             let replicas: Vec<Replica> = raw
                 .iter()
                 .enumerate()
-                .map(|(i, &(zone, oversized))| {
-                    replica(&format!("ml/p{i:02}"), zones.get(zone as usize).copied(), oversized)
+                .map(|(i, &(zone, oversized, current))| Replica {
+                    // Costs left by earlier rankings, other writers or none; the first may be
+                    // anything at all.
+                    current: if i == 0 { hostile } else { current },
+                    ..replica(&format!("ml/p{i:02}"), zones.get(zone as usize).copied(), oversized)
                 })
                 .collect();
             let costs = deletion_costs(&replicas, limit);

@@ -284,6 +284,12 @@ async fn the_refresher_rewrites_stale_deletion_costs_so_scale_downs_keep_zones_e
             replica("sdxl-b1", "a100-b", "0"),
             replica("sdxl-b2", "a100-b", "1"),
             replica("sdxl-c", "a100-c", "0"),
+            // Scheduled by another scheduler: counted for capacity, never written.
+            {
+                let mut other = replica("sdxl-other", "a100-c", "1");
+                other["spec"]["schedulerName"] = json!("default-scheduler");
+                other
+            },
         ])
         .start();
     let client = api.client();
@@ -295,11 +301,11 @@ async fn the_refresher_rewrites_stale_deletion_costs_so_scale_downs_keep_zones_e
     ));
     vramfit::extender::watch::spawn_live(client, state.clone(), Duration::from_secs(120));
     eventually("ready", || state.is_ready()).await;
-    eventually("the five replicas seen", || {
+    eventually("the six replicas seen (one another scheduler's)", || {
         state
             .read()
             .replicas("sdxl")
-            .is_some_and(|r| ["a", "b", "c"].iter().map(|z| r.in_zone(z)).sum::<u32>() == 5)
+            .is_some_and(|r| ["a", "b", "c"].iter().map(|z| r.in_zone(z)).sum::<u32>() == 6)
     })
     .await;
     // Zones hold 2 / 2 / 1 replicas; four sit on A100s while a T4 fits SDXL. Each zone stacks
@@ -332,6 +338,7 @@ async fn the_refresher_rewrites_stale_deletion_costs_so_scale_downs_keep_zones_e
     })
     .await;
     assert_eq!(state.deletion_costs().failures(), 0);
+    assert_eq!(deletion_cost(&api, "sdxl-other").as_deref(), Some("0"));
     let metrics = get(&extender(state.clone()), "/metrics").await.1;
     assert!(
         metrics.contains("vramfit_deletion_cost_updates_total 6"),

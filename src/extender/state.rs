@@ -449,10 +449,16 @@ impl ExtenderState {
         }
     }
 
-    /// Tells the deletion-cost refresher that bound pod `id` is a replica of the model its
-    /// placement names (if any), with the cost its annotation holds.
+    /// Tells the deletion-cost refresher that bound pod `id`, scheduled through one of
+    /// vramfit's profiles, is a replica of the model its placement names (if any), with the
+    /// cost its annotation holds.
     fn note_replica(&self, facts: &PodFacts, id: &str) {
-        if !self.config.deletion_cost {
+        // Only pods scheduled through one of vramfit's profiles: others' pods are left alone.
+        let ours = facts
+            .scheduler_name
+            .as_deref()
+            .is_some_and(|name| self.config.profiles.contains_key(name));
+        if !self.config.deletion_cost || !ours {
             return;
         }
         let placement_model = self

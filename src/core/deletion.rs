@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 
 use super::demand::PodDemand;
 use super::inventory::{Inventory, Placement, Stage};
-use super::node::{product_matches, NodeInfo, Vendor};
+use super::node::{products_allow, NodeInfo, Vendor};
 
 /// The annotation the ReplicaSet controller reads (beta, on by default since Kubernetes 1.22).
 pub const ANNOTATION_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
@@ -184,11 +184,7 @@ fn could_host(node: &NodeInfo, demand: &PodDemand, below: u64) -> bool {
         .filter(|d| {
             d.total_mib < below
                 && d.usable_mib(demand.headroom_percent) >= demand.vram_mib
-                && (demand.products.is_empty()
-                    || demand
-                        .products
-                        .iter()
-                        .any(|p| product_matches(p, d, vendor)))
+                && products_allow(&demand.products, d, vendor)
         })
         .count();
     hosts >= need && (sharing || node.allocatable_devices as usize >= need)

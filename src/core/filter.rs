@@ -8,7 +8,7 @@ use smallvec::SmallVec;
 
 use super::demand::PodDemand;
 use super::inventory::DeviceShare;
-use super::node::{product_matches, NodeInfo, NodeProblem, MAX_DEVICES_PER_NODE};
+use super::node::{products_allow, NodeInfo, NodeProblem, MAX_DEVICES_PER_NODE};
 use super::quantity::format_mib;
 
 /// Why a node was rejected. `Display` gives the reason kube-scheduler shows in events.
@@ -266,10 +266,7 @@ pub fn fit_node(node: &NodeInfo, demand: &PodDemand) -> Result<Fit, Reason> {
             let allowed_here = match last_product {
                 Some((product, verdict)) if std::sync::Arc::ptr_eq(product, d.product()) => verdict,
                 _ => {
-                    let verdict = demand
-                        .products
-                        .iter()
-                        .any(|p| product_matches(p, d, vendor));
+                    let verdict = products_allow(&demand.products, d, vendor);
                     last_product = Some((d.product(), verdict));
                     verdict
                 }

@@ -26,7 +26,7 @@ use smallvec::SmallVec;
 use super::demand::PodDemand;
 use super::filter::Fit;
 use super::host::{Host, HostLedger};
-use super::node::{product_matches, Device, NodeInfo, NodeProblem, Vendor};
+use super::node::{products_allow, Device, NodeInfo, NodeProblem, Vendor};
 use super::workload::{Shape, WorkloadModel, WorkloadParams, WorkloadProfile};
 
 /// Whether `host` has too little cpu or memory free for one pod of `shape`.
@@ -201,8 +201,7 @@ fn masks(node: &NodeInfo, profile: &WorkloadProfile) -> Masks {
                     || match last {
                         Some((product, allowed)) if Arc::ptr_eq(product, d.product()) => allowed,
                         _ => {
-                            let allowed =
-                                shape.products.iter().any(|p| product_matches(p, d, vendor));
+                            let allowed = products_allow(&shape.products, d, vendor);
                             last = Some((d.product(), allowed));
                             allowed
                         }
@@ -552,11 +551,7 @@ fn shares_fit(node: &NodeInfo, d: &Device, demand: &PodDemand) -> bool {
     d.healthy
         && d.exclusive_holders == 0
         && d.free_mib(demand.headroom_percent) >= demand.vram_mib
-        && (demand.products.is_empty()
-            || demand
-                .products
-                .iter()
-                .any(|p| product_matches(p, d, vendor)))
+        && products_allow(&demand.products, d, vendor)
 }
 
 /// The workload model plus every node's cached fragmentation, kept by the inventory in step

@@ -703,6 +703,12 @@ fn mk_device(
     }
 }
 
+/// Whether an allow-list (`vramfit.io/products`, a catalog entry's `products`) admits `device`:
+/// an empty list admits every device, otherwise one entry must name it ([`product_matches`]).
+pub fn products_allow(products: &[String], device: &Device, vendor: Vendor) -> bool {
+    products.is_empty() || products.iter().any(|p| product_matches(p, device, vendor))
+}
+
 /// Whether an allow-list entry (`A100`, `Tesla-T4`, `A100-80GB`, `910B3`, `nvidia`) names a device.
 ///
 /// An entry matches the exact product, the class, the vendor, or a subsequence of the product's

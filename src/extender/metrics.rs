@@ -468,7 +468,7 @@ impl Metrics {
         let costs_failed = Counter::<u64>::default();
         registry.register(
             "deletion_cost_update_errors",
-            "Live mode: deletion-cost writes the API server refused or did not answer (each retried on the next pass)",
+            "Live mode: deletion-cost writes the API server refused or did not answer (each ends its pass; retried with a backoff up to 60 s)",
             costs_failed.clone(),
         );
         costs_failed.inc_by(input.deletion_costs.1);

@@ -117,6 +117,27 @@ impl ControlPlane {
         child
     }
 
+    /// Starts Kubernetes component `name` (kube-scheduler, kube-controller-manager) from
+    /// `binary` with `args`, authenticating and authorizing through the plane's kubeconfig and
+    /// serving its health port on a free loopback port.
+    fn spawn_component(&self, name: &str, binary: &Path, args: &[&str]) -> Child {
+        self.spawn(
+            name,
+            Command::new(binary)
+                .args(args)
+                .arg("--authentication-kubeconfig")
+                .arg(self.kubeconfig())
+                .arg("--authorization-kubeconfig")
+                .arg(self.kubeconfig())
+                .args([
+                    "--bind-address",
+                    "127.0.0.1",
+                    "--secure-port",
+                    &free_port().to_string(),
+                ]),
+        )
+    }
+
     fn tail(&self, name: &str) -> String {
         let text = std::fs::read_to_string(self.state.join("logs").join(format!("{name}.log")))
             .unwrap_or_default();
@@ -461,45 +482,28 @@ fn a_real_kube_scheduler_places_pods_through_vramfit() {
         );
     let scheduler_config = plane.state.join("kube-scheduler.yaml");
     std::fs::write(&scheduler_config, config).unwrap();
-    let mut scheduler = plane.spawn(
+    let scheduler_config = scheduler_config.display().to_string();
+    let mut scheduler = plane.spawn_component(
         "kube-scheduler",
-        Command::new(bin.join("kube-scheduler"))
-            .arg("--config")
-            .arg(&scheduler_config)
-            .arg("--authentication-kubeconfig")
-            .arg(plane.kubeconfig())
-            .arg("--authorization-kubeconfig")
-            .arg(plane.kubeconfig())
-            .args([
-                "--bind-address",
-                "127.0.0.1",
-                "--secure-port",
-                &free_port().to_string(),
-            ]),
+        &bin.join("kube-scheduler"),
+        &["--config", &scheduler_config],
     );
 
     // kube-controller-manager's ReplicaSet controller, when its binary is there: the one
     // reader of the deletion costs (step 6).
     let controller_manager = bin.join("kube-controller-manager");
     let mut controllers = controller_manager.is_file().then(|| {
-        plane.spawn(
+        let kubeconfig = plane.kubeconfig().display().to_string();
+        plane.spawn_component(
             "kube-controller-manager",
-            Command::new(&controller_manager)
-                .arg("--kubeconfig")
-                .arg(plane.kubeconfig())
-                .arg("--authentication-kubeconfig")
-                .arg(plane.kubeconfig())
-                .arg("--authorization-kubeconfig")
-                .arg(plane.kubeconfig())
-                .args([
-                    "--controllers",
-                    "replicaset",
-                    "--leader-elect=false",
-                    "--bind-address",
-                    "127.0.0.1",
-                    "--secure-port",
-                    &free_port().to_string(),
-                ]),
+            &controller_manager,
+            &[
+                "--kubeconfig",
+                &kubeconfig,
+                "--controllers",
+                "replicaset",
+                "--leader-elect=false",
+            ],
         )
     });
 

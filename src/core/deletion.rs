@@ -303,6 +303,17 @@ pub(crate) mod tests {
         }
     }
 
+    /// Adds `nodes`, built with the default config, to `inventory`.
+    pub(crate) fn add_nodes(inventory: &mut Inventory, nodes: impl IntoIterator<Item = NodeFacts>) {
+        for facts in nodes {
+            inventory.upsert_node(build_node(
+                &facts,
+                &Config::default(),
+                SystemTime::UNIX_EPOCH,
+            ));
+        }
+    }
+
     /// A one-device replica of `sdxl` under `vramfit-spread`, UID `name`.
     pub(crate) fn pod(name: &str, vram: &str, products: Option<&str>) -> PodDemand {
         let mut annotations = BTreeMap::from([("vramfit.io/vram".into(), vram.into())]);
@@ -329,12 +340,13 @@ pub(crate) mod tests {
     fn later_replicas_of_a_zone_and_small_models_on_big_devices_go_first() {
         let config = Config::default();
         let mut inventory = Inventory::new();
-        for facts in [
-            node("t4-a", "a", "Tesla-T4", 15360, 1),
-            node("a100-b", "b", "NVIDIA-A100-SXM4-80GB", 81920, 2),
-        ] {
-            inventory.upsert_node(build_node(&facts, &config, SystemTime::UNIX_EPOCH));
-        }
+        add_nodes(
+            &mut inventory,
+            [
+                node("t4-a", "a", "Tesla-T4", 15360, 1),
+                node("a100-b", "b", "NVIDIA-A100-SXM4-80GB", 81920, 2),
+            ],
+        );
         let mut costs = Vec::new();
         for name in ["sdxl-0", "sdxl-1", "sdxl-2"] {
             let demand = pod(name, "12Gi", None);
@@ -503,14 +515,14 @@ pub(crate) mod tests {
 
     #[test]
     fn refreshed_costs_rank_bound_and_confirmed_replicas_and_keep_valid_heights() {
-        let config = Config::default();
         let mut inventory = Inventory::new();
-        for facts in [
-            node("t4-a", "a", "Tesla-T4", 15360, 1),
-            node("a100-a", "a", "NVIDIA-A100-SXM4-80GB", 81920, 4),
-        ] {
-            inventory.upsert_node(build_node(&facts, &config, SystemTime::UNIX_EPOCH));
-        }
+        add_nodes(
+            &mut inventory,
+            [
+                node("t4-a", "a", "Tesla-T4", 15360, 1),
+                node("a100-a", "a", "NVIDIA-A100-SXM4-80GB", 81920, 4),
+            ],
+        );
         let now = std::time::Instant::now();
         let mut demands = Vec::new();
         for (name, on) in [

@@ -330,27 +330,25 @@ pub async fn refresh_deletion_costs(state: Arc<ExtenderState>, every: Duration) 
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
-
     use super::*;
-    use crate::core::deletion::tests::{node, pod};
-    use crate::core::{build_node, record_bound, Catalog, Config};
+    use crate::core::deletion::tests::{add_nodes, node, pod};
+    use crate::core::{record_bound, Catalog, Config};
     use crate::extender::binder::RecordOnly;
 
     #[test]
     fn the_book_asks_for_what_differs_and_settles_on_the_echo() {
         let state = ExtenderState::new(Config::default(), Catalog::default(), Box::new(RecordOnly));
-        let config = state.config.clone();
         let book = CostBook::default();
         let mut demands = Vec::new();
         {
             let mut inventory = state.write();
-            for facts in [
-                node("t4-a", "a", "Tesla-T4", 15360, 1),
-                node("a100-b", "b", "NVIDIA-A100-SXM4-80GB", 81920, 1),
-            ] {
-                inventory.upsert_node(build_node(&facts, &config, SystemTime::UNIX_EPOCH));
-            }
+            add_nodes(
+                &mut inventory,
+                [
+                    node("t4-a", "a", "Tesla-T4", 15360, 1),
+                    node("a100-b", "b", "NVIDIA-A100-SXM4-80GB", 81920, 1),
+                ],
+            );
             for (name, on) in [("small", "t4-a"), ("big", "a100-b")] {
                 let demand = pod(name, "12Gi", None);
                 record_bound(&mut inventory, &demand, on, Some(&[0]));
@@ -442,14 +440,12 @@ mod tests {
             Catalog::default(),
             Box::new(Refusing(tries.clone())),
         );
-        let config = state.config.clone();
         {
             let mut inventory = state.write();
-            inventory.upsert_node(build_node(
-                &node("a100", "a", "NVIDIA-A100-SXM4-80GB", 81920, 2),
-                &config,
-                SystemTime::UNIX_EPOCH,
-            ));
+            add_nodes(
+                &mut inventory,
+                [node("a100", "a", "NVIDIA-A100-SXM4-80GB", 81920, 2)],
+            );
             for (name, device) in [("r0", 0), ("r1", 1)] {
                 let demand = pod(name, "12Gi", None);
                 record_bound(&mut inventory, &demand, "a100", Some(&[device]));

@@ -312,7 +312,7 @@ async fn the_refresher_rewrites_stale_deletion_costs_so_scale_downs_keep_zones_e
     // its oversized replicas above the others, and the lowest cost — the highest level, an
     // oversized replica first among equals — goes first: the tops of zones a and b (−5), then
     // the oversized replicas at height 1 (−3), the T4 replica last (−2).
-    vramfit::extender::deletion::refresh_once(&state, false).await;
+    // Only the refresher's own loop writes (a pass every 2 s), so every count below is exact.
     let costs = || -> Vec<Option<String>> {
         ["sdxl-a", "sdxl-b2", "sdxl-b1", "sdxl-c", "sdxl-t4"]
             .iter()
@@ -322,8 +322,15 @@ async fn the_refresher_rewrites_stale_deletion_costs_so_scale_downs_keep_zones_e
     let expected = |values: &[&str]| -> Vec<Option<String>> {
         values.iter().map(|v| Some(v.to_string())).collect()
     };
-    assert_eq!(costs(), expected(&["-5", "-5", "-3", "-3", "-2"]));
-    assert_eq!(state.deletion_costs().written(), 5);
+    eventually("the first pass written", || {
+        costs() == expected(&["-5", "-5", "-3", "-3", "-2"])
+    })
+    .await;
+    // The API server shows a write before the refresher has counted it: wait for the count.
+    eventually("five writes counted", || {
+        state.deletion_costs().written() == 5
+    })
+    .await;
     // The watch echoes the writes; once it has, nothing is due.
     eventually("the written costs seen by the watch", || {
         state.deletion_costs().due(&state, true).is_empty()
@@ -335,6 +342,10 @@ async fn the_refresher_rewrites_stale_deletion_costs_so_scale_downs_keep_zones_e
     api.delete_pod("sdxl-t4");
     eventually("zone a's replica moved down", || {
         costs()[..4] == expected(&["-3", "-5", "-3", "-3"])[..]
+    })
+    .await;
+    eventually("the sixth write counted", || {
+        state.deletion_costs().written() == 6
     })
     .await;
     assert_eq!(state.deletion_costs().failures(), 0);

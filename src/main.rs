@@ -376,6 +376,31 @@ async fn kube_client(
     vramfit::kubernetes::client::client(kubeconfig.as_deref(), context.as_deref()).await
 }
 
+/// The refresher's gate on `server.leaderLease` (none when unset); the identity is
+/// `server.leaderIdentity`, else the host name.
+fn cost_gate(
+    client: &kube::Client,
+    server: &vramfit::extender::http::ServerConfig,
+) -> anyhow::Result<Option<vramfit::extender::lease::LeaseGate>> {
+    let Some(lease) = server.leader_lease.clone() else {
+        return Ok(None);
+    };
+    let identity = match &server.leader_identity {
+        Some(identity) => identity.clone(),
+        None => hostname::get()
+            .ok()
+            .and_then(|name| name.into_string().ok())
+            .filter(|name| !name.is_empty())
+            .context("server.leaderLease is set but the host name cannot be read: set server.leaderIdentity")?,
+    };
+    tracing::info!(%lease, identity, "deletion costs are written by the replica whose scheduler holds the Lease");
+    Ok(Some(vramfit::extender::lease::LeaseGate::new(
+        client.clone(),
+        lease,
+        identity,
+    )))
+}
+
 fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let ServeArgs {
         source,
@@ -405,7 +430,8 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 );
                 let state = Arc::new(ExtenderState::new(settings.placement, catalog, Box::new(binder)));
                 let ttl = std::time::Duration::from_secs(settings.server.reservation_ttl_seconds);
-                vramfit::extender::watch::spawn_live(client, state.clone(), ttl);
+                let gate = cost_gate(&client, &settings.server)?;
+                vramfit::extender::watch::spawn_live(client, state.clone(), ttl, gate);
                 tracing::info!("watching nodes and pods; ready once both initial lists are in");
                 state
             }

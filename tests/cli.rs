@@ -185,6 +185,24 @@ fn bad_input_is_a_clear_error_with_exit_1() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("headroomPercent must be 0..=90"));
+
+    for (server, error) in [
+        (
+            "leaderLease: vramfit-scheduler",
+            "leaderLease must be NAMESPACE/NAME (e.g. vramfit-system/vramfit-scheduler), got \"vramfit-scheduler\"",
+        ),
+        ("leaderIdentity: ' '", "leaderIdentity must not be empty"),
+    ] {
+        let config = scratch("server.yaml", &format!("server:\n  {server}\n"));
+        let out = place(
+            "examples/cluster.yaml",
+            "examples/models.yaml",
+            &["--config", config.to_str().unwrap()],
+        );
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(error), "{stderr}");
+    }
 }
 
 #[test]

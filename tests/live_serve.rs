@@ -76,7 +76,7 @@ async fn live_mode_lists_watches_binds_and_recovers() {
         StatusCode::SERVICE_UNAVAILABLE,
         "not ready before the lists"
     );
-    vramfit::extender::watch::spawn_live(client, state.clone(), Duration::from_secs(120));
+    vramfit::extender::watch::spawn_live(client, state.clone(), Duration::from_secs(120), None);
     eventually("ready after both lists (the first pod watch broke)", || {
         state.is_ready()
     })
@@ -265,13 +265,13 @@ fn deletion_cost(api: &FakeApi, name: &str) -> Option<String> {
         .map(String::from)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_refresher_rewrites_stale_deletion_costs_so_scale_downs_keep_zones_even() {
+/// Zone a: a T4 (the smallest device SDXL fits) and an A100; zones b and c: an A100 each;
+/// six SDXL replicas, one of them another scheduler's.
+fn sdxl_in_three_zones() -> FakeApi {
     let zoned = |name: &str, zone: &str, gpus: u32| {
         node_json(name, gpus).label("topology.kubernetes.io/zone", zone)
     };
-    // Zone a: a T4 (the smallest device SDXL fits) and an A100; zones b and c: an A100 each.
-    let api = FakeApi::builder()
+    FakeApi::builder()
         .nodes([
             zoned("t4-a", "a", 1).product("Tesla-T4", 15360).build(),
             zoned("a100-a", "a", 2).build(),
@@ -291,7 +291,15 @@ async fn the_refresher_rewrites_stale_deletion_costs_so_scale_downs_keep_zones_e
                 other
             },
         ])
-        .start();
+        .start()
+}
+
+/// Live mode over `api` with the deletion-cost refresher gated by `gate`, once the six
+/// replicas are in.
+async fn live_sdxl(
+    api: &FakeApi,
+    gate: Option<vramfit::extender::lease::LeaseGate>,
+) -> Arc<ExtenderState> {
     let client = api.client();
     let binder = vramfit::extender::binder::KubeBinder::new(client.clone(), Duration::from_secs(5));
     let state = Arc::new(ExtenderState::new(
@@ -299,7 +307,7 @@ async fn the_refresher_rewrites_stale_deletion_costs_so_scale_downs_keep_zones_e
         Catalog::default(),
         Box::new(binder),
     ));
-    vramfit::extender::watch::spawn_live(client, state.clone(), Duration::from_secs(120));
+    vramfit::extender::watch::spawn_live(client, state.clone(), Duration::from_secs(120), gate);
     eventually("ready", || state.is_ready()).await;
     eventually("the six replicas seen (one another scheduler's)", || {
         state
@@ -308,6 +316,13 @@ async fn the_refresher_rewrites_stale_deletion_costs_so_scale_downs_keep_zones_e
             .is_some_and(|r| ["a", "b", "c"].iter().map(|z| r.in_zone(z)).sum::<u32>() == 6)
     })
     .await;
+    state
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refresher_rewrites_stale_deletion_costs_so_scale_downs_keep_zones_even() {
+    let api = sdxl_in_three_zones();
+    let state = live_sdxl(&api, None).await;
     // Zones hold 2 / 2 / 1 replicas; four sit on A100s while a T4 fits SDXL. Each zone stacks
     // its oversized replicas above the others, and the lowest cost — the highest level, an
     // oversized replica first among equals — goes first: the tops of zones a and b (−5), then
@@ -353,6 +368,47 @@ async fn the_refresher_rewrites_stale_deletion_costs_so_scale_downs_keep_zones_e
     let metrics = get(&extender(state.clone()), "/metrics").await.1;
     assert!(
         metrics.contains("vramfit_deletion_cost_updates_total 6"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_replica_beside_the_lease_holder_writes_deletion_costs() {
+    let api = sdxl_in_three_zones();
+    // kube-scheduler in the other replica's pod holds the Lease (`<host name>_<uuid>`).
+    api.put_lease("vramfit-system", "vramfit-scheduler", "sched-b_5f0c");
+    let lease = "vramfit-system/vramfit-scheduler"
+        .to_string()
+        .try_into()
+        .unwrap();
+    let gate = vramfit::extender::lease::LeaseGate::new(api.client(), lease, "sched-a".into());
+    let state = live_sdxl(&api, Some(gate)).await;
+    eventually("the Lease read", || !state.deletion_costs().writes()).await;
+    // Two passes later still nothing written: the leader's replica writes.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(state.deletion_costs().written(), 0);
+    assert_eq!(deletion_cost(&api, "sdxl-a").as_deref(), Some("0"));
+    let metrics = get(&extender(state.clone()), "/metrics").await.1;
+    assert!(
+        metrics.contains("vramfit_deletion_cost_writer 0"),
+        "{metrics}"
+    );
+
+    // Our kube-scheduler takes over: this replica writes every stale cost.
+    api.put_lease("vramfit-system", "vramfit-scheduler", "sched-a_9e41");
+    eventually("the costs written", || {
+        deletion_cost(&api, "sdxl-a").as_deref() == Some("-5")
+            && deletion_cost(&api, "sdxl-t4").as_deref() == Some("-2")
+    })
+    .await;
+    eventually("five writes counted", || {
+        state.deletion_costs().written() == 5
+    })
+    .await;
+    assert!(state.deletion_costs().writes());
+    let metrics = get(&extender(state.clone()), "/metrics").await.1;
+    assert!(
+        metrics.contains("vramfit_deletion_cost_writer 1"),
         "{metrics}"
     );
 }

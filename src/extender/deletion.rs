@@ -16,13 +16,14 @@
 //! one is retried on the next pass.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::core::deletion::{refreshed_costs, ANNOTATION_DELETION_COST};
 use crate::core::PodDemand;
 use crate::extender::binder::CostWriteError;
+use crate::extender::lease::{LeaseGate, Turn};
 use crate::extender::state::ExtenderState;
 
 /// How often the refresher looks for models whose replicas changed.
@@ -89,6 +90,8 @@ pub struct CostBook {
     book: Mutex<Book>,
     written: AtomicU64,
     failed: AtomicU64,
+    /// Another replica's scheduler holds `server.leaderLease`: this one writes nothing.
+    following: AtomicBool,
 }
 
 impl CostBook {
@@ -253,6 +256,16 @@ impl CostBook {
     pub fn failures(&self) -> u64 {
         self.failed.load(Ordering::Relaxed)
     }
+
+    /// Whether this replica writes costs: false while another replica's scheduler holds
+    /// `server.leaderLease`.
+    pub fn writes(&self) -> bool {
+        !self.following.load(Ordering::Relaxed)
+    }
+
+    fn set_writes(&self, writes: bool) {
+        self.following.store(!writes, Ordering::Relaxed);
+    }
 }
 
 /// What one pass did.
@@ -309,22 +322,66 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Refreshes deletion costs every `every` while the state is ready, all models every
 /// [`RESYNC_PASSES`] passes; after a failed write the wait doubles, up to [`MAX_BACKOFF`],
-/// until a pass succeeds.
-pub async fn refresh_deletion_costs(state: Arc<ExtenderState>, every: Duration) {
+/// until a pass succeeds. With a `gate`, passes run only while the Lease does not name another
+/// replica's scheduler (see [`crate::extender::lease`]); the first pass after such a spell
+/// refreshes every model.
+pub async fn refresh_deletion_costs(
+    state: Arc<ExtenderState>,
+    every: Duration,
+    gate: Option<LeaseGate>,
+) {
     let mut pass: u64 = 0;
     let mut wait = every;
+    let mut last_turn: Option<Turn> = None;
+    let mut resync = false;
     loop {
         tokio::time::sleep(wait).await;
         if !state.is_ready() {
             continue;
         }
+        if let Some(gate) = &gate {
+            let turn = gate.turn().await;
+            // Logged when it changes (an unreadable Lease once per spell, whatever the error).
+            let same = match (&last_turn, &turn) {
+                (Some(Turn::Unknown(_)), Turn::Unknown(_)) => true,
+                (last, turn) => last.as_ref() == Some(turn),
+            };
+            if !same {
+                log_turn(gate, &turn);
+            }
+            let writes = turn.writes();
+            state.deletion_costs().set_writes(writes);
+            last_turn = Some(turn);
+            if !writes {
+                resync = true;
+                wait = every;
+                continue;
+            }
+        }
         pass += 1;
-        let done = refresh_once(&state, pass.is_multiple_of(RESYNC_PASSES)).await;
+        let all = std::mem::take(&mut resync) || pass.is_multiple_of(RESYNC_PASSES);
+        let done = refresh_once(&state, all).await;
         wait = if done.failed {
             (wait * 2).min(MAX_BACKOFF.max(every))
         } else {
             every
         };
+    }
+}
+
+fn log_turn(gate: &LeaseGate, turn: &Turn) {
+    let lease = gate.lease();
+    let identity = gate.identity();
+    match turn {
+        Turn::Leads => {
+            tracing::info!(%lease, identity, "this replica's scheduler holds the Lease: writing deletion costs")
+        }
+        Turn::Follows(holder) => {
+            tracing::info!(%lease, identity, holder, "another replica's scheduler holds the Lease: leaving deletion costs to it")
+        }
+        Turn::Unknown(why) => {
+            tracing::warn!(%lease, identity, why, "cannot tell which replica leads: writing deletion costs here too")
+        }
     }
 }
 

@@ -59,6 +59,12 @@ pub struct ServerConfig {
     pub header_read_timeout_seconds: u64,
     /// A connection that reads and writes nothing for this long is closed (HTTP/2 included).
     pub idle_timeout_seconds: u64,
+    /// Live mode: the scheduler's leader-election Lease; only the replica whose scheduler
+    /// holds it writes deletion costs (none: every replica writes).
+    pub leader_lease: Option<crate::extender::lease::LeaseName>,
+    /// This replica's name in that Lease's holder (default: the host name, which
+    /// kube-scheduler's `<host name>_<uuid>` begins with).
+    pub leader_identity: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +81,8 @@ impl Default for ServerConfig {
             max_connections: 512,
             header_read_timeout_seconds: 10,
             idle_timeout_seconds: 120,
+            leader_lease: None,
+            leader_identity: None,
         }
     }
 }

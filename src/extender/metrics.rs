@@ -139,6 +139,8 @@ pub struct ScrapeInput {
     ledger_corrections: u64,
     /// Deletion costs written and failed writes (`extender::deletion`).
     deletion_costs: (u64, u64),
+    /// Whether this replica writes deletion costs (not while another one's scheduler leads).
+    deletion_cost_writer: bool,
 }
 
 impl ScrapeInput {
@@ -204,6 +206,7 @@ impl ScrapeInput {
         input.ledger_corrections = cluster.ledger_corrections();
         let costs = cluster.deletion_costs();
         input.deletion_costs = (costs.written(), costs.failures());
+        input.deletion_cost_writer = costs.writes();
         input.watch = [
             (WatchedResource::Nodes, "nodes"),
             (WatchedResource::Pods, "pods"),
@@ -472,6 +475,13 @@ impl Metrics {
             costs_failed.clone(),
         );
         costs_failed.inc_by(input.deletion_costs.1);
+        let writer = Gauge::<i64>::default();
+        registry.register(
+            "deletion_cost_writer",
+            "Live mode: 1 while this replica writes deletion costs, 0 while another replica's scheduler holds server.leaderLease",
+            writer.clone(),
+        );
+        writer.set(i64::from(input.deletion_cost_writer));
         for (resource, age, errors) in &input.watch {
             let labels = ResourceLabels {
                 resource: (*resource).into(),

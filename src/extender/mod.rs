@@ -6,6 +6,7 @@
 pub mod binder;
 pub mod deletion;
 pub mod http;
+pub mod lease;
 pub mod listener;
 pub mod metrics;
 pub mod probe;

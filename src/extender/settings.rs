@@ -56,6 +56,14 @@ impl Settings {
                     .placement
                     .validate()
                     .map_err(|e| invalid(path, e.to_string()))?;
+                if settings
+                    .server
+                    .leader_identity
+                    .as_deref()
+                    .is_some_and(|identity| identity.trim().is_empty())
+                {
+                    return Err(invalid(path, "leaderIdentity must not be empty".into()));
+                }
                 settings
             }
         };

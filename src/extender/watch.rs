@@ -19,6 +19,7 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
+use crate::extender::lease::LeaseGate;
 use crate::extender::state::{ExtenderState, WatchedResource};
 use crate::kubernetes::objects::{Meta, Node, Pod};
 
@@ -196,14 +197,21 @@ pub async fn sweep_reservations(state: Arc<ExtenderState>, ttl: Duration, every:
 }
 
 /// Starts the watchers, the reservation sweeper and (with `deletionCost`) the deletion-cost
-/// refresher; the state turns ready once both initial lists are in.
-pub fn spawn_live(client: Client, state: Arc<ExtenderState>, reservation_ttl: Duration) {
+/// refresher (writing only while `cost_gate`'s Lease does not name another replica's
+/// scheduler); the state turns ready once both initial lists are in.
+pub fn spawn_live(
+    client: Client,
+    state: Arc<ExtenderState>,
+    reservation_ttl: Duration,
+    cost_gate: Option<LeaseGate>,
+) {
     tokio::spawn(watch_nodes(client.clone(), state.clone()));
     tokio::spawn(watch_pods(client, state.clone()));
     if state.config.deletion_cost {
         tokio::spawn(crate::extender::deletion::refresh_deletion_costs(
             state.clone(),
             crate::extender::deletion::REFRESH_EVERY,
+            cost_gate,
         ));
     }
     tokio::spawn(sweep_reservations(

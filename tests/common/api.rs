@@ -95,6 +95,7 @@ impl FakeApiBuilder {
             pod_list_released: Notify::new(),
             failing_pod_watches: AtomicU32::new(self.failing_pod_watches),
             held_bindings: Mutex::default(),
+            leases: Mutex::default(),
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -251,6 +252,21 @@ impl FakeApi {
         self.shared.node_events.send(kind, node);
     }
 
+    /// Creates or replaces Lease `namespace/name`, held by `holder`.
+    pub fn put_lease(&self, namespace: &str, name: &str, holder: &str) {
+        let lease = serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15},
+        });
+        self.shared
+            .leases
+            .lock()
+            .unwrap()
+            .insert(format!("{namespace}/{name}"), lease);
+    }
+
     /// Deletes the node `name` and sends its DELETED event.
     pub fn delete_node(&self, name: &str) {
         let mut nodes = self.shared.nodes.lock().unwrap();
@@ -277,6 +293,8 @@ struct Shared {
     pod_list_released: Notify,
     failing_pod_watches: AtomicU32,
     held_bindings: Mutex<BTreeSet<String>>,
+    /// Leases by `namespace/name`.
+    leases: Mutex<BTreeMap<String, Value>>,
 }
 
 /// The events of one resource, numbered from resourceVersion 11 on (lists start at 10).
@@ -457,6 +475,16 @@ impl Shared {
             }
             ("POST", ["api", "v1", "namespaces", _, "pods", name, "binding"]) => {
                 self.bind(name, &request.body).await
+            }
+            ("GET", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name]) => {
+                match self.leases.lock().unwrap().get(&format!("{ns}/{name}")) {
+                    Some(lease) => axum::Json(lease.clone()).into_response(),
+                    None => status(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        format!("leases.coordination.k8s.io \"{name}\" not found"),
+                    ),
+                }
             }
             _ => status(
                 StatusCode::METHOD_NOT_ALLOWED,

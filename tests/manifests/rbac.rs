@@ -359,7 +359,12 @@ fn the_api_calls_the_code_makes_are_granted() {
                 catalog,
                 Box::new(RecordOnly),
             ));
-            vramfit::extender::watch::spawn_live(client(), state.clone(), Duration::from_secs(120));
+            vramfit::extender::watch::spawn_live(
+                client(),
+                state.clone(),
+                Duration::from_secs(120),
+                None,
+            );
             api.until(|seen| seen.iter().filter(|r| r.is_watch()).count() >= 2)
                 .await;
             common::eventually("ready after both lists", || state.is_ready()).await;

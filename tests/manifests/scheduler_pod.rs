@@ -68,13 +68,37 @@ fn vramfit_config_is_the_sample_and_every_file_loads() {
     let base = Base::load();
     let sidecar = sidecar(&base);
     let (_, config) = &sidecar.files["config"];
+    let mut mounted = documents(config, "vramfit.yaml");
+    // The one difference: the sidecar names the Lease its kube-scheduler elects through.
+    let lease = mounted[0]["server"]
+        .as_object_mut()
+        .unwrap()
+        .remove("leaderLease");
     assert_eq!(
-        documents(config, "vramfit.yaml"),
+        mounted,
         vec![yaml("scheduler-config/vramfit-config.yaml")],
         "manifests/config/vramfit.yaml is scheduler-config/vramfit-config.yaml"
     );
+    let election = &scheduler_config(&base)["leaderElection"];
+    assert_eq!(
+        lease,
+        Some(Value::from(format!(
+            "{}/{}",
+            election["resourceNamespace"].as_str().unwrap(),
+            election["resourceName"].as_str().unwrap()
+        ))),
+        "the refresher's Lease is the one kube-scheduler.yaml elects through"
+    );
     let files = scratch_files(&sidecar, "load");
     let settings = Settings::load(Some(&files["config"])).unwrap();
+    assert_eq!(
+        settings.server.leader_lease.map(|l| l.to_string()),
+        lease.and_then(|l| l.as_str().map(String::from))
+    );
+    assert_eq!(
+        settings.server.leader_identity, None,
+        "the host name, shared with kube-scheduler in the pod"
+    );
     assert_eq!(
         settings.server.tls_cert_file, None,
         "plain HTTP on loopback"

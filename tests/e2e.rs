@@ -19,6 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
@@ -157,10 +158,10 @@ impl Drop for ControlPlane {
     }
 }
 
-/// `vramfit serve` in live mode on `port`.
-fn start_vramfit(plane: &ControlPlane, port: u16, config: &Path) -> Child {
+/// `vramfit serve` in live mode on `port`, logging as `name`.
+fn start_vramfit(plane: &ControlPlane, name: &str, port: u16, config: &Path) -> Child {
     plane.spawn(
-        "vramfit",
+        name,
         Command::new(env!("CARGO_BIN_EXE_vramfit"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--kubeconfig")
@@ -169,6 +170,67 @@ fn start_vramfit(plane: &ControlPlane, port: u16, config: &Path) -> Child {
             .arg(config)
             .env("RUST_LOG", "info"),
     )
+}
+
+/// The repository's vramfit config with `line` added to its `server:` section (the file's
+/// last), written to the plane's state as `name`.
+fn with_server_line(plane: &ControlPlane, name: &str, line: &str) -> PathBuf {
+    let sample =
+        std::fs::read_to_string(Path::new(ROOT).join("scheduler-config/vramfit-config.yaml"))
+            .unwrap();
+    let (_, server) = sample.rsplit_once("\nserver:\n").unwrap();
+    assert!(
+        !server
+            .lines()
+            .any(|l| l.starts_with(|c: char| c.is_alphanumeric())),
+        "server: is last"
+    );
+    let path = plane.state.join(name);
+    std::fs::write(&path, format!("{}\n  {line}\n", sample.trim_end())).unwrap();
+    path
+}
+
+/// This machine's host name, which kube-scheduler's Lease identity begins with.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// The holder of kube-scheduler's Lease, once there is one.
+async fn lease_holder(client: &Client) -> String {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let holder = leases
+            .get_opt("vramfit-scheduler")
+            .await
+            .unwrap()
+            .and_then(|l| l.spec?.holder_identity)
+            .filter(|h| !h.is_empty());
+        if let Some(holder) = holder {
+            return holder;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no holder of kube-system/vramfit-scheduler"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `GET /metrics` from the vramfit on `port`.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    reply
 }
 
 fn stop(child: &mut Child) {
@@ -459,27 +521,29 @@ fn a_real_kube_scheduler_places_pods_through_vramfit() {
     });
     runtime.block_on(create_nodes(&client));
 
-    // vramfit, with the repository's config.
+    // vramfit, with the repository's config and the Lease kube-scheduler elects through
+    // (vramfit and kube-scheduler share this machine's host name, as a sidecar shares its pod's).
     let vramfit_port = free_port();
-    let vramfit_config = Path::new(ROOT).join("scheduler-config/vramfit-config.yaml");
-    let mut vramfit = start_vramfit(&plane, vramfit_port, &vramfit_config);
+    let vramfit_config = with_server_line(
+        &plane,
+        "vramfit.yaml",
+        "leaderLease: kube-system/vramfit-scheduler",
+    );
+    let mut vramfit = start_vramfit(&plane, "vramfit", vramfit_port, &vramfit_config);
 
-    // kube-scheduler with the repository's configuration: vramfit's port, the kubeconfig
-    // (outside a pod it must be in the file), no leader election.
+    // kube-scheduler with the repository's configuration: vramfit's port and the kubeconfig
+    // (outside a pod it must be in the file); it elects itself through kube-system's Lease.
     let sample =
         std::fs::read_to_string(Path::new(ROOT).join("scheduler-config/kube-scheduler-v1.yaml"))
             .unwrap();
     assert!(sample.contains("http://127.0.0.1:8888/scheduler"));
-    let config = sample
-        .replace(
-            "http://127.0.0.1:8888/scheduler",
-            &format!("http://127.0.0.1:{vramfit_port}/scheduler"),
-        )
-        .replace("leaderElect: true", "leaderElect: false")
-        + &format!(
-            "clientConnection:\n  kubeconfig: {}\n",
-            plane.kubeconfig().display()
-        );
+    let config = sample.replace(
+        "http://127.0.0.1:8888/scheduler",
+        &format!("http://127.0.0.1:{vramfit_port}/scheduler"),
+    ) + &format!(
+        "clientConnection:\n  kubeconfig: {}\n",
+        plane.kubeconfig().display()
+    );
     let scheduler_config = plane.state.join("kube-scheduler.yaml");
     std::fs::write(&scheduler_config, config).unwrap();
     let scheduler_config = scheduler_config.display().to_string();
@@ -595,7 +659,7 @@ fn a_real_kube_scheduler_places_pods_through_vramfit() {
             }
         });
         stop(&mut vramfit);
-        vramfit = start_vramfit(&plane, vramfit_port, &vramfit_config);
+        vramfit = start_vramfit(&plane, "vramfit", vramfit_port, &vramfit_config);
         runtime.block_on(async {
             wait_bound(&client, &names, Duration::from_secs(120)).await;
             assert_no_device_booked_twice(&client).await;
@@ -632,6 +696,47 @@ fn a_real_kube_scheduler_places_pods_through_vramfit() {
                 );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+
+            // 5b. Only the replica beside the Lease holder writes: the holder is this host's
+            // kube-scheduler (`<host name>_<uuid>`), and a second vramfit that goes by
+            // another identity leaves the costs alone.
+            let holder = lease_holder(&client).await;
+            let host = hostname();
+            assert!(
+                holder.starts_with(&format!("{host}_")),
+                "holder {holder:?}, host {host:?}"
+            );
+            assert!(scrape(vramfit_port).contains("vramfit_deletion_cost_writer 1"));
+            let standby_port = free_port();
+            let standby_config = with_server_line(
+                &plane,
+                "standby.yaml",
+                "leaderLease: kube-system/vramfit-scheduler\n  leaderIdentity: e2e-standby",
+            );
+            let mut standby =
+                start_vramfit(&plane, "vramfit-standby", standby_port, &standby_config);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !plane
+                .tail("vramfit-standby.err")
+                .contains("leaving deletion costs to it")
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "standby: {}",
+                    plane.tail("vramfit-standby.err")
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            let metrics = scrape(standby_port);
+            stop(&mut standby);
+            assert!(
+                metrics.contains("vramfit_deletion_cost_writer 0"),
+                "{metrics}"
+            );
+            assert!(
+                metrics.contains("vramfit_deletion_cost_updates_total 0"),
+                "{metrics}"
+            );
 
             // 6. A ReplicaSet of six replicas under vramfit-spread, scaled down to three by the
             // real ReplicaSet controller, which reads the costs: the zones stay within one.

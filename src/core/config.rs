@@ -33,6 +33,11 @@ pub struct Weights {
     /// nodes' free cpu/memory are known, and only together with `frag`.
     #[serde(default)]
     pub host_balance: f64,
+    /// Prefer the device a sharing pod leaves in the state the expected workload can still
+    /// fill: its fragmentation now plus after one more expected pod lands (see `core::frag`).
+    /// Counts only together with `frag`.
+    #[serde(default)]
+    pub lookahead: f64,
     /// Most a model's replica count may differ between the candidate zones (kube-scheduler's
     /// `maxSkew` for zones): a node whose zone would hold more than the emptiest candidate zone
     /// plus this, after the pod lands, scores below every node whose zone keeps within it.
@@ -50,6 +55,7 @@ impl Weights {
             self.node_spread,
             self.frag,
             self.host_balance,
+            self.lookahead,
         ];
         all.iter().all(|w| w.is_finite() && *w >= 0.0) && all.iter().sum::<f64>() > 0.0
     }
@@ -103,6 +109,7 @@ impl Default for Config {
                 node_spread: 3.0,
                 frag: 4.0,
                 host_balance: 4.0,
+                lookahead: SPREAD_LOOKAHEAD,
                 max_zone_skew: Some(SPREAD_MAX_ZONE_SKEW),
             },
         );
@@ -161,8 +168,14 @@ const FALLBACK_WEIGHTS: Weights = Weights {
     node_spread: 0.05,
     frag: 10.0,
     host_balance: 8.0,
+    lookahead: BINPACK_LOOKAHEAD,
     max_zone_skew: Some(BINPACK_MAX_ZONE_SKEW),
 };
+
+/// `lookahead` weight of the built-in `vramfit-binpack` profile.
+const BINPACK_LOOKAHEAD: f64 = 10.0;
+/// `lookahead` weight of the built-in `vramfit-spread` profile.
+const SPREAD_LOOKAHEAD: f64 = 4.0;
 
 /// `maxZoneSkew` of the built-in `vramfit-spread` profile: replicas as even as the zones allow.
 pub const SPREAD_MAX_ZONE_SKEW: u32 = 1;

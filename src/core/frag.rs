@@ -27,7 +27,7 @@ use super::demand::PodDemand;
 use super::filter::Fit;
 use super::host::{Host, HostLedger};
 use super::node::{products_allow, Device, NodeInfo, NodeProblem, Vendor};
-use super::workload::{Shape, WorkloadModel, WorkloadParams, WorkloadProfile};
+use super::workload::{Expected, Shape, WorkloadModel, WorkloadParams, WorkloadProfile};
 
 /// Whether `host` has too little cpu or memory free for one pod of `shape`.
 fn lacks(host: &Host, shape: &Shape) -> bool {
@@ -316,6 +316,126 @@ fn frag_of(
             .sum::<f64>()
 }
 
+/// The shapes of one headroom, by VRAM, for [`SizeIndex`].
+#[derive(Debug, Clone, Default, PartialEq)]
+struct SizeGroup {
+    headroom_percent: u8,
+    /// Sharing shapes: (VRAM, share of that VRAM, share of it and every larger one), VRAM
+    /// ascending and distinct.
+    sharing: Vec<(u64, f64, f64)>,
+    /// Whole-device shapes, likewise.
+    whole: Vec<(u64, f64, f64)>,
+}
+
+impl SizeGroup {
+    /// Share of the shapes in `sizes` larger than `free`.
+    fn larger(sizes: &[(u64, f64, f64)], free: u64) -> f64 {
+        let at = sizes.partition_point(|&(vram, _, _)| vram <= free);
+        sizes.get(at).map_or(0.0, |&(_, _, from_here)| from_here)
+    }
+}
+
+/// A profile's shapes by VRAM per headroom, whatever their products: what the `lookahead`
+/// term asks of one device (how much of the expected workload could not use its free VRAM,
+/// and which sizes could land on it) in a few binary searches instead of a pass over every
+/// shape. Built with the profile.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SizeIndex {
+    groups: Vec<SizeGroup>,
+}
+
+impl SizeIndex {
+    /// The index of `shapes`.
+    pub fn of(shapes: &[Expected]) -> SizeIndex {
+        let mut groups: Vec<SizeGroup> = Vec::new();
+        for e in shapes {
+            let shape = &e.shape;
+            let group = match groups
+                .iter_mut()
+                .position(|g| g.headroom_percent == shape.headroom_percent)
+            {
+                Some(at) => &mut groups[at],
+                None => {
+                    groups.push(SizeGroup {
+                        headroom_percent: shape.headroom_percent,
+                        ..SizeGroup::default()
+                    });
+                    groups.last_mut().expect("just pushed")
+                }
+            };
+            let sizes = if shape.is_sharing() {
+                &mut group.sharing
+            } else {
+                &mut group.whole
+            };
+            match sizes
+                .iter_mut()
+                .find(|(vram, _, _)| *vram == shape.vram_mib)
+            {
+                Some((_, share, _)) => *share += e.share,
+                None => sizes.push((shape.vram_mib, e.share, 0.0)),
+            }
+        }
+        for group in &mut groups {
+            for sizes in [&mut group.sharing, &mut group.whole] {
+                sizes.sort_by_key(|&(vram, _, _)| vram);
+                let mut from_here = 0.0;
+                for entry in sizes.iter_mut().rev() {
+                    from_here += entry.1;
+                    entry.2 = from_here;
+                }
+            }
+        }
+        SizeIndex { groups }
+    }
+
+    /// FGD's fragment of one device by VRAM alone: the share-weighted free VRAM of the shapes
+    /// that could not use it (too large, or whole-device shapes on a shared device). Products
+    /// are the node-level `frag` term's business.
+    fn device_frag(&self, d: Dev) -> f64 {
+        if d.free() == 0 {
+            return 0.0;
+        }
+        self.groups
+            .iter()
+            .map(|g| {
+                let free = below_headroom(d.total, g.headroom_percent).saturating_sub(d.used);
+                if free == 0 {
+                    return 0.0;
+                }
+                let whole = if d.sharers > 0 {
+                    g.whole.first().map_or(0.0, |&(_, _, all)| all)
+                } else {
+                    SizeGroup::larger(&g.whole, free)
+                };
+                free as f64 * (SizeGroup::larger(&g.sharing, free) + whole)
+            })
+            .sum()
+    }
+
+    /// The two-step fragment of one device: its fragment now plus, for each sharing size that
+    /// could land on it, that size's share times the device's fragment once it has. A gap
+    /// that the workload fills exactly scores low; one that a likely pod would leave as a
+    /// sliver nothing uses scores high. A whole-device shape leaves nothing free, so nothing
+    /// to add.
+    fn two_step_frag(&self, d: Dev) -> f64 {
+        let mut total = self.device_frag(d);
+        if d.free() == 0 {
+            return total;
+        }
+        for g in &self.groups {
+            let free = below_headroom(d.total, g.headroom_percent).saturating_sub(d.used);
+            let fits = g.sharing.partition_point(|&(vram, _, _)| vram <= free);
+            for &(vram, share, _) in &g.sharing[..fits] {
+                let mut after = d;
+                after.place(vram, false);
+                total += share * self.device_frag(after);
+            }
+        }
+        total
+    }
+}
+
 /// How a node's capacity counts as lost to one expected shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -353,6 +473,8 @@ pub struct NodeFrag {
     masks: Masks,
     agg: Aggregate,
     feed: Feed,
+    /// Each device's two-step fragment now (`lookahead`), by position.
+    two_step: SmallVec<[f64; 8]>,
     /// The node's fragmentation now.
     pub frag: f64,
 }
@@ -425,6 +547,10 @@ impl NodeFrag {
             version: profile.version,
             frag: frag_of(&agg, profile, host, measure),
             feed: Feed::of(&devs, &masks, profile),
+            two_step: devs
+                .iter()
+                .map(|&d| profile.sizes.two_step_frag(d))
+                .collect(),
             masks,
             agg,
         }
@@ -439,6 +565,8 @@ pub struct Change {
     pub frag: f64,
     /// Stranded VRAM after minus before.
     pub stranded: f64,
+    /// The chosen device's two-step fragment after minus before (sharing pods; 0 otherwise).
+    pub lookahead: f64,
 }
 
 /// What placing a pod on one node does to its fragmentation.
@@ -450,6 +578,10 @@ pub struct Assessment {
     /// not feed at the expected workload's cpu and memory per MiB. 0 when the node's host
     /// resources are not known.
     pub stranded: f64,
+    /// The chosen device's two-step fragment after minus before (MiB): its fragmentation
+    /// against the expected workload now and after one more expected pod lands on it. Sharing
+    /// pods only; 0 for whole-device pods.
+    pub lookahead: f64,
     /// The fit, with the device that fragments least for a sharing pod.
     pub fit: Fit,
 }
@@ -479,6 +611,7 @@ pub fn assess(
         return Assessment {
             delta: 0.0,
             stranded: 0.0,
+            lookahead: 0.0,
             fit: fit.clone(),
         };
     }
@@ -528,9 +661,22 @@ pub fn assess(
         }
         _ => 0.0,
     };
+    let lookahead = match best_fit.devices.as_slice() {
+        [index] if !best_fit.exclusive => position(*index).map_or(0.0, |i| {
+            let mut after = devs[i];
+            after.place(fit.vram_mib, false);
+            let before = match state.two_step.get(i) {
+                Some(&cached) => cached,
+                None => profile.sizes.two_step_frag(devs[i]),
+            };
+            profile.sizes.two_step_frag(after) - before
+        }),
+        _ => 0.0,
+    };
     Assessment {
         delta: best - state.frag,
         stranded,
+        lookahead,
         fit: best_fit,
     }
 }
@@ -541,6 +687,7 @@ impl Assessment {
         Change {
             frag: self.delta,
             stranded: self.stranded,
+            lookahead: self.lookahead,
         }
     }
 }
@@ -617,10 +764,10 @@ impl Packing {
         self.profile = if published.shapes.len() <= self.limit {
             published.clone()
         } else {
-            Arc::new(WorkloadProfile {
-                version: published.version,
-                shapes: published.shapes[..self.limit].to_vec(),
-            })
+            Arc::new(WorkloadProfile::new(
+                published.version,
+                published.shapes[..self.limit].to_vec(),
+            ))
         };
     }
 
@@ -812,16 +959,16 @@ mod tests {
     }
 
     fn profile(shapes: &[(u64, u32, f64)]) -> WorkloadProfile {
-        WorkloadProfile {
-            version: 1,
-            shapes: shapes
+        WorkloadProfile::new(
+            1,
+            shapes
                 .iter()
                 .map(|&(vram, devices, share)| Expected {
                     shape: Shape::new(vram, devices, None, &[], 0, 0, 0),
                     share,
                 })
                 .collect(),
-        }
+        )
     }
 
     #[test]
@@ -915,6 +1062,95 @@ mod tests {
         let a = assess(&n, &fit, &demand, Host::default(), &packing, None);
         assert_eq!(a.fit.devices.as_slice(), &[1]);
         assert_eq!(a.delta, 100.0 - 400.0);
+    }
+
+    fn shared(total: u64, used: u64) -> Dev {
+        Dev {
+            total,
+            used,
+            holders: 0,
+            sharers: u32::from(used > 0),
+            healthy: true,
+        }
+    }
+
+    #[test]
+    fn two_step_fragment_by_hand() {
+        // Shares of 470 and 320 (sharing) and of whole devices, on devices of 1000.
+        let p = profile(&[(470, 0, 0.5), (320, 0, 0.25), (1000, 1, 0.25)]);
+        let sizes = &p.sizes;
+        // Free 530: every share fits; whole devices cannot use a shared device.
+        assert_eq!(sizes.device_frag(shared(1000, 470)), 530.0 * 0.25);
+        // An idle device loses nothing; a full one has nothing to lose.
+        assert_eq!(sizes.device_frag(shared(1000, 0)), 0.0);
+        assert_eq!(sizes.device_frag(shared(1000, 1000)), 0.0);
+        // After a 470 the 60 left is lost to all, and after a 320 the 210 left is too.
+        let two_step = 530.0 * 0.25 + 0.5 * 60.0 + 0.25 * 210.0;
+        assert_eq!(sizes.two_step_frag(shared(1000, 470)), two_step);
+        // Nothing expected: nothing lost.
+        assert_eq!(SizeIndex::of(&[]).two_step_frag(shared(1000, 470)), 0.0);
+    }
+
+    #[test]
+    fn lookahead_keeps_a_gap_for_the_shape_that_fills_it() {
+        // 470s and 320s expected; a 320 either cuts a 530 gap to 210 (which a 470 no longer
+        // fits) or fills a 350 gap to 30.
+        let mut packing = Packing::default();
+        packing
+            .model
+            .add_batch(Shape::new(470, 0, None, &[], 0, 0, 0), 2.0);
+        packing
+            .model
+            .add_batch(Shape::new(320, 0, None, &[], 0, 0, 0), 1.0);
+        packing.model.publish();
+        let demand = demand_of(None, 0, 320);
+        let lookahead = |used: u64| {
+            let n = node("n", &[1000], &[used]);
+            let fit = crate::core::fit_node(&n, &demand).unwrap();
+            assess(&n, &fit, &demand, Host::default(), &packing, None).lookahead
+        };
+        assert!(
+            lookahead(650) < lookahead(470),
+            "{} {}",
+            lookahead(650),
+            lookahead(470)
+        );
+        // Whole-device pods have none.
+        let whole = demand_of(Some(RESOURCE_NVIDIA_GPU), 1, 500);
+        let n = node("n", &[1000], &[0]);
+        let fit = crate::core::fit_node(&n, &whole).unwrap();
+        assert_eq!(
+            assess(&n, &fit, &whole, Host::default(), &packing, None).lookahead,
+            0.0
+        );
+    }
+
+    #[test]
+    fn the_two_step_fragment_is_never_negative_and_deterministic() {
+        let p = profile(&[
+            (470, 0, 0.3),
+            (320, 0, 0.2),
+            (810, 0, 0.1),
+            (1000, 1, 0.3),
+            (2000, 2, 0.1),
+        ]);
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..10_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let total = [0, 1, 15_360, 81_920, u64::MAX][(rng % 5) as usize];
+            let d = Dev {
+                total,
+                used: (rng >> 8) % total.saturating_add(1).max(1),
+                holders: u32::from(rng >> 60 == 0),
+                sharers: ((rng >> 40) % 3) as u32,
+                healthy: rng >> 62 != 0,
+            };
+            let value = p.sizes.two_step_frag(d);
+            assert!(value.is_finite() && value >= 0.0, "{d:?}: {value}");
+            assert_eq!(value, p.sizes.two_step_frag(d));
+        }
     }
 
     #[test]

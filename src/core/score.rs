@@ -20,6 +20,14 @@
 //!   not known; above 0.5 when the pod leaves the node's host resources and VRAM in better
 //!   proportion (a cpu-light pod on a cpu-poor node), below when it uses up cpu or memory that
 //!   the node's free VRAM needs.
+//! * `lookahead` = 1 / (1 + e^(4·ΔL/ref)), where ΔL is how much the chosen device's two-step
+//!   fragment grows when a sharing pod lands: its fragment by VRAM against the expected
+//!   workload now, plus the share-weighted fragment after each expected sharing size that fits
+//!   lands on it too (see [`super::frag::SizeIndex`]); ref as for `frag`; not rounded. It
+//!   weighs gaps against each other looking one pod further than `frag` (a 530 gap is kept for
+//!   a 470 rather than cut to 210 by a 320). Only among devices of the smallest size any
+//!   candidate offers the pod: a larger device gets 0, so it never pulls a small model onto a
+//!   big GPU. 0.5 for whole-device pods.
 //!
 //! score = round(10 × Σ wᵢ·termᵢ / Σ wᵢ).
 //!
@@ -54,6 +62,9 @@ pub struct Terms {
     pub frag: f64,
     /// The `hostBalance` term: above 0.5 when the pod leaves less VRAM stranded.
     pub host_balance: f64,
+    /// The `lookahead` term: above 0.5 when the pod leaves its device in a state the expected
+    /// workload fills better, looking one pod further than `frag`.
+    pub lookahead: f64,
 }
 
 /// A node's score: the exact weighted value in `0..=1` and the 0–10 integer sent on the wire.
@@ -133,6 +144,12 @@ pub fn score_candidates<'n>(
         .map(|(_, fit)| fit.chosen_total_mib)
         .max()
         .unwrap_or(0);
+    let smallest_chosen_mib = candidates
+        .iter()
+        .map(|(_, fit)| fit.chosen_total_mib)
+        .filter(|&total| total > 0)
+        .min()
+        .unwrap_or(0);
     // Fragmentation changes are measured against the largest device among the candidates.
     let frag_reference = candidates
         .iter()
@@ -174,6 +191,7 @@ pub fn score_candidates<'n>(
         .map(|(i, ((node, fit), zone_count))| {
             let context = Context {
                 reference,
+                smallest_chosen_mib,
                 frag_reference,
                 steps,
                 zone_replicas: zone_count.unwrap_or(0),
@@ -252,6 +270,10 @@ pub fn limit_zone_skew(scored: &mut [Scored], keeps: &[bool]) {
 pub struct Context {
     /// Largest chosen-device total among the candidates (MiB).
     pub reference: u64,
+    /// Smallest chosen-device total among the candidates (MiB; 0: not known). A sharing pod's
+    /// `lookahead` term counts only on devices of that size: it weighs gaps against each other
+    /// within the smallest class the pod fits, and a larger class gets its lowest value.
+    pub smallest_chosen_mib: u64,
     /// Reference for the fragmentation change: the largest device among the candidates (MiB).
     pub frag_reference: u64,
     /// The `frag` and `hostBalance` terms are rounded down to multiples of these (0: exact).
@@ -263,6 +285,10 @@ pub struct Context {
     /// Replicas of the pod's model on the node.
     pub node_replicas: u32,
 }
+
+/// The `lookahead` term reads its change at this many times the `frag` term's reference: a
+/// two-step fragment moves less than the node's whole fragmentation, so the term is steeper.
+pub const LOOKAHEAD_SCALE: f64 = 4.0;
 
 /// The `frag` and `hostBalance` form: 1 / (1 + e^(Δ/ref)) rounded down to a multiple of
 /// `step`; 0.5 without a reference.
@@ -309,27 +335,38 @@ pub fn score_one(
                 context.steps.host_balance,
             )
         }),
+        lookahead: change.map_or(0.5, |c| {
+            if !fit.exclusive
+                && context.smallest_chosen_mib > 0
+                && fit.chosen_total_mib > context.smallest_chosen_mib
+            {
+                return 0.0;
+            }
+            logistic(c.lookahead * LOOKAHEAD_SCALE, context.frag_reference, 0.0)
+        }),
     };
     // Without a fragmentation change (no workload model yet) the term is left out, so the
     // other terms keep their full range on the wire.
-    let (frag_weight, balance_weight) = if change.is_some() {
-        (weights.frag, weights.host_balance)
+    let (frag_weight, balance_weight, lookahead_weight) = if change.is_some() {
+        (weights.frag, weights.host_balance, weights.lookahead)
     } else {
-        (0.0, 0.0)
+        (0.0, 0.0, 0.0)
     };
     let weight_sum = weights.fit
         + weights.packing
         + weights.zone_spread
         + weights.node_spread
         + frag_weight
-        + balance_weight;
+        + balance_weight
+        + lookahead_weight;
     let exact = if weight_sum > 0.0 {
         (weights.fit * terms.fit
             + weights.packing * terms.packing
             + weights.zone_spread * terms.zone_spread
             + weights.node_spread * terms.node_spread
             + frag_weight * terms.frag
-            + balance_weight * terms.host_balance)
+            + balance_weight * terms.host_balance
+            + lookahead_weight * terms.lookahead)
             / weight_sum
     } else {
         0.0
@@ -590,6 +627,7 @@ mod tests {
         let deltas = [-40960.0, 40960.0].map(|frag| Change {
             frag,
             stranded: 0.0,
+            lookahead: 0.0,
         });
         let within = replicas(&[("a", 4), ("b", 0)]);
         let scores = score(&candidates, &deltas, Some(&within), weights, 0.0);
@@ -635,6 +673,58 @@ mod tests {
     }
 
     #[test]
+    fn lookahead_counts_only_on_the_smallest_device_offered() {
+        let weights = Weights {
+            fit: 0.0,
+            packing: 0.0,
+            zone_spread: 0.0,
+            node_spread: 0.0,
+            frag: 1.0,
+            host_balance: 0.0,
+            lookahead: 1.0,
+            max_zone_skew: None,
+        };
+        let sharing = |total: u64| Fit {
+            devices: SmallVec::from_slice(&[0]),
+            vram_mib: 3072,
+            chosen_total_mib: total,
+            node_largest_mib: total,
+            ..Fit::default()
+        };
+        let (t4, a100) = (sharing(15_360), sharing(81_920));
+        let change = Change {
+            frag: 0.0,
+            stranded: 0.0,
+            lookahead: -4096.0,
+        };
+        let context = Context {
+            reference: 81_920,
+            smallest_chosen_mib: 15_360,
+            frag_reference: 81_920,
+            ..Context::default()
+        };
+        let on_t4 = score_one(&t4, Some(change), &context, &weights).terms;
+        let on_a100 = score_one(&a100, Some(change), &context, &weights).terms;
+        assert!(on_t4.lookahead > 0.5, "{on_t4:?}");
+        assert_eq!(on_a100.lookahead, 0.0);
+        // Whole-device pods: no lookahead anywhere.
+        let whole = Fit {
+            exclusive: true,
+            ..a100.clone()
+        };
+        let none = Change {
+            lookahead: 0.0,
+            ..change
+        };
+        assert_eq!(
+            score_one(&whole, Some(none), &context, &weights)
+                .terms
+                .lookahead,
+            0.5
+        );
+    }
+
+    #[test]
     fn host_balance_prefers_the_node_left_in_proportion() {
         let weights = Weights {
             fit: 0.0,
@@ -643,6 +733,7 @@ mod tests {
             node_spread: 0.0,
             frag: 1.0,
             host_balance: 1.0,
+            lookahead: 0.0,
             max_zone_skew: None,
         };
         let a = node("a", "z", 1000);
@@ -653,10 +744,12 @@ mod tests {
             Change {
                 frag: 0.0,
                 stranded: 500.0,
+                lookahead: 0.0,
             },
             Change {
                 frag: 0.0,
                 stranded: 0.0,
+                lookahead: 0.0,
             },
         ];
         let scores = score(&candidates, &changes, None, &weights, 0.0);
@@ -671,6 +764,7 @@ mod tests {
             Change {
                 frag: 0.0,
                 stranded: 50.0,
+                lookahead: 0.0,
             },
             changes[1],
         ];

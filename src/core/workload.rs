@@ -213,6 +213,20 @@ pub struct WorkloadProfile {
     pub version: u64,
     /// Heaviest first.
     pub shapes: Vec<Expected>,
+    /// The shapes by VRAM, for the `lookahead` term.
+    #[serde(skip)]
+    pub sizes: super::frag::SizeIndex,
+}
+
+impl WorkloadProfile {
+    /// A profile of `shapes` (heaviest first) at `version`.
+    pub fn new(version: u64, shapes: Vec<Expected>) -> Self {
+        WorkloadProfile {
+            version,
+            sizes: super::frag::SizeIndex::of(&shapes),
+            shapes,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -477,10 +491,7 @@ impl WorkloadModel {
     }
 
     fn set_profile(&mut self, shapes: Vec<Expected>) {
-        self.profile = Arc::new(WorkloadProfile {
-            version: self.profile.version + 1,
-            shapes,
-        });
+        self.profile = Arc::new(WorkloadProfile::new(self.profile.version + 1, shapes));
     }
 
     /// Number of shapes kept.

@@ -191,9 +191,10 @@ fn judge(
         (None, fit)
     };
     // Every openb device has the same size, so the references every candidate would share are
-    // the pod's own request in whole devices and one device.
+    // the pod's own request in whole devices and one device (the smallest chosen device too).
     let context = Context {
         reference: fit.chosen_total_mib,
+        smallest_chosen_mib: fit.chosen_total_mib,
         frag_reference: UNITS_PER_GPU,
         steps: config.steps(),
         ..Context::default()

@@ -672,18 +672,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn lookahead_counts_only_on_the_smallest_device_offered() {
-        let weights = Weights {
+    /// Weights of `frag` 1 and the two terms measured with it.
+    fn frag_and(host_balance: f64, lookahead: f64) -> Weights {
+        Weights {
             fit: 0.0,
             packing: 0.0,
             zone_spread: 0.0,
             node_spread: 0.0,
             frag: 1.0,
-            host_balance: 0.0,
-            lookahead: 1.0,
+            host_balance,
+            lookahead,
             max_zone_skew: None,
-        };
+        }
+    }
+
+    #[test]
+    fn lookahead_counts_only_on_the_smallest_device_offered() {
+        let weights = frag_and(0.0, 1.0);
         let sharing = |total: u64| Fit {
             devices: SmallVec::from_slice(&[0]),
             vram_mib: 3072,
@@ -726,16 +731,7 @@ mod tests {
 
     #[test]
     fn host_balance_prefers_the_node_left_in_proportion() {
-        let weights = Weights {
-            fit: 0.0,
-            packing: 0.0,
-            zone_spread: 0.0,
-            node_spread: 0.0,
-            frag: 1.0,
-            host_balance: 1.0,
-            lookahead: 0.0,
-            max_zone_skew: None,
-        };
+        let weights = frag_and(1.0, 0.0);
         let a = node("a", "z", 1000);
         let b = node("b", "z", 1000);
         let f = fit(1000, 1000);

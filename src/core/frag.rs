@@ -325,7 +325,14 @@ struct SizeGroup {
     sharing: Vec<(u64, f64, f64)>,
     /// Whole-device shapes, likewise.
     whole: Vec<(u64, f64, f64)>,
+    /// The sharing sizes whose landing the second step looks at (VRAM ascending, share): this
+    /// group's part of the profile's [`LANDING_SIZES`] heaviest.
+    landing: Vec<(u64, f64)>,
 }
+
+/// How many sharing sizes (the heaviest) the two-step fragment lands on a device: bounds its
+/// cost whatever the profile holds (every openb trace has fewer).
+pub const LANDING_SIZES: usize = 32;
 
 impl SizeGroup {
     /// Share of the shapes in `sizes` larger than `free`.
@@ -386,6 +393,23 @@ impl SizeIndex {
                 }
             }
         }
+        let mut heaviest: Vec<(usize, u64, f64)> = groups
+            .iter()
+            .enumerate()
+            .flat_map(|(g, group)| {
+                group
+                    .sharing
+                    .iter()
+                    .map(move |&(vram, share, _)| (g, vram, share))
+            })
+            .collect();
+        heaviest.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.1.cmp(&b.1)));
+        for &(g, vram, share) in heaviest.iter().take(LANDING_SIZES) {
+            groups[g].landing.push((vram, share));
+        }
+        for group in &mut groups {
+            group.landing.sort_by_key(|&(vram, _)| vram);
+        }
         SizeIndex { groups }
     }
 
@@ -414,7 +438,8 @@ impl SizeIndex {
     }
 
     /// The two-step fragment of one device: its fragment now plus, for each sharing size that
-    /// could land on it, that size's share times the device's fragment once it has. A gap
+    /// could land on it (of the [`LANDING_SIZES`] heaviest), that size's share times the
+    /// device's fragment once it has. A gap
     /// that the workload fills exactly scores low; one that a likely pod would leave as a
     /// sliver nothing uses scores high. A whole-device shape leaves nothing free, so nothing
     /// to add.
@@ -425,8 +450,8 @@ impl SizeIndex {
         }
         for g in &self.groups {
             let free = below_headroom(d.total, g.headroom_percent).saturating_sub(d.used);
-            let fits = g.sharing.partition_point(|&(vram, _, _)| vram <= free);
-            for &(vram, share, _) in &g.sharing[..fits] {
+            let fits = g.landing.partition_point(|&(vram, _)| vram <= free);
+            for &(vram, share) in &g.landing[..fits] {
                 let mut after = d;
                 after.place(vram, false);
                 total += share * self.device_frag(after);
@@ -1089,6 +1114,23 @@ mod tests {
         assert_eq!(sizes.two_step_frag(shared(1000, 470)), two_step);
         // Nothing expected: nothing lost.
         assert_eq!(SizeIndex::of(&[]).two_step_frag(shared(1000, 470)), 0.0);
+    }
+
+    #[test]
+    fn only_the_heaviest_sharing_sizes_land_in_the_second_step() {
+        // 200 distinct sharing sizes, the larger the heavier.
+        let shapes: Vec<(u64, u32, f64)> = (1..=200).map(|i| (i * 10, 0, i as f64)).collect();
+        let p = profile(&shapes);
+        let landing: Vec<u64> = p
+            .sizes
+            .groups
+            .iter()
+            .flat_map(|g| g.landing.iter().map(|&(vram, _)| vram))
+            .collect();
+        assert_eq!(landing.len(), LANDING_SIZES);
+        assert_eq!(landing, (169..=200).map(|i| i * 10).collect::<Vec<u64>>());
+        // Every size still counts in the fragment itself.
+        assert_eq!(p.sizes.device_frag(shared(2000, 1995)), 5.0 * 20_100.0);
     }
 
     #[test]

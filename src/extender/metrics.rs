@@ -277,6 +277,20 @@ fn stranded_rows(input: &ScrapeInput, headroom: u8) -> Vec<bool> {
     stranded
 }
 
+/// A gauge registered in `registry`, set to `value`.
+fn register_gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
+    let gauge = Gauge::<i64>::default();
+    gauge.set(value);
+    registry.register(name, help, gauge);
+}
+
+/// A counter registered in `registry`, at `total` (a count the state keeps since start).
+fn register_counter(registry: &mut Registry, name: &str, help: &str, total: u64) {
+    let counter = Counter::<u64>::default();
+    counter.inc_by(total);
+    registry.register(name, help, counter);
+}
+
 /// A gauge family registered in `registry`.
 fn gauge_family<L>(registry: &mut Registry, name: &str, help: &str) -> Family<L, Gauge>
 where
@@ -447,41 +461,36 @@ impl Metrics {
             "Live mode: watch failures per resource since start (each is retried with backoff)",
             watch_errors.clone(),
         );
-        let reservations = Gauge::<i64>::default();
-        registry.register(
+        register_gauge(
+            &mut registry,
             "reservations_in_flight",
             "Binds whose placement no pod event has confirmed yet",
-            reservations.clone(),
+            input.reservations as i64,
         );
-        reservations.set(input.reservations as i64);
-        let corrections = Counter::<u64>::default();
-        registry.register(
+        register_counter(
+            &mut registry,
             "ledger_corrections",
             "Whole-device pods moved in the ledger to the devices kubelet really allocated (vramfit.io/allocated-devices)",
-            corrections.clone(),
+            input.ledger_corrections,
         );
-        corrections.inc_by(input.ledger_corrections);
-        let costs_written = Counter::<u64>::default();
-        registry.register(
+        register_counter(
+            &mut registry,
             "deletion_cost_updates",
             "Live mode: controller.kubernetes.io/pod-deletion-cost values rewritten on bound replicas so scale-downs keep zones even and free big devices first",
-            costs_written.clone(),
+            input.deletion_costs.0,
         );
-        costs_written.inc_by(input.deletion_costs.0);
-        let costs_failed = Counter::<u64>::default();
-        registry.register(
+        register_counter(
+            &mut registry,
             "deletion_cost_update_errors",
             "Live mode: deletion-cost writes the API server refused or did not answer (each ends its pass; retried with a backoff up to 60 s)",
-            costs_failed.clone(),
+            input.deletion_costs.1,
         );
-        costs_failed.inc_by(input.deletion_costs.1);
-        let writer = Gauge::<i64>::default();
-        registry.register(
+        register_gauge(
+            &mut registry,
             "deletion_cost_writer",
             "Live mode: 1 while this replica writes deletion costs, 0 while another replica's scheduler holds server.leaderLease",
-            writer.clone(),
+            i64::from(input.deletion_cost_writer),
         );
-        writer.set(i64::from(input.deletion_cost_writer));
         for (resource, age, errors) in &input.watch {
             let labels = ResourceLabels {
                 resource: (*resource).into(),

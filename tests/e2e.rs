@@ -191,11 +191,9 @@ fn with_server_line(plane: &ControlPlane, name: &str, line: &str) -> PathBuf {
 }
 
 /// This machine's host name, which kube-scheduler's Lease identity begins with.
+/// Read as `vramfit serve` reads its default `leaderIdentity`.
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap()
-        .trim()
-        .to_string()
+    hostname::get().unwrap().into_string().unwrap()
 }
 
 /// The holder of kube-scheduler's Lease, once there is one.

@@ -27,7 +27,8 @@
 //!   weighs gaps against each other looking one pod further than `frag` (a 530 gap is kept for
 //!   a 470 rather than cut to 210 by a 320). Only among devices of the smallest size any
 //!   candidate offers the pod: a larger device gets 0, so it never pulls a small model onto a
-//!   big GPU. 0.5 for whole-device pods.
+//!   big GPU. Left out of the weighted sum (like `frag` without a workload model) for pods that
+//!   share no device, so it does not flatten their other terms on the wire.
 //!
 //! score = round(10 × Σ wᵢ·termᵢ / Σ wᵢ).
 //!
@@ -303,6 +304,11 @@ fn logistic(delta: f64, reference: u64, step: f64) -> f64 {
     round_down(1.0 / (1.0 + (delta / reference as f64).exp()), step)
 }
 
+/// Whether the fit puts a pod on one device beside others (the pods `lookahead` weighs).
+fn shares_a_device(fit: &Fit) -> bool {
+    !fit.exclusive && fit.devices.len() == 1
+}
+
 /// Scores one candidate given its context (what [`score_candidates`] does for each); `change`
 /// is what the pod does to the node's fragmentation and stranded VRAM (`None`: not measured,
 /// both terms left out).
@@ -345,12 +351,18 @@ pub fn score_one(
             logistic(c.lookahead * LOOKAHEAD_SCALE, context.frag_reference, 0.0)
         }),
     };
-    // Without a fragmentation change (no workload model yet) the term is left out, so the
-    // other terms keep their full range on the wire.
-    let (frag_weight, balance_weight, lookahead_weight) = if change.is_some() {
-        (weights.frag, weights.host_balance, weights.lookahead)
+    // Without a fragmentation change (no workload model yet) the terms are left out, and
+    // `lookahead` is left out for pods that share no device (it only weighs gaps a sharing pod
+    // leaves), so the other terms keep their full range on the wire.
+    let (frag_weight, balance_weight) = if change.is_some() {
+        (weights.frag, weights.host_balance)
     } else {
-        (0.0, 0.0, 0.0)
+        (0.0, 0.0)
+    };
+    let lookahead_weight = if change.is_some() && shares_a_device(fit) {
+        weights.lookahead
+    } else {
+        0.0
     };
     let weight_sum = weights.fit
         + weights.packing
@@ -727,6 +739,46 @@ mod tests {
                 .lookahead,
             0.5
         );
+    }
+
+    #[test]
+    fn lookahead_weighs_only_for_pods_sharing_a_device() {
+        // A whole-device pod: the lookahead weight changes nothing, so its other terms keep
+        // their full range on the 0–10 wire.
+        let whole = Fit {
+            devices: SmallVec::from_slice(&[0]),
+            vram_mib: 15_360,
+            exclusive: true,
+            chosen_total_mib: 15_360,
+            node_largest_mib: 15_360,
+            ..Fit::default()
+        };
+        let gain = Change {
+            frag: -8192.0,
+            stranded: 0.0,
+            lookahead: 0.0,
+        };
+        let context = Context {
+            reference: 15_360,
+            smallest_chosen_mib: 15_360,
+            frag_reference: 15_360,
+            ..Context::default()
+        };
+        let without = score_one(&whole, Some(gain), &context, &frag_and(0.0, 0.0));
+        let with = score_one(&whole, Some(gain), &context, &frag_and(0.0, 10.0));
+        assert_eq!(with.exact, without.exact);
+        assert_eq!(with.score, without.score);
+        // A pod sharing the device: the same weight counts (a neutral lookahead pulls the
+        // score towards 0.5).
+        let sharing = Fit {
+            exclusive: false,
+            vram_mib: 3072,
+            ..whole
+        };
+        let without = score_one(&sharing, Some(gain), &context, &frag_and(0.0, 0.0));
+        let with = score_one(&sharing, Some(gain), &context, &frag_and(0.0, 10.0));
+        assert!(with.exact < without.exact, "{with:?} vs {without:?}");
+        assert!((with.exact - (without.exact + 10.0 * 0.5) / 11.0).abs() < 1e-12);
     }
 
     #[test]

@@ -173,7 +173,7 @@ const FALLBACK_WEIGHTS: Weights = Weights {
 };
 
 /// `lookahead` weight of the built-in `vramfit-binpack` profile.
-const BINPACK_LOOKAHEAD: f64 = 10.0;
+const BINPACK_LOOKAHEAD: f64 = 40.0;
 /// `lookahead` weight of the built-in `vramfit-spread` profile.
 const SPREAD_LOOKAHEAD: f64 = 4.0;
 

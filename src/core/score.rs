@@ -28,7 +28,8 @@
 //!   a 470 rather than cut to 210 by a 320). Only among devices of the smallest size any
 //!   candidate offers the pod: a larger device gets 0, so it never pulls a small model onto a
 //!   big GPU. Left out of the weighted sum (like `frag` without a workload model) for pods that
-//!   share no device, so it does not flatten their other terms on the wire.
+//!   share no device, and when it is the same on every candidate, so it does not flatten the
+//!   other terms on the wire.
 //!
 //! score = round(10 × Σ wᵢ·termᵢ / Σ wᵢ).
 //!
@@ -185,19 +186,25 @@ pub fn score_candidates<'n>(
             _ => 0,
         }
     };
+    let shared = Context {
+        reference,
+        smallest_chosen_mib,
+        frag_reference,
+        steps,
+        ..Context::default()
+    };
+    let alike = weights.lookahead > 0.0 && lookahead_alike(candidates, changes, &shared);
     let mut scored: Vec<Scored> = candidates
         .iter()
         .zip(&zone_counts)
         .enumerate()
         .map(|(i, ((node, fit), zone_count))| {
             let context = Context {
-                reference,
-                smallest_chosen_mib,
-                frag_reference,
-                steps,
                 zone_replicas: zone_count.unwrap_or(0),
                 busiest_zone,
                 node_replicas: on_node(node),
+                lookahead_alike: alike,
+                ..shared
             };
             score_one(fit, changes.get(i).copied(), &context, weights)
         })
@@ -285,6 +292,9 @@ pub struct Context {
     pub busiest_zone: u32,
     /// Replicas of the pod's model on the node.
     pub node_replicas: u32,
+    /// The `lookahead` term is the same on every candidate: it cannot tell them apart, so it is
+    /// left out of the sum rather than squeeze the other terms on the wire.
+    pub lookahead_alike: bool,
 }
 
 /// The `lookahead` term reads its change at this many times the `frag` term's reference: a
@@ -307,6 +317,45 @@ fn logistic(delta: f64, reference: u64, step: f64) -> f64 {
 /// Whether the fit puts a pod on one device beside others (the pods `lookahead` weighs).
 fn shares_a_device(fit: &Fit) -> bool {
     !fit.exclusive && fit.devices.len() == 1
+}
+
+/// Whether a sharing pod's candidate gets the `lookahead` term's lowest value: its device is
+/// larger than the smallest any candidate offers.
+fn lookahead_gated(fit: &Fit, context: &Context) -> bool {
+    !fit.exclusive
+        && context.smallest_chosen_mib > 0
+        && fit.chosen_total_mib > context.smallest_chosen_mib
+}
+
+/// The `lookahead` term of one candidate (0 on a device larger than the smallest offered).
+fn lookahead_term(fit: &Fit, change: Change, context: &Context) -> f64 {
+    if lookahead_gated(fit, context) {
+        return 0.0;
+    }
+    logistic(
+        change.lookahead * LOOKAHEAD_SCALE,
+        context.frag_reference,
+        0.0,
+    )
+}
+
+/// Whether the `lookahead` term is the same on every candidate it weighs (then it cannot tell
+/// them apart and is left out of the sum; see [`Context::lookahead_alike`]). Compares what the
+/// term is computed from, so it costs no `exp` per candidate.
+fn lookahead_alike(
+    candidates: &[(&NodeInfo, &Fit)],
+    changes: &[Change],
+    context: &Context,
+) -> bool {
+    let mut inputs = candidates
+        .iter()
+        .zip(changes)
+        .filter(|((_, fit), _)| shares_a_device(fit))
+        .map(|((_, fit), change)| (!lookahead_gated(fit, context)).then_some(change.lookahead));
+    match inputs.next() {
+        Some(first) => inputs.all(|input| input == first),
+        None => true,
+    }
 }
 
 /// Scores one candidate given its context (what [`score_candidates`] does for each); `change`
@@ -341,15 +390,7 @@ pub fn score_one(
                 context.steps.host_balance,
             )
         }),
-        lookahead: change.map_or(0.5, |c| {
-            if !fit.exclusive
-                && context.smallest_chosen_mib > 0
-                && fit.chosen_total_mib > context.smallest_chosen_mib
-            {
-                return 0.0;
-            }
-            logistic(c.lookahead * LOOKAHEAD_SCALE, context.frag_reference, 0.0)
-        }),
+        lookahead: change.map_or(0.5, |c| lookahead_term(fit, c, context)),
     };
     // Without a fragmentation change (no workload model yet) the terms are left out, and
     // `lookahead` is left out for pods that share no device (it only weighs gaps a sharing pod
@@ -359,7 +400,7 @@ pub fn score_one(
     } else {
         (0.0, 0.0)
     };
-    let lookahead_weight = if change.is_some() && shares_a_device(fit) {
+    let lookahead_weight = if change.is_some() && shares_a_device(fit) && !context.lookahead_alike {
         weights.lookahead
     } else {
         0.0
@@ -779,6 +820,51 @@ mod tests {
         let with = score_one(&sharing, Some(gain), &context, &frag_and(0.0, 10.0));
         assert!(with.exact < without.exact, "{with:?} vs {without:?}");
         assert!((with.exact - (without.exact + 10.0 * 0.5) / 11.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_lookahead_alike_on_every_candidate_is_left_out_of_the_sum() {
+        // Two sharing candidates; the stranded change tells them apart, the lookahead only in
+        // the second case.
+        let weights = frag_and(1.0, 40.0);
+        let a = node("a", "z", 81_920);
+        let b = node("b", "z", 81_920);
+        let sharing = Fit {
+            exclusive: false,
+            ..fit(81_920, 40_960)
+        };
+        let candidates = [(&a, &sharing), (&b, &sharing)];
+        let change = |stranded: f64, lookahead: f64| Change {
+            frag: 0.0,
+            stranded,
+            lookahead,
+        };
+        let alike = score(
+            &candidates,
+            &[change(40_960.0, 100.0), change(0.0, 100.0)],
+            None,
+            &weights,
+            0.0,
+        );
+        let without = score(
+            &candidates,
+            &[change(40_960.0, 100.0), change(0.0, 100.0)],
+            None,
+            &frag_and(1.0, 0.0),
+            0.0,
+        );
+        assert_eq!(alike, without, "an alike lookahead changes nothing");
+        assert!(alike[1].score > alike[0].score, "{alike:?}");
+        // Once it differs it counts, and at weight 40 it decides.
+        let apart = score(
+            &candidates,
+            &[change(40_960.0, -2_000.0), change(0.0, 100.0)],
+            None,
+            &weights,
+            0.0,
+        );
+        assert!(apart[0].exact > apart[1].exact, "{apart:?}");
+        assert!(apart[0].terms.lookahead > apart[1].terms.lookahead);
     }
 
     #[test]

@@ -27,9 +27,10 @@
 //!   weighs gaps against each other looking one pod further than `frag` (a 530 gap is kept for
 //!   a 470 rather than cut to 210 by a 320). Only among devices of the smallest size any
 //!   candidate offers the pod: a larger device gets 0, so it never pulls a small model onto a
-//!   big GPU. Left out of the weighted sum (like `frag` without a workload model) for pods that
-//!   share no device, and when it is the same on every candidate, so it does not flatten the
-//!   other terms on the wire.
+//!   big GPU; 0.5 where the pod would take a whole device. Left out of the weighted sum (like
+//!   `frag` without a workload model) when no candidate shares a device or it is the same on
+//!   every candidate: it cannot tell them apart there and would only flatten the other terms
+//!   on the wire.
 //!
 //! score = round(10 × Σ wᵢ·termᵢ / Σ wᵢ).
 //!
@@ -193,7 +194,7 @@ pub fn score_candidates<'n>(
         steps,
         ..Context::default()
     };
-    let alike = weights.lookahead > 0.0 && lookahead_alike(candidates, changes, &shared);
+    let left_out = weights.lookahead > 0.0 && lookahead_tells_nothing(candidates, changes, &shared);
     let mut scored: Vec<Scored> = candidates
         .iter()
         .zip(&zone_counts)
@@ -203,7 +204,7 @@ pub fn score_candidates<'n>(
                 zone_replicas: zone_count.unwrap_or(0),
                 busiest_zone,
                 node_replicas: on_node(node),
-                lookahead_alike: alike,
+                lookahead_left_out: left_out,
                 ..shared
             };
             score_one(fit, changes.get(i).copied(), &context, weights)
@@ -292,9 +293,10 @@ pub struct Context {
     pub busiest_zone: u32,
     /// Replicas of the pod's model on the node.
     pub node_replicas: u32,
-    /// The `lookahead` term is the same on every candidate: it cannot tell them apart, so it is
-    /// left out of the sum rather than squeeze the other terms on the wire.
-    pub lookahead_alike: bool,
+    /// Leave the `lookahead` term out of the sum: no candidate shares a device, or the term is
+    /// the same on every candidate, so it cannot tell them apart and would only squeeze the
+    /// other terms on the wire (see [`score_candidates`]).
+    pub lookahead_left_out: bool,
 }
 
 /// The `lookahead` term reads its change at this many times the `frag` term's reference: a
@@ -339,19 +341,25 @@ fn lookahead_term(fit: &Fit, change: Change, context: &Context) -> f64 {
     )
 }
 
-/// Whether the `lookahead` term is the same on every candidate it weighs (then it cannot tell
-/// them apart and is left out of the sum; see [`Context::lookahead_alike`]). Compares what the
-/// term is computed from, so it costs no `exp` per candidate.
-fn lookahead_alike(
+/// Whether the `lookahead` term cannot tell the candidates apart: none shares a device, or it
+/// is the same on every one (0.5 on those that share none). Compares what the term is computed
+/// from, so it costs no `exp` per candidate.
+fn lookahead_tells_nothing(
     candidates: &[(&NodeInfo, &Fit)],
     changes: &[Change],
     context: &Context,
 ) -> bool {
-    let mut inputs = candidates
-        .iter()
-        .zip(changes)
-        .filter(|((_, fit), _)| shares_a_device(fit))
-        .map(|((_, fit), change)| (!lookahead_gated(fit, context)).then_some(change.lookahead));
+    if !candidates.iter().any(|(_, fit)| shares_a_device(fit)) {
+        return true;
+    }
+    let mut inputs = candidates.iter().zip(changes).map(|((_, fit), change)| {
+        if shares_a_device(fit) {
+            (!lookahead_gated(fit, context)).then_some(change.lookahead)
+        } else {
+            // A pod that shares no device leaves no gap: the term's neutral 0.5.
+            Some(0.0)
+        }
+    });
     match inputs.next() {
         Some(first) => inputs.all(|input| input == first),
         None => true,
@@ -393,14 +401,14 @@ pub fn score_one(
         lookahead: change.map_or(0.5, |c| lookahead_term(fit, c, context)),
     };
     // Without a fragmentation change (no workload model yet) the terms are left out, and
-    // `lookahead` is left out for pods that share no device (it only weighs gaps a sharing pod
-    // leaves), so the other terms keep their full range on the wire.
+    // `lookahead` where it cannot tell the candidates apart, so the other terms keep their full
+    // range on the wire.
     let (frag_weight, balance_weight) = if change.is_some() {
         (weights.frag, weights.host_balance)
     } else {
         (0.0, 0.0)
     };
-    let lookahead_weight = if change.is_some() && shares_a_device(fit) && !context.lookahead_alike {
+    let lookahead_weight = if change.is_some() && !context.lookahead_left_out {
         weights.lookahead
     } else {
         0.0
@@ -783,43 +791,54 @@ mod tests {
     }
 
     #[test]
-    fn lookahead_weighs_only_for_pods_sharing_a_device() {
-        // A whole-device pod: the lookahead weight changes nothing, so its other terms keep
-        // their full range on the 0–10 wire.
-        let whole = Fit {
-            devices: SmallVec::from_slice(&[0]),
-            vram_mib: 15_360,
-            exclusive: true,
-            chosen_total_mib: 15_360,
-            node_largest_mib: 15_360,
-            ..Fit::default()
+    fn lookahead_weighs_only_where_a_candidate_shares_a_device() {
+        let a = node("a", "z", 15_360);
+        let b = node("b", "z", 15_360);
+        let whole = fit(15_360, 15_360);
+        let sharing = Fit {
+            exclusive: false,
+            vram_mib: 3072,
+            ..whole.clone()
         };
-        let gain = Change {
-            frag: -8192.0,
+        let changes = [-8192.0, 0.0].map(|frag| Change {
+            frag,
             stranded: 0.0,
             lookahead: 0.0,
-        };
+        });
+        // Whole-device candidates only: the weight changes nothing, so the other terms keep
+        // their full range on the 0–10 wire.
+        let wholes = [(&a, &whole), (&b, &whole)];
+        assert_eq!(
+            score(&wholes, &changes, None, &frag_and(0.0, 10.0), 0.0),
+            score(&wholes, &changes, None, &frag_and(0.0, 0.0), 0.0)
+        );
+        // One candidate shares its device (a node that shares beside one that does not): the
+        // term counts on both, 0.5 on the whole-device one, so both stay on one scale.
+        let mixed = [(&a, &whole), (&b, &sharing)];
+        let mut apart = changes;
+        apart[1].lookahead = -2000.0;
+        let with = score(&mixed, &apart, None, &frag_and(0.0, 10.0), 0.0);
+        let without = score(&mixed, &apart, None, &frag_and(0.0, 0.0), 0.0);
+        assert_eq!(with[0].terms.lookahead, 0.5);
+        assert!(with[1].terms.lookahead > 0.5, "{with:?}");
+        assert!(
+            (with[0].exact - (without[0].exact + 10.0 * 0.5) / 11.0).abs() < 1e-12,
+            "{with:?} vs {without:?}"
+        );
+        // score_one alone (as `replay` calls it, with no other candidates to compare) counts
+        // it as score_candidates does here.
         let context = Context {
             reference: 15_360,
             smallest_chosen_mib: 15_360,
             frag_reference: 15_360,
+            steps: Steps {
+                frag: 0.04,
+                host_balance: 0.0,
+            },
             ..Context::default()
         };
-        let without = score_one(&whole, Some(gain), &context, &frag_and(0.0, 0.0));
-        let with = score_one(&whole, Some(gain), &context, &frag_and(0.0, 10.0));
-        assert_eq!(with.exact, without.exact);
-        assert_eq!(with.score, without.score);
-        // A pod sharing the device: the same weight counts (a neutral lookahead pulls the
-        // score towards 0.5).
-        let sharing = Fit {
-            exclusive: false,
-            vram_mib: 3072,
-            ..whole
-        };
-        let without = score_one(&sharing, Some(gain), &context, &frag_and(0.0, 0.0));
-        let with = score_one(&sharing, Some(gain), &context, &frag_and(0.0, 10.0));
-        assert!(with.exact < without.exact, "{with:?} vs {without:?}");
-        assert!((with.exact - (without.exact + 10.0 * 0.5) / 11.0).abs() < 1e-12);
+        let one = score_one(&sharing, Some(apart[1]), &context, &frag_and(0.0, 10.0));
+        assert_eq!(one.exact, with[1].exact);
     }
 
     #[test]

@@ -329,21 +329,22 @@ fn lookahead_gated(fit: &Fit, context: &Context) -> bool {
         && fit.chosen_total_mib > context.smallest_chosen_mib
 }
 
+/// What one candidate's `lookahead` term is computed from: its device's two-step change, or
+/// `None` on a device larger than the smallest offered (the term's lowest value).
+fn lookahead_input(fit: &Fit, change: Change, context: &Context) -> Option<f64> {
+    (!lookahead_gated(fit, context)).then_some(change.lookahead)
+}
+
 /// The `lookahead` term of one candidate (0 on a device larger than the smallest offered).
 fn lookahead_term(fit: &Fit, change: Change, context: &Context) -> f64 {
-    if lookahead_gated(fit, context) {
-        return 0.0;
-    }
-    logistic(
-        change.lookahead * LOOKAHEAD_SCALE,
-        context.frag_reference,
-        0.0,
-    )
+    lookahead_input(fit, change, context).map_or(0.0, |delta| {
+        logistic(delta * LOOKAHEAD_SCALE, context.frag_reference, 0.0)
+    })
 }
 
 /// Whether the `lookahead` term cannot tell the candidates apart: none shares a device, or it
-/// is the same on every one (0.5 on those that share none). Compares what the term is computed
-/// from, so it costs no `exp` per candidate.
+/// is the same on every one. Compares what the term is computed from, so it costs no `exp`
+/// per candidate.
 fn lookahead_tells_nothing(
     candidates: &[(&NodeInfo, &Fit)],
     changes: &[Change],
@@ -352,14 +353,10 @@ fn lookahead_tells_nothing(
     if !candidates.iter().any(|(_, fit)| shares_a_device(fit)) {
         return true;
     }
-    let mut inputs = candidates.iter().zip(changes).map(|((_, fit), change)| {
-        if shares_a_device(fit) {
-            (!lookahead_gated(fit, context)).then_some(change.lookahead)
-        } else {
-            // A pod that shares no device leaves no gap: the term's neutral 0.5.
-            Some(0.0)
-        }
-    });
+    let mut inputs = candidates
+        .iter()
+        .zip(changes)
+        .map(|((_, fit), change)| lookahead_input(fit, *change, context));
     match inputs.next() {
         Some(first) => inputs.all(|input| input == first),
         None => true,

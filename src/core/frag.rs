@@ -1035,11 +1035,7 @@ mod tests {
     fn small_model_fragments_a_big_device_more() {
         // 40 GiB models and 10 GiB models, whole devices.
         let p = profile(&[(40_960, 1, 0.5), (10_240, 1, 0.5)]);
-        let mut packing = Packing::default();
-        for e in &p.shapes {
-            packing.model.add_batch(e.shape.clone(), 10.0);
-        }
-        packing.model.publish();
+        let packing = packing_of(p.shapes.iter().map(|e| (e.shape.clone(), 10.0)));
         let demand = demand_of(Some(RESOURCE_NVIDIA_GPU), 1, 10_240);
         let a100 = node("a100", &[81_920], &[0]);
         let t4 = node("t4", &[16_384], &[0]);
@@ -1072,13 +1068,19 @@ mod tests {
         }
     }
 
+    /// A packing whose model has published `shapes`, each seen `weight` times.
+    fn packing_of(shapes: impl IntoIterator<Item = (Shape, f64)>) -> Packing {
+        let mut packing = Packing::default();
+        for (shape, weight) in shapes {
+            packing.model.add_batch(shape, weight);
+        }
+        packing.model.publish();
+        packing
+    }
+
     #[test]
     fn sharing_pod_takes_the_device_that_fragments_least() {
-        let mut packing = Packing::default();
-        packing
-            .model
-            .add_batch(Shape::new(500, 0, None, &[], 0, 0, 0), 1.0);
-        packing.model.publish();
+        let packing = packing_of([(Shape::new(500, 0, None, &[], 0, 0, 0), 1.0)]);
         // Free 500 and 400; a 300 pod on device 0 leaves 200+400 (fragment 600), on device 1
         // leaves 500+100 (fragment 100).
         let n = node("n", &[1000, 1000], &[500, 600]);
@@ -1137,14 +1139,10 @@ mod tests {
     fn lookahead_keeps_a_gap_for_the_shape_that_fills_it() {
         // 470s and 320s expected; a 320 either cuts a 530 gap to 210 (which a 470 no longer
         // fits) or fills a 350 gap to 30.
-        let mut packing = Packing::default();
-        packing
-            .model
-            .add_batch(Shape::new(470, 0, None, &[], 0, 0, 0), 2.0);
-        packing
-            .model
-            .add_batch(Shape::new(320, 0, None, &[], 0, 0, 0), 1.0);
-        packing.model.publish();
+        let packing = packing_of([
+            (Shape::new(470, 0, None, &[], 0, 0, 0), 2.0),
+            (Shape::new(320, 0, None, &[], 0, 0, 0), 1.0),
+        ]);
         let demand = demand_of(None, 0, 320);
         let lookahead = |used: u64| {
             let n = node("n", &[1000], &[used]);
@@ -1198,11 +1196,7 @@ mod tests {
     #[test]
     fn host_resources_used_up_strand_free_vram() {
         // Every expected pod takes a whole device and 10 cpus: 10 milli-cpu per unit of VRAM.
-        let mut packing = Packing::default();
-        packing
-            .model
-            .add_batch(Shape::new(1000, 1, None, &[], 0, 10_000, 0), 1.0);
-        packing.model.publish();
+        let mut packing = packing_of([(Shape::new(1000, 1, None, &[], 0, 10_000, 0), 1.0)]);
         let poor = node("poor", &[1000, 1000], &[0, 0]);
         let rich = node("rich", &[1000, 1000], &[0, 0]);
         let host = |cpu_milli| Host {

@@ -265,6 +265,12 @@ fn deletion_cost(api: &FakeApi, name: &str) -> Option<String> {
         .map(String::from)
 }
 
+/// Asserts that `/metrics` of `state` holds `line`.
+async fn assert_metric(state: &Arc<ExtenderState>, line: &str) {
+    let metrics = get(&extender(state.clone()), "/metrics").await.1;
+    assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+}
+
 /// Zone a: a T4 (the smallest device SDXL fits) and an A100; zones b and c: an A100 each;
 /// six SDXL replicas, one of them another scheduler's.
 fn sdxl_in_three_zones() -> FakeApi {
@@ -365,11 +371,7 @@ async fn the_refresher_rewrites_stale_deletion_costs_so_scale_downs_keep_zones_e
     .await;
     assert_eq!(state.deletion_costs().failures(), 0);
     assert_eq!(deletion_cost(&api, "sdxl-other").as_deref(), Some("0"));
-    let metrics = get(&extender(state.clone()), "/metrics").await.1;
-    assert!(
-        metrics.contains("vramfit_deletion_cost_updates_total 6"),
-        "{metrics}"
-    );
+    assert_metric(&state, "vramfit_deletion_cost_updates_total 6").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,11 +390,7 @@ async fn only_the_replica_beside_the_lease_holder_writes_deletion_costs() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(state.deletion_costs().written(), 0);
     assert_eq!(deletion_cost(&api, "sdxl-a").as_deref(), Some("0"));
-    let metrics = get(&extender(state.clone()), "/metrics").await.1;
-    assert!(
-        metrics.contains("vramfit_deletion_cost_writer 0"),
-        "{metrics}"
-    );
+    assert_metric(&state, "vramfit_deletion_cost_writer 0").await;
 
     // Our kube-scheduler takes over: this replica writes every stale cost.
     api.put_lease("vramfit-system", "vramfit-scheduler", "sched-a_9e41");
@@ -406,9 +404,5 @@ async fn only_the_replica_beside_the_lease_holder_writes_deletion_costs() {
     })
     .await;
     assert!(state.deletion_costs().writes());
-    let metrics = get(&extender(state.clone()), "/metrics").await.1;
-    assert!(
-        metrics.contains("vramfit_deletion_cost_writer 1"),
-        "{metrics}"
-    );
+    assert_metric(&state, "vramfit_deletion_cost_writer 1").await;
 }

@@ -320,10 +320,12 @@ fn frag_of(
 #[derive(Debug, Clone, Default, PartialEq)]
 struct SizeGroup {
     headroom_percent: u8,
-    /// Sharing shapes: (VRAM, share of that VRAM, share of it and every larger one), VRAM
-    /// ascending and distinct.
+    /// Sharing shapes: (VRAM, share of that VRAM, what a gap just below that VRAM loses to the
+    /// sharing shapes), VRAM ascending and distinct. The loss is the sharing shapes' share times
+    /// the chance that none of `patience` sharing pods fits: (share of this VRAM and every larger
+    /// one ÷ all sharing) ^ patience (at patience 1, simply the share of this and every larger).
     sharing: Vec<(u64, f64, f64)>,
-    /// Whole-device shapes, likewise.
+    /// Whole-device shapes: (VRAM, share of that VRAM, share of it and every larger one).
     whole: Vec<(u64, f64, f64)>,
     /// The sharing sizes whose landing the second step looks at (VRAM ascending, share): this
     /// group's part of the profile's [`LANDING_SIZES`] heaviest.
@@ -335,7 +337,8 @@ struct SizeGroup {
 pub const LANDING_SIZES: usize = 32;
 
 impl SizeGroup {
-    /// Share of the shapes in `sizes` larger than `free`.
+    /// What a gap of `free` loses to the shapes in `sizes`: the third field of the smallest
+    /// entry larger than `free` (0 when none is).
     fn larger(sizes: &[(u64, f64, f64)], free: u64) -> f64 {
         let at = sizes.partition_point(|&(vram, _, _)| vram <= free);
         sizes.get(at).map_or(0.0, |&(_, _, from_here)| from_here)
@@ -352,8 +355,9 @@ pub struct SizeIndex {
 }
 
 impl SizeIndex {
-    /// The index of `shapes`.
-    pub fn of(shapes: &[Expected]) -> SizeIndex {
+    /// The index of `shapes`, sharing gaps measured with `patience`
+    /// ([`super::workload::WorkloadParams::patience`]).
+    pub fn of(shapes: &[Expected], patience: f64) -> SizeIndex {
         let mut groups: Vec<SizeGroup> = Vec::new();
         for e in shapes {
             let shape = &e.shape;
@@ -392,6 +396,12 @@ impl SizeIndex {
                     entry.2 = from_here;
                 }
             }
+            let all = group.sharing.first().map_or(0.0, |&(_, _, all)| all);
+            if all > 0.0 {
+                for entry in &mut group.sharing {
+                    entry.2 = all * (entry.2 / all).powf(patience);
+                }
+            }
         }
         let mut heaviest: Vec<(usize, u64, f64)> = groups
             .iter()
@@ -413,9 +423,11 @@ impl SizeIndex {
         SizeIndex { groups }
     }
 
-    /// FGD's fragment of one device by VRAM alone: the share-weighted free VRAM of the shapes
-    /// that could not use it (too large, or whole-device shapes on a shared device). Products
-    /// are the node-level `frag` term's business.
+    /// The fragment of one device by VRAM alone: its free VRAM times the share of the
+    /// whole-device shapes that could not use it (too large, or any on a shared device) plus
+    /// what it loses to the sharing shapes (their share, times the chance that none of
+    /// `patience` sharing pods fits; at patience 1 FGD's measure). Products are the node-level
+    /// `frag` term's business.
     fn device_frag(&self, d: Dev) -> f64 {
         if d.free() == 0 {
             return 0.0;
@@ -792,6 +804,7 @@ impl Packing {
             Arc::new(WorkloadProfile::new(
                 published.version,
                 published.shapes[..self.limit].to_vec(),
+                self.model.params().patience,
             ))
         };
     }
@@ -983,7 +996,12 @@ mod tests {
         }
     }
 
+    /// A profile of (VRAM, devices, share) measured as FGD does (patience 1).
     fn profile(shapes: &[(u64, u32, f64)]) -> WorkloadProfile {
+        profile_with_patience(shapes, 1.0)
+    }
+
+    fn profile_with_patience(shapes: &[(u64, u32, f64)], patience: f64) -> WorkloadProfile {
         WorkloadProfile::new(
             1,
             shapes
@@ -993,6 +1011,7 @@ mod tests {
                     share,
                 })
                 .collect(),
+            patience,
         )
     }
 
@@ -1115,7 +1134,41 @@ mod tests {
         let two_step = 530.0 * 0.25 + 0.5 * 60.0 + 0.25 * 210.0;
         assert_eq!(sizes.two_step_frag(shared(1000, 470)), two_step);
         // Nothing expected: nothing lost.
-        assert_eq!(SizeIndex::of(&[]).two_step_frag(shared(1000, 470)), 0.0);
+        assert_eq!(
+            SizeIndex::of(&[], 1.0).two_step_frag(shared(1000, 470)),
+            0.0
+        );
+    }
+
+    #[test]
+    fn patience_discounts_a_gap_by_the_chance_no_sharing_pod_fits_it() {
+        let shapes = [(470, 0, 0.5), (320, 0, 0.25), (1000, 1, 0.25)];
+        let fgd = profile(&shapes).sizes;
+        let patient = profile_with_patience(&shapes, 2.0).sizes;
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        // Free 400: a 320 fits, a 470 does not — two thirds of the sharing pods miss it. FGD
+        // counts the 470s' share; with patience 2 the chance two in a row miss, (2/3)², of all
+        // sharing (0.75). Whole devices never use a shared device either way.
+        assert!(close(
+            fgd.device_frag(shared(1000, 600)),
+            400.0 * (0.5 + 0.25)
+        ));
+        assert!(close(
+            patient.device_frag(shared(1000, 600)),
+            400.0 * (0.75 * 4.0 / 9.0 + 0.25)
+        ));
+        // Free 210: no sharing pod fits, so waiting does not help; free 530: every one fits.
+        for sizes in [&fgd, &patient] {
+            assert!(close(sizes.device_frag(shared(1000, 790)), 210.0 * 1.0));
+            assert!(close(sizes.device_frag(shared(1000, 470)), 530.0 * 0.25));
+        }
+        // A gap most sharing pods fit counts for less the more patient the measure.
+        let at = |patience: f64| {
+            profile_with_patience(&shapes, patience)
+                .sizes
+                .device_frag(shared(1000, 600))
+        };
+        assert!(at(1.0) > at(2.0) && at(2.0) > at(12.0) && at(12.0) > 100.0);
     }
 
     #[test]

@@ -133,7 +133,17 @@ pub struct WorkloadParams {
     pub weigh_by: WeighBy,
     /// How capacity counts as lost to a shape (`reach` or `fill`, see `core::frag`).
     pub measure: super::frag::FragMeasure,
+    /// How many sharing pods the `lookahead` term expects a device's free VRAM to wait for: a
+    /// gap counts as lost to the sharing pods by the chance that none of that many fits it
+    /// (1: FGD's one-pod measure).
+    pub patience: f64,
 }
+
+/// Default [`WorkloadParams::patience`].
+pub const DEFAULT_PATIENCE: f64 = 12.0;
+
+/// Largest accepted [`WorkloadParams::patience`].
+pub const MAX_PATIENCE: f64 = 64.0;
 
 /// What a shape's share in the published profile counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +170,7 @@ impl Default for WorkloadParams {
             coverage: 1.0,
             weigh_by: WeighBy::Pods,
             measure: super::frag::FragMeasure::Reach,
+            patience: DEFAULT_PATIENCE,
         }
     }
 }
@@ -176,6 +187,9 @@ pub enum WorkloadParamsError {
     /// `workload.coverage` is outside (0, 1].
     #[error("workload.coverage must be in (0, 1], got {0}")]
     Coverage(f64),
+    /// `workload.patience` is outside [1, [`MAX_PATIENCE`]].
+    #[error("workload.patience must be a number in [1, {MAX_PATIENCE}], got {0}")]
+    Patience(f64),
 }
 
 impl WorkloadParams {
@@ -189,6 +203,9 @@ impl WorkloadParams {
         }
         if !(self.coverage > 0.0 && self.coverage <= 1.0) {
             return Err(WorkloadParamsError::Coverage(self.coverage));
+        }
+        if !(1.0..=MAX_PATIENCE).contains(&self.patience) {
+            return Err(WorkloadParamsError::Patience(self.patience));
         }
         Ok(())
     }
@@ -219,11 +236,12 @@ pub struct WorkloadProfile {
 }
 
 impl WorkloadProfile {
-    /// A profile of `shapes` (heaviest first) at `version`.
-    pub fn new(version: u64, shapes: Vec<Expected>) -> Self {
+    /// A profile of `shapes` (heaviest first) at `version`, its size index built with
+    /// `patience` ([`WorkloadParams::patience`]).
+    pub fn new(version: u64, shapes: Vec<Expected>, patience: f64) -> Self {
         WorkloadProfile {
             version,
-            sizes: super::frag::SizeIndex::of(&shapes),
+            sizes: super::frag::SizeIndex::of(&shapes, patience),
             shapes,
         }
     }
@@ -313,12 +331,20 @@ impl WorkloadModel {
         if params == self.params {
             return false;
         }
+        let patience_changed = params.patience != self.params.patience;
         self.growth = 2f64.powf(1.0 / params.half_life_pods.max(1.0));
         self.params = params;
         self.entries
             .sort_by(|a, b| b.weight.total_cmp(&a.weight).then(a.shape.cmp(&b.shape)));
         self.entries.truncate(self.params.max_shapes.max(1));
-        self.publish()
+        if self.publish() {
+            return true;
+        }
+        if patience_changed {
+            // Same shapes, measured differently: a new version so every cached node renews.
+            self.set_profile(self.profile.shapes.clone());
+        }
+        patience_changed
     }
 
     /// The profile the fragmentation term reads.
@@ -491,7 +517,11 @@ impl WorkloadModel {
     }
 
     fn set_profile(&mut self, shapes: Vec<Expected>) {
-        self.profile = Arc::new(WorkloadProfile::new(self.profile.version + 1, shapes));
+        self.profile = Arc::new(WorkloadProfile::new(
+            self.profile.version + 1,
+            shapes,
+            self.params.patience,
+        ));
     }
 
     /// Number of shapes kept.
@@ -564,6 +594,27 @@ mod tests {
     }
 
     #[test]
+    fn a_new_patience_renews_the_published_profile() {
+        let mut model = WorkloadModel::default();
+        model.observe("a", shape(470, 0));
+        model.observe("b", shape(320, 0));
+        model.observe("c", shape(1000, 1));
+        model.publish();
+        let before = model.profile().clone();
+        let patient = WorkloadParams {
+            patience: 2.0,
+            ..model.params().clone()
+        };
+        assert!(model.set_params(patient.clone()));
+        let after = model.profile();
+        assert_eq!(after.shapes, before.shapes);
+        assert_eq!(after.version, before.version + 1);
+        assert_ne!(after.sizes, before.sizes);
+        // The same parameters again change nothing.
+        assert!(!model.set_params(patient));
+    }
+
+    #[test]
     fn a_pod_counts_once_by_id() {
         let mut model = WorkloadModel::default();
         assert!(model.observe("uid-1", shape(1000, 1)));
@@ -615,6 +666,20 @@ mod tests {
                     ..WorkloadParams::default()
                 },
                 "workload.coverage must be in (0, 1], got 0".to_string(),
+            ),
+            (
+                WorkloadParams {
+                    patience: 0.5,
+                    ..WorkloadParams::default()
+                },
+                "workload.patience must be a number in [1, 64], got 0.5".to_string(),
+            ),
+            (
+                WorkloadParams {
+                    patience: f64::INFINITY,
+                    ..WorkloadParams::default()
+                },
+                "workload.patience must be a number in [1, 64], got inf".to_string(),
             ),
         ] {
             assert_eq!(bad.validate().map_err(|e| e.to_string()), Err(reason));

@@ -957,7 +957,7 @@ mod tests {
         }
     }
     use crate::core::node::{CapacitySource, Devices, RESOURCE_NVIDIA_GPU};
-    use crate::core::workload::Expected;
+    use crate::core::workload::{Expected, MAX_PATIENCE};
 
     const R: FragMeasure = FragMeasure::Reach;
 
@@ -1219,14 +1219,47 @@ mod tests {
     }
 
     #[test]
+    fn a_patient_lookahead_pairs_a_320_with_a_320_rather_than_a_470() {
+        // The openb default trace's commonest shapes, by pod count. A 320 can join a lone 470
+        // (530 → 210, a gap only rare small pods fit) or a lone 320 (680 → 360, which a third
+        // 320 fills). FGD's one-pod measure prefers the 470; waiting for 12 pods, the 320.
+        let shapes = [
+            (810, 0, 1078.0),
+            (470, 0, 750.0),
+            (320, 0, 328.0),
+            (650, 0, 253.0),
+        ]
+        .map(|(vram, devices, count)| (Shape::new(vram, devices, None, &[], 0, 0, 0), count));
+        let whole = (Shape::new(1000, 1, None, &[], 0, 0, 0), 3911.0);
+        let demand = demand_of(None, 0, 320);
+        let lookahead_with = |patience: f64, used: u64| {
+            let mut packing = packing_of(shapes.iter().cloned().chain([whole.clone()]));
+            packing.configure(&WorkloadParams {
+                patience,
+                ..WorkloadParams::default()
+            });
+            let n = node("n", &[1000], &[used]);
+            let fit = crate::core::fit_node(&n, &demand).unwrap();
+            assess(&n, &fit, &demand, Host::default(), &packing, None).lookahead
+        };
+        assert!(lookahead_with(1.0, 470) < lookahead_with(1.0, 320));
+        assert!(lookahead_with(12.0, 320) < lookahead_with(12.0, 470));
+        // Either way a lone 650's 350 gap beats cutting the 470's.
+        for patience in [1.0, 12.0] {
+            assert!(lookahead_with(patience, 650) < lookahead_with(patience, 470));
+        }
+    }
+
+    #[test]
     fn the_two_step_fragment_is_never_negative_and_deterministic() {
-        let p = profile(&[
+        let shapes = [
             (470, 0, 0.3),
             (320, 0, 0.2),
             (810, 0, 0.1),
             (1000, 1, 0.3),
             (2000, 2, 0.1),
-        ]);
+        ];
+        let profiles = [1.0, 12.0, MAX_PATIENCE].map(|p| profile_with_patience(&shapes, p));
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..10_000 {
             rng ^= rng << 13;
@@ -1240,9 +1273,11 @@ mod tests {
                 sharers: ((rng >> 40) % 3) as u32,
                 healthy: rng >> 62 != 0,
             };
-            let value = p.sizes.two_step_frag(d);
-            assert!(value.is_finite() && value >= 0.0, "{d:?}: {value}");
-            assert_eq!(value, p.sizes.two_step_frag(d));
+            for p in &profiles {
+                let value = p.sizes.two_step_frag(d);
+                assert!(value.is_finite() && value >= 0.0, "{d:?}: {value}");
+                assert_eq!(value, p.sizes.two_step_frag(d));
+            }
         }
     }
 

@@ -339,7 +339,7 @@ pub const LANDING_SIZES: usize = 32;
 impl SizeGroup {
     /// What a gap of `free` loses to the shapes in `sizes`: the third field of the smallest
     /// entry larger than `free` (0 when none is).
-    fn larger(sizes: &[(u64, f64, f64)], free: u64) -> f64 {
+    fn lost_to(sizes: &[(u64, f64, f64)], free: u64) -> f64 {
         let at = sizes.partition_point(|&(vram, _, _)| vram <= free);
         sizes.get(at).map_or(0.0, |&(_, _, from_here)| from_here)
     }
@@ -442,9 +442,9 @@ impl SizeIndex {
                 let whole = if d.sharers > 0 {
                     g.whole.first().map_or(0.0, |&(_, _, all)| all)
                 } else {
-                    SizeGroup::larger(&g.whole, free)
+                    SizeGroup::lost_to(&g.whole, free)
                 };
-                free as f64 * (SizeGroup::larger(&g.sharing, free) + whole)
+                free as f64 * (SizeGroup::lost_to(&g.sharing, free) + whole)
             })
             .sum()
     }
@@ -1228,12 +1228,12 @@ mod tests {
             (470, 0, 750.0),
             (320, 0, 328.0),
             (650, 0, 253.0),
+            (1000, 1, 3911.0),
         ]
         .map(|(vram, devices, count)| (Shape::new(vram, devices, None, &[], 0, 0, 0), count));
-        let whole = (Shape::new(1000, 1, None, &[], 0, 0, 0), 3911.0);
         let demand = demand_of(None, 0, 320);
         let lookahead_with = |patience: f64, used: u64| {
-            let mut packing = packing_of(shapes.iter().cloned().chain([whole.clone()]));
+            let mut packing = packing_of(shapes.iter().cloned());
             packing.configure(&WorkloadParams {
                 patience,
                 ..WorkloadParams::default()
